@@ -1,0 +1,95 @@
+"""CPU with integer SIMD: a roofline of compute and memory traffic plus a fixed per-layer overhead.
+
+Sub-byte weights and activations are unpacked to the SIMD kernel's precision (int8 on Arm NEON and x86
+VNNI), so going below 8 bits buys no compute speed-up; tensors are read and written at their packed size,
+so it does cut memory traffic. Depthwise and dense (GEMV at batch 1) layers use the SIMD units far less well
+than convolutions, hence one effective MAC rate per layer kind.
+
+References:
+  Williams, Waterman and Patterson, "Roofline: An Insightful Visual Performance Model", CACM 2009.
+  Horowitz, "Computing's Energy Problem (and what we can do about it)", ISSCC 2014 (energy per op / byte).
+  Won et al., "ULPPACK", MLSys 2022 (sub-byte CPU kernels; unpacking to int8 is the common baseline).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from hardware.base import Cost, LayerSpec, broadcast_choices, require_kind, round_up_to_supported
+
+KINDS = ("conv", "dwconv", "dense")
+
+
+def _pad(channels: np.ndarray, multiple: int) -> np.ndarray:
+  return np.ceil(channels / multiple) * multiple
+
+
+class SIMDCPU:
+  """Latency = overhead + max(MACs / mac_rate[kind], bytes / mem_bw); energy = per-MAC + per-byte + static.
+
+  Args:
+    name: target name used in results.
+    mac_rate: effective MACs per second at the kernel precision, per layer kind (``conv``, ``dwconv``,
+      ``dense``): peak SIMD rate times the fraction a real kernel reaches.
+    mem_bw: effective memory bandwidth in bytes per second.
+    layer_overhead_s: fixed time per layer (kernel dispatch, im2col set-up, thread wake-up).
+    e_mac_j: energy per MAC at the kernel precision.
+    e_byte_j: energy per byte of memory traffic.
+    static_power_w: power drawn regardless of activity, charged over the layer's latency.
+    kernel_bits: the SIMD kernel precision; bit-widths above it raise, below it are unpacked to it.
+    storage_bits: precisions tensors can be stored at (default: every integer 1..kernel_bits, bit-packed).
+    channel_multiple: SIMD lane multiple the output channels are padded to in the compute term.
+  """
+
+  def __init__(self, name: str, mac_rate: Mapping[str, float], mem_bw: float, layer_overhead_s: float,
+               e_mac_j: float, e_byte_j: float, static_power_w: float, kernel_bits: int = 8,
+               storage_bits: Optional[Sequence[int]] = None, channel_multiple: int = 1):
+    self.name = name
+    rates = {str(k): float(v) for k, v in dict(mac_rate).items()}
+    missing = [k for k in KINDS if k not in rates]
+    if missing or any(v <= 0 for v in rates.values()):
+      raise ValueError(f"mac_rate of {name!r} needs a positive MAC/s for each of {KINDS}; missing {missing} "
+                       f"or non-positive in {rates}.")
+    self.mac_rate = rates
+    self.mem_bw = float(mem_bw)
+    if self.mem_bw <= 0:
+      raise ValueError(f"mem_bw of {name!r} must be positive (bytes/s); got {mem_bw}.")
+    self.layer_overhead_s = float(layer_overhead_s)
+    self.e_mac_j = float(e_mac_j)
+    self.e_byte_j = float(e_byte_j)
+    self.static_power_w = float(static_power_w)
+    if min(self.layer_overhead_s, self.e_mac_j, self.e_byte_j, self.static_power_w) < 0:
+      raise ValueError(f"layer_overhead_s, e_mac_j, e_byte_j and static_power_w of {name!r} must be >= 0.")
+    self.kernel_bits = int(kernel_bits)
+    self.storage_bits = tuple(sorted(int(b) for b in (storage_bits or range(1, self.kernel_bits + 1))))
+    if self.storage_bits[-1] != self.kernel_bits:
+      raise ValueError(f"storage_bits of {name!r} must end at kernel_bits={self.kernel_bits}.")
+    self.channel_multiple = int(channel_multiple)
+    if self.channel_multiple < 1:
+      raise ValueError(f"channel_multiple of {name!r} must be >= 1.")
+
+  def check_bits(self, w_bits, a_bits) -> None:
+    round_up_to_supported(w_bits, self.storage_bits, "w_bits", self.name)
+    round_up_to_supported(a_bits, self.storage_bits, "a_bits", self.name)
+
+  def terms(self, layer: LayerSpec, w_bits, a_bits, cin, cout):
+    """The roofline's inputs: (MACs as computed after lane padding, bytes of memory traffic)."""
+    require_kind(layer, KINDS, self.name)
+    w, a, ci, co = broadcast_choices(w_bits, a_bits, cin, cout)
+    w_store = round_up_to_supported(w, self.storage_bits, "w_bits", self.name)
+    a_store = round_up_to_supported(a, self.storage_bits, "a_bits", self.name)
+    if layer.kind == "dwconv":
+      ci = co  # depthwise: one channel count
+    macs = layer.macs(ci, _pad(co, self.channel_multiple))
+    # Weights read at their packed size, input read and output written at the activation precision.
+    traffic = (layer.weight_count(ci, co) * w_store + (layer.input_count(ci) + layer.output_count(co)) * a_store) / 8.0
+    return macs, traffic
+
+  def cost(self, layer: LayerSpec, w_bits, a_bits, cin, cout) -> Cost:
+    macs, traffic = self.terms(layer, w_bits, a_bits, cin, cout)
+    compute_s = macs / self.mac_rate[layer.kind]
+    memory_s = traffic / self.mem_bw
+    latency = self.layer_overhead_s + np.maximum(compute_s, memory_s)
+    energy = self.e_mac_j * macs + self.e_byte_j * traffic + self.static_power_w * latency
+    return Cost(latency_s=latency, energy_j=energy)

@@ -1,0 +1,65 @@
+"""The discrete architecture a search derives: per-layer bits and widths, with a JSON round trip."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+from hardware.base import LayerSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerChoice:
+  """One layer of a derived network as the hardware sees it: its spec at the chosen widths, and its bits."""
+  spec: LayerSpec
+  w_bits: int
+  a_bits: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """A point of the search space.
+
+  Attributes:
+    model: the supernet's registered name.
+    choices: choice name -> chosen value (bit-width or channel count). Per-channel weight bits are stored
+      as a tuple of bit-widths, one per output channel.
+    layers: the layers with their chosen channel counts and bits, in forward order.
+  """
+  model: str
+  choices: Mapping[str, Any]
+  layers: tuple[LayerChoice, ...]
+
+  def layer_specs(self) -> list[tuple[LayerSpec, int, int]]:
+    """(LayerSpec at the chosen widths, weight bits, activation bits) per layer, for the cost models."""
+    return [(l.spec, l.w_bits, l.a_bits) for l in self.layers]
+
+  def to_dict(self) -> dict:
+    return {
+        "model": self.model,
+        "choices": {k: list(v) if isinstance(v, tuple) else v for k, v in self.choices.items()},
+        "layers": [dict(dataclasses.asdict(l.spec), w_bits=l.w_bits, a_bits=l.a_bits) for l in self.layers],
+    }
+
+  @classmethod
+  def from_dict(cls, d: Mapping) -> "Architecture":
+    layers = []
+    for l in d["layers"]:
+      l = dict(l)
+      w, a = l.pop("w_bits"), l.pop("a_bits")
+      layers.append(LayerChoice(LayerSpec(**l), w, a))
+    choices = {k: tuple(v) if isinstance(v, list) else v for k, v in d["choices"].items()}
+    return cls(d["model"], choices, tuple(layers))
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=1)
+
+  @classmethod
+  def from_json(cls, text: str) -> "Architecture":
+    return cls.from_dict(json.loads(text))
+
+  def table(self) -> list[dict]:
+    """One row per layer for reports: name, kind, channels, bits."""
+    return [{"layer": l.spec.name, "kind": l.spec.kind, "cin": l.spec.cin, "cout": l.spec.cout,
+             "kernel": l.spec.kernel, "stride": l.spec.stride, "w_bits": l.w_bits, "a_bits": l.a_bits}
+            for l in self.layers]

@@ -1,0 +1,19 @@
+"""Supernets, registered by name."""
+from __future__ import annotations
+
+from flax import nnx
+
+from nas.arch import Architecture
+from nas.models.base import Supernet
+from nas.models.digits import DigitsCNN
+from nas.space import SearchSpace
+
+MODELS: dict[str, type[Supernet]] = {"digits_cnn": DigitsCNN}
+
+
+def build_model(name: str, space: SearchSpace, *, seed: int = 0, arch: Architecture | None = None,
+                **kwargs) -> Supernet:
+  """The supernet ``name`` over ``space`` (or, with ``arch``, the fixed network it derives)."""
+  if name not in MODELS:
+    raise ValueError(f"model.name={name!r} is unknown; use one of {sorted(MODELS)}.")
+  return MODELS[name](space, rngs=nnx.Rngs(seed), arch=arch, **kwargs)

@@ -1,0 +1,118 @@
+"""What every supernet shares: its named choices, sampling them once per step, deriving, and layer lists."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hardware.base import LayerSpec
+from nas.arch import Architecture, LayerChoice
+from nas.choices import CategoricalChoice
+from nas.layers import ChoiceKeys, QLayer, width_mask
+from nas.space import SearchSpace
+
+FLOAT_BITS = 32  # the "bit-width" recorded for a floating-point layer
+
+
+class Supernet(nnx.Module):
+  """Base of the searchable networks. Subclasses build layers with ``add_choice`` and ``conv``/``dense``.
+
+  Choices are named (``"conv1.w_bits"``, ``"conv1.width"``); two layers that must share a width (the
+  two sides of a residual sum) name the same choice, so they are tied by construction. With ``arch`` given
+  every choice holds the one chosen value: the derived fixed network is the same class.
+  """
+
+  name = "supernet"
+
+  def _setup(self, space: SearchSpace, arch: Architecture | None, rngs: nnx.Rngs):
+    self.space = space
+    self.arch = arch
+    self.rngs = rngs
+    self.choices = nnx.Dict()
+    self.reference = {}  # choice name -> value of the reference network (W8A8 at base width)
+    self._layer_names = []
+
+  def add_choice(self, name: str, candidates, reference: int) -> str:
+    if name in self.choices:
+      return name
+    values = (self.arch.choices[name],) if self.arch is not None else tuple(candidates)
+    self.choices[name] = CategoricalChoice(values, hard=self.space.hard)
+    self.reference[name] = reference
+    return name
+
+  def bits_choice(self, name: str, fixed: int | None, candidates) -> tuple[str, tuple[int, ...] | None]:
+    """A bit-width choice; returns (name, the quantiser's candidate bits or None when float)."""
+    if not self.space.quantize:
+      return self.add_choice(name, (FLOAT_BITS,), FLOAT_BITS), None
+    values = (fixed,) if fixed is not None else candidates
+    key = self.add_choice(name, values, fixed if fixed is not None else 8)
+    return key, self.choices[key].values
+
+  def width_choice(self, name: str, base: int) -> str:
+    return self.add_choice(name, self.space.channels(base), self.space.base_channels(base))
+
+  def max_channels(self, key: str) -> int:
+    return max(self.choices[key].values)
+
+  def qlayer(self, attr: str, kind: str, cin_key: str | None, cin: int, cout_key: str | None, cout: int,
+             kernel: int, stride: int, in_hw: tuple[int, int], *, first: bool = False, last: bool = False,
+             a_signed: bool = False) -> QLayer:
+    """Builds searchable layer ``attr`` with its bit choices; cin/cout are fixed counts when keys are None."""
+    s = self.space
+    wk, wb = self.bits_choice(f"{attr}.w_bits", s.first_layer_bits if first else s.last_layer_bits if last else None, s.w_bits)
+    ak, ab = self.bits_choice(f"{attr}.a_bits", s.first_layer_bits if first else s.last_layer_bits if last else None, s.a_bits)
+    cin_max = self.max_channels(cin_key) if cin_key else cin
+    cout_max = cin_max if kind == "dwconv" else (self.max_channels(cout_key) if cout_key else cout)
+    spec = LayerSpec(kind, cin_max, cout_max, kernel, stride, in_hw[0], in_hw[1], attr)
+    keys = ChoiceKeys(wk, ak, cin_key, None if kind == "dwconv" else cout_key)
+    self._layer_names.append(attr)
+    return QLayer(spec, keys, wb, ab, a_signed, rngs=self.rngs)
+
+  def qlayers(self) -> list[QLayer]:
+    return [getattr(self, n) if "." not in n else self._lookup(n) for n in self._layer_names]
+
+  def _lookup(self, path: str):
+    obj = self
+    for part in path.split("."):
+      obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+  def mask(self, x: jax.Array, key: str, arch: Mapping[str, jax.Array]) -> jax.Array:
+    choice = self.choices[key]
+    if choice.fixed:
+      return x
+    return x * width_mask(choice.values, arch[key], x.shape[-1])
+
+  def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0) -> dict[str, jax.Array]:
+    names = list(self.choices.keys())
+    keys = jax.random.split(key, len(names)) if key is not None else [None] * len(names)
+    return {n: self.choices[n].mixing_weights(mode, k, tau) for n, k in zip(names, keys)}
+
+  def probs(self) -> dict[str, jax.Array]:
+    return {n: c.probs() for n, c in self.choices.items()}
+
+  def derive(self) -> dict[str, int]:
+    return {n: c.derive() for n, c in self.choices.items()}
+
+  def architecture(self, choices: Mapping[str, int] | None = None) -> Architecture:
+    """The discrete network for ``choices`` (default: the derived argmax), with its layers' specs."""
+    choices = dict(self.derive() if choices is None else choices)
+    layers = []
+    for layer in self.qlayers():
+      spec, k = layer.spec, layer.keys
+      cin = choices[k.cin] if k.cin else spec.cin
+      cout = cin if spec.kind == "dwconv" else (choices[k.cout] if k.cout else spec.cout)
+      s = LayerSpec(spec.kind, cin, cout, spec.kernel, spec.stride, spec.in_h, spec.in_w, spec.name)
+      layers.append(LayerChoice(s, choices[k.w_bits], choices[k.a_bits]))
+    return Architecture(self.name, choices, tuple(layers))
+
+  def reference_architecture(self) -> Architecture:
+    """All layers at 8 bits (or their fixed bits) and base width: what budget fractions are relative to."""
+    return self.architecture(self.reference)
+
+  def mean_max_prob(self) -> float:
+    """Mean over searchable choices of the largest probability: 1.0 when every choice is one-hot."""
+    ps = [float(jnp.max(c.probs())) for c in self.choices.values() if not c.fixed]
+    return sum(ps) / len(ps) if ps else 1.0

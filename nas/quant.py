@@ -1,0 +1,77 @@
+"""Fake quantisation with a straight-through estimator and a learned step size (LSQ).
+
+References:
+  Esser et al., "Learned Step Size Quantization", ICLR 2020.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+MIN_BITS, MAX_BITS = 2, 8
+_STEP_FLOOR = 1e-8  # keeps the step positive (LSQ's step can otherwise cross zero; ZouJiu1/LSQplus#12)
+
+
+def check_bits(bits, field: str) -> tuple[int, ...]:
+  """Validates a candidate list of bit-widths and returns it as a tuple of ints.
+
+  Raises:
+    ValueError: naming ``field`` if the list is empty or holds a value outside 2..8.
+  """
+  values = tuple(bits) if bits is not None else ()
+  if not values:
+    raise ValueError(f"{field} is empty; give at least one bit-width in {MIN_BITS}..{MAX_BITS}, e.g. [2, 4, 8].")
+  for b in values:
+    if isinstance(b, bool) or int(b) != b or not MIN_BITS <= int(b) <= MAX_BITS:
+      raise ValueError(f"{field} holds {b!r}; bit-widths must be integers in {MIN_BITS}..{MAX_BITS}.")
+  if len(set(values)) != len(values):
+    raise ValueError(f"{field}={list(values)} repeats a bit-width; list each candidate once.")
+  return tuple(sorted(int(b) for b in values))
+
+
+def qrange(bits: int, signed: bool) -> tuple[int, int]:
+  """(Q_N, Q_P): the integer range is [-Q_N, Q_P]. Signed: 2^(b-1), 2^(b-1)-1; unsigned: 0, 2^b-1."""
+  if signed:
+    return 2 ** (bits - 1), 2 ** (bits - 1) - 1
+  return 0, 2 ** bits - 1
+
+
+def round_ste(v: jax.Array) -> jax.Array:
+  """round() forward, identity backward. Rounds half to even (as numpy and torch do)."""
+  return v + jax.lax.stop_gradient(jnp.round(v) - v)
+
+
+def scale_grad(x: jax.Array, scale) -> jax.Array:
+  """x forward; gradient multiplied by ``scale`` backward."""
+  return x * scale + jax.lax.stop_gradient(x - x * scale)
+
+
+def lsq_quantize(x: jax.Array, step: jax.Array, bits: int, signed: bool, grad_scale) -> jax.Array:
+  """LSQ fake quantisation: ``round(clip(x / s, -Q_N, Q_P)) * s``.
+
+  Gradients: straight-through for ``x`` inside the range, zero outside; for ``s``, ``round(x/s) - x/s``
+  inside the range, ``-Q_N`` below, ``Q_P`` above, times ``grad_scale`` (LSQ's 1/sqrt(N Q_P)).
+
+  Args:
+    x: tensor to quantise.
+    step: step size, broadcastable to ``x`` (a scalar or one per output channel on the last axis).
+    bits: integer bit-width.
+    signed: signed range (weights) or unsigned (post-ReLU activations).
+    grad_scale: LSQ gradient scale of the step.
+  """
+  qn, qp = qrange(bits, signed)
+  s = scale_grad(jnp.maximum(step, _STEP_FLOOR), grad_scale)
+  v = jnp.clip(x / s, -qn, qp)
+  return round_ste(v) * s
+
+
+def lsq_grad_scale(n_elements: int, bits: int, signed: bool) -> float:
+  """LSQ's step-gradient scale 1/sqrt(N * Q_P); N counts the elements one step quantises (per example)."""
+  _, qp = qrange(bits, signed)
+  return float(1.0 / (max(n_elements, 1) * qp) ** 0.5)
+
+
+def lsq_init_step(x: jax.Array, bits: int, signed: bool, axis=None) -> jax.Array:
+  """LSQ's initial step 2 mean|x| / sqrt(Q_P), over ``axis`` (None: the whole tensor)."""
+  _, qp = qrange(bits, signed)
+  return 2.0 * jnp.mean(jnp.abs(x), axis=axis) / qp ** 0.5 + _STEP_FLOOR

@@ -1,0 +1,268 @@
+"""The search: weights and architecture parameters trained together under budget constraints.
+
+Loss = cross-entropy + sum_k lambda_k * max(0, g_k), with g_k = E[C_k] / T_k - 1 the relative excess of the
+expected cost over its budget. Each multiplier rises by projected dual ascent, lambda_k <- max(0, lambda_k +
+eta * g_k), while its budget is exceeded and decays when it is met, so no penalty strength is hand-tuned.
+Weights and architecture parameters step on the same mini-batch (EdMIPS) with their own optimisers, after a
+warm-up in which only the weights train (on uniformly sampled architectures). The Gumbel-softmax
+temperature anneals exponentially. Deriving takes the argmax, then checks the hard cost and, if a budget is
+still exceeded, moves the choices that cost least probability per unit of cost saved (a greedy projection;
+HardCoRe-NAS shows that argmax alone can break a constraint).
+
+References:
+  Cai & Vasconcelos, EdMIPS, CVPR 2020. Wu et al., FBNet, CVPR 2019. Nayman et al., HardCoRe-NAS, ICML 2021.
+  Risso et al., PLiNIO DUCCIO regulariser (arXiv 2206.00302) for hinge-form cost constraints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from nas import cost as costlib
+from nas.choices import ArchParam
+from nas.data import Dataset, batches
+from nas.train import calibrate, cross_entropy, weights_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+  """Expected ``metric`` (one of nas.cost.METRICS) must stay at or below ``limit`` (its unit)."""
+  metric: str
+  limit: float
+
+  def __post_init__(self):
+    if self.metric not in costlib.METRICS:
+      raise ValueError(f"budget metric {self.metric!r} is unknown; use one of {costlib.METRICS}.")
+    if not self.limit > 0:
+      raise ValueError(f"budget limit for {self.metric} must be > 0, got {self.limit}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  """Search recipe.
+
+  Attributes:
+    steps: total steps, warm-up included.
+    warmup_steps: steps that train only the weights, on uniformly sampled architectures.
+    batch_size: images per step.
+    lr: weights' learning rate (AdamW, cosine decay).
+    weight_decay: weights' decoupled weight decay (architecture parameters never decay).
+    arch_lr: architecture parameters' learning rate (Adam).
+    tau_start: Gumbel-softmax temperature at the end of warm-up.
+    tau_end: temperature at the last step (exponential annealing).
+    dual_lr: step of the multipliers' dual ascent (per unit of relative excess).
+    penalty: ``lagrange`` (multipliers by dual ascent) or ``hinge`` (fixed strength ``penalty_strength``).
+    penalty_strength: the hinge penalty's fixed strength.
+    entropy_weight: final weight of the mean choice entropy in the loss, ramped up linearly from zero over
+      the search phase so that the choices end close to one-hot and the argmax network is the one whose
+      expected cost met the budget.
+    seed: batch order and Gumbel noise.
+  """
+  steps: int = 800
+  warmup_steps: int = 200
+  batch_size: int = 64
+  lr: float = 3e-3
+  weight_decay: float = 1e-4
+  arch_lr: float = 2e-2
+  tau_start: float = 3.0
+  tau_end: float = 0.3
+  dual_lr: float = 0.05
+  penalty: str = "lagrange"
+  penalty_strength: float = 1.0
+  entropy_weight: float = 0.3
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.steps < 1 or not 0 <= self.warmup_steps < self.steps:
+      raise ValueError(f"search.steps={self.steps} must be >= 1 and search.warmup_steps={self.warmup_steps} in "
+                       f"[0, steps).")
+    if self.penalty not in ("lagrange", "hinge"):
+      raise ValueError(f"search.penalty={self.penalty!r}; use 'lagrange' or 'hinge'.")
+    if not 0 < self.tau_end <= self.tau_start:
+      raise ValueError(f"search.tau_end={self.tau_end} must be in (0, tau_start={self.tau_start}].")
+
+  def tau(self, step: int) -> float:
+    span = max(self.steps - self.warmup_steps - 1, 1)
+    t = min(max(step - self.warmup_steps, 0) / span, 1.0)
+    return self.tau_start * (self.tau_end / self.tau_start) ** t
+
+  def entropy_ramp(self, step: int) -> float:
+    span = max(self.steps - self.warmup_steps - 1, 1)
+    return self.entropy_weight * min(max(step - self.warmup_steps, 0) / span, 1.0)
+
+
+@nnx.jit(static_argnames=("tables", "metrics", "penalty"))
+def _search_step(model, w_opt, a_opt, x, y, key, tau, lam, arch_on, arrays, limits, tables, metrics, penalty,
+                 strength, dual_lr, entropy_weight):
+  def loss_fn(model):
+    logits = model(x, mode="sample", key=key, tau=tau)
+    ce = cross_entropy(logits, y)
+    probs = model.probs()
+    expected = costlib.expected_costs(tables, arrays, probs)
+    excess = jnp.stack([expected[m] for m in metrics]) / limits - 1.0
+    weight = lam if penalty == "lagrange" else strength * jnp.ones_like(lam)
+    entropy = jnp.mean(jnp.stack([-jnp.sum(p * jnp.log(p + 1e-12)) for n, p in probs.items()
+                                  if p.shape[-1] > 1] or [jnp.zeros(())]))
+    loss = ce + arch_on * (jnp.sum(weight * jax.nn.relu(excess)) + entropy_weight * entropy)
+    return loss, (ce, logits, expected, excess)
+
+  grads, (ce, logits, expected, excess) = nnx.grad(
+      loss_fn, argnums=nnx.DiffState(0, nnx.Any(nnx.Param, ArchParam)), has_aux=True)(model)
+  w_opt.update(model, grads.filter(nnx.Param))
+  a_opt.update(model, jax.tree.map(lambda g: g * arch_on, grads.filter(ArchParam)))
+  lam = jnp.maximum(0.0, lam + arch_on * dual_lr * excess)
+  acc = jnp.mean(jnp.argmax(logits, -1) == y)
+  return ce, acc, expected, excess, lam
+
+
+@dataclasses.dataclass
+class SearchResult:
+  """What a search leaves: the derived choices and the numbers that describe how it got there."""
+  choices: dict
+  expected_cost: dict          # at the end of the search, under the soft probabilities
+  multipliers: dict            # final lambda per constrained metric
+  mean_max_prob: float         # 1.0 = every choice one-hot
+  repairs: int                 # choices moved by the budget projection after the argmax
+  history: list = dataclasses.field(default_factory=list)
+
+
+def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], cfg: SearchConfig,
+           callback: Callable[[int, dict], None] | None = None) -> SearchResult:
+  """Trains the supernet's weights and architecture under ``constraints`` on ``cost_model``; derives.
+
+  Raises:
+    ValueError: if even the cheapest network of the space exceeds a budget (before any training).
+    FloatingPointError: if the loss becomes NaN or infinite.
+  """
+  tables = costlib.build_cost_tables(model, cost_model)
+  metrics = tuple(c.metric for c in constraints)
+  limits = np.asarray([c.limit for c in constraints], np.float32)
+  check_feasible(model, tables, constraints)
+  arrays = costlib.table_arrays(tables, metrics)
+  hashable_tables = _HashableTables(tables)
+
+  stream = batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed)
+  x0, _ = next(stream)
+  calibrate(model, x0, mode="expected")
+  schedule = optax.cosine_decay_schedule(cfg.lr, cfg.steps)
+  w_opt = weights_optimizer(model, schedule, cfg.weight_decay)
+  a_opt = nnx.Optimizer(model, optax.adam(cfg.arch_lr), wrt=ArchParam)
+  lam = jnp.zeros((len(constraints),), jnp.float32)
+  base_key = jax.random.key(cfg.seed)
+  model.train()
+  history = []
+  for step in range(cfg.steps):
+    x, y = next(stream)
+    arch_on = jnp.float32(step >= cfg.warmup_steps)
+    tau = jnp.float32(cfg.tau(step))
+    ce, acc, expected, excess, lam = _search_step(
+        model, w_opt, a_opt, jnp.asarray(x), jnp.asarray(y), jax.random.fold_in(base_key, step), tau, lam,
+        arch_on, arrays, jnp.asarray(limits), hashable_tables, metrics, cfg.penalty, cfg.penalty_strength,
+        jnp.float32(cfg.dual_lr), jnp.float32(cfg.entropy_ramp(step)))
+    if step % 25 == 0 or step == cfg.steps - 1:
+      ce = float(ce)
+      if not math.isfinite(ce):
+        raise FloatingPointError(f"search loss became {ce} at step {step}; lower search.lr (now {cfg.lr}) "
+                                 f"or search.arch_lr (now {cfg.arch_lr}).")
+      record = {"search/step": step, "search/ce": ce, "search/train_acc": float(acc), "search/tau": float(tau),
+                "search/mean_max_prob": model.mean_max_prob()}
+      for i, m in enumerate(metrics):
+        record[f"search/expected_{m}"] = float(expected[m])
+        record[f"search/excess_{m}"] = float(excess[i])
+        record[f"search/lambda_{m}"] = float(lam[i])
+      history.append(record)
+      if callback is not None:
+        callback(step, record)
+  probs = {k: np.asarray(v) for k, v in model.probs().items()}
+  expected = costlib.expected_costs(tables, costlib.table_arrays(tables, costlib.METRICS), model.probs())
+  choices, repairs = fit_to_budget(model, tables, constraints, probs)
+  return SearchResult(choices=choices, expected_cost={k: float(v) for k, v in expected.items()},
+                      multipliers={m: float(lam[i]) for i, m in enumerate(metrics)},
+                      mean_max_prob=model.mean_max_prob(), repairs=repairs, history=history)
+
+
+class _HashableTables(tuple):
+  """The cost tables as a static (hashable by identity) argument of the jitted step."""
+
+  def __new__(cls, tables):
+    return super().__new__(cls, tables)
+
+  def __hash__(self):
+    return id(self)
+
+  def __eq__(self, other):
+    return self is other
+
+
+def discrete_costs(tables, choices: Mapping[str, int], model, metrics) -> dict[str, float]:
+  """Cost of one discrete choice assignment, read from the grids (one-hot probabilities)."""
+  onehot = {n: np.asarray([float(v == choices[n]) for v in c.values]) for n, c in model.choices.items()}
+  total = {m: 0.0 for m in metrics}
+  for t in tables:
+    k = t.keys
+    pw, pa = onehot[k.w_bits], onehot[k.a_bits]
+    pci = onehot[k.cin] if k.cin else np.ones(1)
+    for m in metrics:
+      g = t.grids[m]
+      pco = onehot[k.cout] if (k.cout and g.shape[3] > 1) else np.ones(1)
+      total[m] += float(np.einsum("w,a,i,o,waio->", pw, pa, pci, pco, g))
+  return total
+
+
+def cheapest_choices(model) -> dict[str, int]:
+  return {n: min(c.values) for n, c in model.choices.items()}
+
+
+def check_feasible(model, tables, constraints: Sequence[Constraint]) -> None:
+  """Raises before training if the cheapest network of the space exceeds a budget."""
+  cheap = discrete_costs(tables, cheapest_choices(model), model, [c.metric for c in constraints])
+  for c in constraints:
+    if cheap[c.metric] > c.limit:
+      raise ValueError(f"budget on {c.metric} ({c.limit:.4g}) is below the cheapest network of the search space "
+                       f"({cheap[c.metric]:.4g}); raise budget.fraction or add smaller candidates (search.w_bits, "
+                       f"search.a_bits, search.width_mults).")
+
+
+def fit_to_budget(model, tables, constraints: Sequence[Constraint], probs: Mapping[str, np.ndarray]):
+  """Argmax choices, then greedy moves to cheaper candidates until every budget holds.
+
+  Each move takes one choice one candidate down; among the moves that lower the cost, it takes the one that
+  gives up the least log-probability per unit of relative cost saved.
+
+  Returns:
+    (choices, number of moves).
+  """
+  metrics = [c.metric for c in constraints]
+  choices = {n: c.values[int(np.argmax(probs[n]))] for n, c in model.choices.items()}
+  moves = 0
+  while True:
+    costs = discrete_costs(tables, choices, model, metrics)
+    over = {c.metric: costs[c.metric] / c.limit - 1.0 for c in constraints if costs[c.metric] > c.limit}
+    if not over:
+      return choices, moves
+    best, best_score = None, math.inf
+    for name, choice in model.choices.items():
+      i = choice.values.index(choices[name])
+      if i == 0:
+        continue
+      trial = dict(choices, **{name: choice.values[i - 1]})
+      tc = discrete_costs(tables, trial, model, metrics)
+      saved = sum((costs[m] - tc[m]) / dict((c.metric, c.limit) for c in constraints)[m] for m in over)
+      if saved <= 0:
+        continue
+      p = probs[name]
+      lost = math.log(max(p[i], 1e-12)) - math.log(max(p[i - 1], 1e-12))
+      score = lost / saved
+      if score < best_score:
+        best, best_score = trial, score
+    if best is None:  # cannot happen after check_feasible, but never loop forever
+      raise ValueError(f"no cheaper choice meets the budget on {sorted(over)}.")
+    choices = best
+    moves += 1
