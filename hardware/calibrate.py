@@ -1,14 +1,14 @@
 """Fit the CPU roofline's constants to layers timed on this host, and write them as a preset YAML.
 
-The fitted constants are the effective MAC rate per layer kind, the memory bandwidth and the per-layer
-overhead of :class:`hardware.cpu.SIMDCPU`; they are fitted by least squares on log latency (a soft-L1 loss,
-so a few noisy timings do not dominate), on a seeded 75% of the layers. The other 25% are held out and the
-written YAML reports the fit on them. Energy constants cannot be measured here and are copied from the
-x86 preset's sources (Horowitz 2014, 45 nm proxies).
+The fitted constants are those of :class:`hardware.cpu.SIMDCPU`: the effective MAC rate and the fixed
+overhead per layer kind, the memory bandwidth, and the SIMD channel multiples (chosen from a few
+candidates by fit loss). They are fitted by soft-L1 least squares on log latency on a seeded 75% of the
+measured layers; the other 25% are held out and the written YAML reports the fit on them. Energy cannot be
+measured here: the preset's energy constants are labelled assumptions (Horowitz 2014 45 nm proxies).
 
-Usage (measure and fit, about 1 minute on 2 cores):
+Usage (measure, then fit; about a minute on 2 cores):
   python -m hardware.calibrate --measure --out conf/hardware/cpu_host.yaml
-Fit existing measurements:
+Fit existing measurements only:
   python -m hardware.calibrate --measurements hardware/data/cpu_host_measurements.json --out conf/hardware/cpu_host.yaml
 
 References:
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 from scipy import optimize, stats
@@ -27,7 +27,10 @@ from scipy import optimize, stats
 from hardware.base import LayerSpec
 from hardware.cpu import KINDS, SIMDCPU
 
-PARAMS = ("rate_conv", "rate_dwconv", "rate_dense", "mem_bw", "layer_overhead_s")
+PARAMS = ("rate_conv", "rate_dwconv", "rate_dense", "mem_bw", "overhead_conv", "overhead_dwconv", "overhead_dense")
+# (cin_multiple, cout_multiple) candidates: scalar, VNNI 4-wide dot, 16 int32 lanes, an AMX int8 tile row.
+MULTIPLES = ((1, 1), (4, 16), (16, 16), (64, 16), (64, 1))
+_F_SCALE = 0.2  # log residuals beyond ~20% count linearly, not quadratically (timing outliers)
 DEFAULT_MEASUREMENTS = os.path.join(os.path.dirname(__file__), "data", "cpu_host_measurements.json")
 
 
@@ -41,9 +44,9 @@ def split(n: int, holdout_fraction: float = 0.25, seed: int = 0) -> Tuple[np.nda
 def model_from_params(p: Dict[str, float], name: str = "fit", bits: int = 8, **energy) -> SIMDCPU:
   """A SIMDCPU with the fitted timing constants (and the given energy constants, zero by default)."""
   energy = {"e_mac_j": 0.0, "e_byte_j": 0.0, "static_power_w": 0.0, **energy}
-  rates = {k: p[f"rate_{k}"] for k in KINDS}
-  return SIMDCPU(name=name, mac_rate=rates, mem_bw=p["mem_bw"], layer_overhead_s=p["layer_overhead_s"],
-                 kernel_bits=bits, **energy)
+  return SIMDCPU(name=name, mac_rate={k: p[f"rate_{k}"] for k in KINDS}, mem_bw=p["mem_bw"],
+                 layer_overhead_s={k: p[f"overhead_{k}"] for k in KINDS}, kernel_bits=bits,
+                 cin_multiple=int(p.get("cin_multiple", 1)), cout_multiple=int(p.get("cout_multiple", 1)), **energy)
 
 
 def predict(p: Dict[str, float], layers: Sequence[LayerSpec], bits: int = 8) -> np.ndarray:
@@ -52,37 +55,52 @@ def predict(p: Dict[str, float], layers: Sequence[LayerSpec], bits: int = 8) -> 
   return np.asarray([float(model.cost(l, bits, bits, l.cin, l.cout).latency_s) for l in layers])
 
 
-def _terms(layers: Sequence[LayerSpec], bits: int):
-  model = model_from_params({k: 1.0 for k in PARAMS}, bits=bits)
+def _terms(layers: Sequence[LayerSpec], bits: int, multiples: Tuple[int, int]):
+  ones = dict.fromkeys(PARAMS, 1.0)
+  model = model_from_params({**ones, "cin_multiple": multiples[0], "cout_multiple": multiples[1]}, bits=bits)
   macs, traffic = zip(*(model.terms(l, bits, bits, l.cin, l.cout) for l in layers))
   kind = np.asarray([KINDS.index(l.kind) for l in layers])
   return np.asarray(macs, dtype=np.float64), np.asarray(traffic, dtype=np.float64), kind
 
 
-def fit(layers: Sequence[LayerSpec], seconds: Sequence[float], bits: int = 8) -> Dict[str, float]:
-  """Least-squares fit of the roofline constants to measured seconds, in log space, from several starts."""
+def fit_constants(layers: Sequence[LayerSpec], seconds: Sequence[float], multiples: Tuple[int, int] = (1, 1),
+                  bits: int = 8, seed: int = 0) -> Tuple[Dict[str, float], float]:
+  """Fit rates, bandwidth and overheads at fixed channel multiples; returns (params, soft-L1 loss).
+
+  The max() of the roofline makes the loss piecewise smooth with several local minima (which layers are
+  compute- or memory-bound), so a seeded differential evolution over wide log-bounds finds the basin and
+  ``least_squares`` polishes it. Overheads are bounded below by 1 ns: a kind whose overhead the data
+  cannot see gets a tiny, printable value.
+  """
   t = np.asarray(seconds, dtype=np.float64)
   if len(layers) != len(t) or len(t) < len(PARAMS):
-    raise ValueError(f"calibrate.fit needs one time per layer and at least {len(PARAMS)} layers; "
+    raise ValueError(f"calibrate needs one time per layer and at least {len(PARAMS)} layers; "
                      f"got {len(layers)} layers and {len(t)} times.")
-  macs, traffic, kind = _terms(layers, bits)
+  macs, traffic, kind = _terms(layers, bits, multiples)
 
   def residuals(log_p):
     p = np.exp(log_p)
-    compute = macs / p[kind]
-    return np.log(p[4] + np.maximum(compute, traffic / p[3])) - np.log(t)
+    return np.log(p[4 + kind] + np.maximum(macs / p[kind], traffic / p[3])) - np.log(t)
 
-  # Starting points: each kind's best observed MAC rate, a bandwidth between cache and DRAM, a fraction
-  # of the fastest layer as overhead; then the same with the bandwidth and overhead moved a decade.
-  rate0 = [np.max(macs[kind == k] / t[kind == k]) if np.any(kind == k) else np.max(macs / t) for k in range(3)]
-  best = None
-  for bw_scale in (0.1, 1.0, 10.0):
-    for oh_scale in (0.1, 0.5, 0.9):
-      x0 = np.log(np.asarray(rate0 + [np.max(traffic / t) * bw_scale, np.min(t) * oh_scale]))
-      res = optimize.least_squares(residuals, x0, loss="soft_l1", f_scale=0.2)
-      if best is None or res.cost < best.cost:
-        best = res
-  return dict(zip(PARAMS, np.exp(best.x).tolist()))
+  def soft_l1(log_p):
+    return np.sum(np.sqrt(1.0 + (residuals(log_p) / _F_SCALE) ** 2) - 1.0)
+
+  # MAC/s 1e6..1e14, bytes/s 1e8..1e13, overhead 1 ns..1 ms: wider than any CPU.
+  lower = np.log([1e6] * 3 + [1e8] + [1e-9] * 3)
+  upper = np.log([1e14] * 3 + [1e13] + [1e-3] * 3)
+  coarse = optimize.differential_evolution(soft_l1, list(zip(lower, upper)), seed=seed, tol=1e-8,
+                                           maxiter=2000, polish=False)
+  res = optimize.least_squares(residuals, coarse.x, bounds=(lower, upper), loss="soft_l1", f_scale=_F_SCALE)
+  params = dict(zip(PARAMS, np.exp(res.x).tolist()))
+  params.update(cin_multiple=multiples[0], cout_multiple=multiples[1])
+  return params, float(res.cost)
+
+
+def fit(layers: Sequence[LayerSpec], seconds: Sequence[float], bits: int = 8,
+        candidates: Sequence[Tuple[int, int]] = MULTIPLES) -> Dict[str, float]:
+  """Fit every candidate (cin, cout) multiple and keep the one with the lowest loss on these layers."""
+  fits = [fit_constants(layers, seconds, m, bits) for m in candidates]
+  return min(fits, key=lambda pc: pc[1])[0]
 
 
 def fit_quality(measured: np.ndarray, predicted: np.ndarray) -> Dict[str, float]:
@@ -99,11 +117,11 @@ def _fmt(x: float) -> str:
 
 def preset_yaml(p: Dict[str, float], host: Dict, fit_q: Dict, held_q: Dict, measurements_path: str) -> str:
   """The preset's text; every constant's comment says where it came from."""
-  return f"""# THIS HOST's CPU as seen by XLA, calibrated: generated by `python -m hardware.calibrate --measure --out ...`.
+  return f"""# THIS HOST's CPU as seen by XLA, calibrated: written by `python -m hardware.calibrate --measure --out ...`.
 # Measured on: {host.get('cpu')} ({host.get('cores')} cores), {host.get('platform')}, jax {host.get('jax')},
 #   {host.get('date')}; {host.get('dtype')}.
-# Measurements: {measurements_path} (median of repeats per layer, dispatch included).
-# Fit: least squares on log latency (soft-L1), {fit_q['n']} layers; held out {held_q['n']} layers:
+# Measurements: {measurements_path} (per layer: median of repeats of an in-program loop; see measure.py).
+# Fit: soft-L1 least squares on log latency, {fit_q['n']} layers. Held out {held_q['n']} layers:
 #   Spearman {held_q['spearman']:.3f}, median relative error {held_q['median_rel_err']:.3f}
 #   (fit set: Spearman {fit_q['spearman']:.3f}, median relative error {fit_q['median_rel_err']:.3f}).
 # Timing constants are fitted to int8 layers; sub-byte choices are predicted by the model (unpack to int8,
@@ -114,12 +132,17 @@ mac_rate:
   conv: {_fmt(p['rate_conv'])}      # fitted effective int8 MAC/s of XLA convolutions on this host
   dwconv: {_fmt(p['rate_dwconv'])}    # fitted; XLA's CPU depthwise path is far from SIMD peak
   dense: {_fmt(p['rate_dense'])}     # fitted; batch-1 GEMV
-mem_bw: {_fmt(p['mem_bw'])}          # fitted effective bytes/s (mostly cache-resident data when timed in a loop)
-layer_overhead_s: {_fmt(p['layer_overhead_s'])}  # fitted per-call overhead (dispatch, thread-pool wake-up)
+mem_bw: {_fmt(p['mem_bw'])}          # fitted effective bytes/s (data mostly cache-resident when a layer is timed in a loop)
+layer_overhead_s:               # fitted fixed time per layer inside a compiled program
+  conv: {_fmt(p['overhead_conv'])}      # library convolution call, thread-pool dispatch
+  dwconv: {_fmt(p['overhead_dwconv'])}    # fitted (1.0e-09 is the fit's lower bound: no overhead visible)
+  dense: {_fmt(p['overhead_dense'])}     # fitted (XLA inlines small GEMVs)
+cin_multiple: {int(p['cin_multiple'])}                 # chosen by fit loss among (cin, cout) multiples {list(MULTIPLES)}
+cout_multiple: {int(p['cout_multiple'])}                # (64 int8 = one AMX tile row; 4 = one VNNI dot product)
 kernel_bits: 8                  # timed kernels are int8 x int8 -> int32 (measure.py)
 e_mac_j: 0.3e-12                # ASSUMPTION, 45 nm proxy: Horowitz ISSCC 2014 int8 mult 0.2 pJ + int32 add 0.1 pJ (FACTS.md sec. 5)
 e_byte_j: 162.5e-12             # ASSUMPTION (U), 45 nm proxy: Horowitz DRAM read 1.3 nJ per 64 b (FACTS.md sec. 5: U), /8 B
-static_power_w: 12.5            # ASSUMPTION (U): 2 of a 56-core 350 W Xeon's cores, 350/56 x 2 (not measured; energy is not measured here)
+static_power_w: 12.5            # ASSUMPTION (U): 2 cores' share of a 56-core 350 W Xeon, 350/56 x 2; energy is not measured here
 """
 
 
@@ -127,11 +150,11 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--measure", action="store_true", help="time the default grid on this host first")
   parser.add_argument("--measurements", default=DEFAULT_MEASUREMENTS,
-                      help="measurement JSON to read (or, with --measure, to write)")
+                      help="measurement JSON to read (with --measure: to write)")
   parser.add_argument("--grid", choices=("default", "tiny"), default="default")
   parser.add_argument("--out", required=True, help="preset YAML to write, e.g. conf/hardware/cpu_host.yaml")
   args = parser.parse_args(argv)
-  from hardware import measure
+  from hardware import measure  # imports jax only when needed
   if args.measure:
     layers = measure.default_grid() if args.grid == "default" else measure.tiny_grid()
     data = measure.measure(layers, verbose=True)
@@ -145,10 +168,13 @@ def main(argv=None) -> None:
   p = fit([layers[i] for i in fit_idx], t[fit_idx])
   pred = predict(p, layers)
   fit_q, held_q = fit_quality(t[fit_idx], pred[fit_idx]), fit_quality(t[held_idx], pred[held_idx])
-  rel = os.path.relpath(args.measurements, os.getcwd())
+  try:
+    shown = os.path.relpath(args.measurements, os.getcwd())
+  except ValueError:
+    shown = args.measurements
   with open(args.out, "w") as f:
-    f.write(preset_yaml(p, data["host"], fit_q, held_q, rel))
-  print(f"fit {fit_q}\nheld out {held_q}\nwrote {args.out}")
+    f.write(preset_yaml(p, data["host"], fit_q, held_q, shown))
+  print(f"fit set {fit_q}\nheld out {held_q}\nwrote {args.out}")
 
 
 if __name__ == "__main__":

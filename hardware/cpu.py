@@ -12,7 +12,7 @@ References:
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -25,6 +25,23 @@ def _pad(channels: np.ndarray, multiple: int) -> np.ndarray:
   return np.ceil(channels / multiple) * multiple
 
 
+def _per_kind(value, field: str, model: str) -> dict:
+  """A per-kind mapping from a mapping or from one number that holds for every kind."""
+  if isinstance(value, Mapping):
+    out = {str(k): float(v) for k, v in dict(value).items()}
+  else:
+    out = {k: float(value) for k in KINDS}
+  missing = [k for k in KINDS if k not in out]
+  if missing:
+    raise ValueError(f"{field} of {model!r} needs a value for each of {KINDS}; missing {missing}.")
+  return out
+
+
+def input_read_fraction(layer: LayerSpec) -> float:
+  """Share of the input a layer reads: a 1x1 kernel at stride 2 touches one pixel in four."""
+  return min(1.0, (layer.kernel / layer.stride) ** 2)
+
+
 class SIMDCPU:
   """Latency = overhead + max(MACs / mac_rate[kind], bytes / mem_bw); energy = per-MAC + per-byte + static.
 
@@ -33,41 +50,43 @@ class SIMDCPU:
     mac_rate: effective MACs per second at the kernel precision, per layer kind (``conv``, ``dwconv``,
       ``dense``): peak SIMD rate times the fraction a real kernel reaches.
     mem_bw: effective memory bandwidth in bytes per second.
-    layer_overhead_s: fixed time per layer (kernel dispatch, im2col set-up, thread wake-up).
+    layer_overhead_s: fixed time per layer (kernel dispatch, im2col set-up, thread wake-up): one number,
+      or one per layer kind (a library convolution call costs more than an inlined small GEMV).
     e_mac_j: energy per MAC at the kernel precision.
     e_byte_j: energy per byte of memory traffic.
     static_power_w: power drawn regardless of activity, charged over the layer's latency.
     kernel_bits: the SIMD kernel precision; bit-widths above it raise, below it are unpacked to it.
     storage_bits: precisions tensors can be stored at (default: every integer 1..kernel_bits, bit-packed).
-    channel_multiple: SIMD lane multiple the output channels are padded to in the compute term.
+    cin_multiple: SIMD reduction width the input channels are padded to in the compute term (4 for
+      VNNI's 4-wide dot products, 64 for an AMX tile row of int8).
+    cout_multiple: SIMD lane count the output channels are padded to in the compute term.
   """
 
-  def __init__(self, name: str, mac_rate: Mapping[str, float], mem_bw: float, layer_overhead_s: float,
+  def __init__(self, name: str, mac_rate: Mapping[str, float], mem_bw: float,
+               layer_overhead_s: Union[float, Mapping[str, float]],
                e_mac_j: float, e_byte_j: float, static_power_w: float, kernel_bits: int = 8,
-               storage_bits: Optional[Sequence[int]] = None, channel_multiple: int = 1):
+               storage_bits: Optional[Sequence[int]] = None, cin_multiple: int = 1, cout_multiple: int = 1):
     self.name = name
-    rates = {str(k): float(v) for k, v in dict(mac_rate).items()}
-    missing = [k for k in KINDS if k not in rates]
-    if missing or any(v <= 0 for v in rates.values()):
-      raise ValueError(f"mac_rate of {name!r} needs a positive MAC/s for each of {KINDS}; missing {missing} "
-                       f"or non-positive in {rates}.")
-    self.mac_rate = rates
+    self.mac_rate = _per_kind(mac_rate, "mac_rate", name)
+    if any(v <= 0 for v in self.mac_rate.values()):
+      raise ValueError(f"mac_rate of {name!r} must be positive MAC/s for each kind; got {self.mac_rate}.")
     self.mem_bw = float(mem_bw)
     if self.mem_bw <= 0:
       raise ValueError(f"mem_bw of {name!r} must be positive (bytes/s); got {mem_bw}.")
-    self.layer_overhead_s = float(layer_overhead_s)
+    self.layer_overhead_s = _per_kind(layer_overhead_s, "layer_overhead_s", name)
     self.e_mac_j = float(e_mac_j)
     self.e_byte_j = float(e_byte_j)
     self.static_power_w = float(static_power_w)
-    if min(self.layer_overhead_s, self.e_mac_j, self.e_byte_j, self.static_power_w) < 0:
+    if min(*self.layer_overhead_s.values(), self.e_mac_j, self.e_byte_j, self.static_power_w) < 0:
       raise ValueError(f"layer_overhead_s, e_mac_j, e_byte_j and static_power_w of {name!r} must be >= 0.")
     self.kernel_bits = int(kernel_bits)
     self.storage_bits = tuple(sorted(int(b) for b in (storage_bits or range(1, self.kernel_bits + 1))))
     if self.storage_bits[-1] != self.kernel_bits:
       raise ValueError(f"storage_bits of {name!r} must end at kernel_bits={self.kernel_bits}.")
-    self.channel_multiple = int(channel_multiple)
-    if self.channel_multiple < 1:
-      raise ValueError(f"channel_multiple of {name!r} must be >= 1.")
+    self.cin_multiple = int(cin_multiple)
+    self.cout_multiple = int(cout_multiple)
+    if min(self.cin_multiple, self.cout_multiple) < 1:
+      raise ValueError(f"cin_multiple and cout_multiple of {name!r} must be >= 1.")
 
   def check_bits(self, w_bits, a_bits) -> None:
     round_up_to_supported(w_bits, self.storage_bits, "w_bits", self.name)
@@ -81,15 +100,17 @@ class SIMDCPU:
     a_store = round_up_to_supported(a, self.storage_bits, "a_bits", self.name)
     if layer.kind == "dwconv":
       ci = co  # depthwise: one channel count
-    macs = layer.macs(ci, _pad(co, self.channel_multiple))
+    # Lanes a partial vector leaves idle still take cycles (and energy).
+    macs = layer.macs(_pad(ci, self.cin_multiple), _pad(co, self.cout_multiple))
     # Weights read at their packed size, input read and output written at the activation precision.
-    traffic = (layer.weight_count(ci, co) * w_store + (layer.input_count(ci) + layer.output_count(co)) * a_store) / 8.0
+    inputs = layer.input_count(ci) * input_read_fraction(layer)
+    traffic = (layer.weight_count(ci, co) * w_store + (inputs + layer.output_count(co)) * a_store) / 8.0
     return macs, traffic
 
   def cost(self, layer: LayerSpec, w_bits, a_bits, cin, cout) -> Cost:
     macs, traffic = self.terms(layer, w_bits, a_bits, cin, cout)
     compute_s = macs / self.mac_rate[layer.kind]
     memory_s = traffic / self.mem_bw
-    latency = self.layer_overhead_s + np.maximum(compute_s, memory_s)
+    latency = self.layer_overhead_s[layer.kind] + np.maximum(compute_s, memory_s)
     energy = self.e_mac_j * macs + self.e_byte_j * traffic + self.static_power_w * latency
     return Cost(latency_s=latency, energy_j=energy)

@@ -1,0 +1,27 @@
+# make demo  -- create .venv, install, run the main job (a 4-budget RISC-V sweep on digits) and its Pareto front
+# make test  -- create or refresh .venv and run the test suite (what CI runs)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+SWEEP ?= multirun/demo-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: install demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m experiments.search -m budget.fraction=0.2,0.4,0.6,0.8 hardware=riscv hydra.sweep.dir=$(SWEEP)
+	$(PY) -m experiments.pareto $(SWEEP)
+	@echo "results: $(SWEEP)/<job>/result.json   front: $(SWEEP)/pareto.json  plot: $(SWEEP)/pareto.png  table: $(SWEEP)/pareto.html"
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf outputs multirun

@@ -1,0 +1,1 @@
+"""Hydra apps that wire data, supernets, cost models, search and tracking together."""

@@ -1,0 +1,127 @@
+"""Structured-config schemas of the search app: Hydra validates every YAML against them at start-up,
+so a typo in a key fails before any work. Values are then checked (``validate``) before training."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from experiments.tracking import WandbConfig
+
+BUDGET_METRICS = {"latency": "latency_s", "energy": "energy_j", "weight_bytes": "weight_bytes"}
+BASELINES = ("none", "uniform", "random")
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+  name: str = "digits"                  # digits (bundled) | cifar10 | mnist (local folders)
+  root: Optional[str] = None            # folder of a local dataset
+  test_fraction: float = 0.3            # digits: held-out share
+  split_seed: int = 0                   # digits: the split is fixed across a sweep
+  limit: Optional[int] = None           # keep only this many train/test images
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  name: str = "digits_cnn"
+  args: dict[str, Any] = dataclasses.field(default_factory=dict)  # keyword arguments of the model class
+
+
+@dataclasses.dataclass
+class SearchGroupConfig:
+  """The search space and the search recipe (see nas.space.SearchSpace and nas.search.SearchConfig)."""
+  method: str = "gumbel"
+  w_bits: list[int] = dataclasses.field(default_factory=lambda: [2, 4, 8])
+  a_bits: list[int] = dataclasses.field(default_factory=lambda: [2, 4, 8])
+  width_mults: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.75, 1.0, 1.5])
+  first_layer_bits: Optional[int] = 8
+  last_layer_bits: Optional[int] = 8
+  channel_multiple: int = 1
+  hard: bool = True
+  per_channel_w: bool = False
+  steps: int = 800
+  warmup_steps: int = 200
+  batch_size: int = 64
+  lr: float = 3e-3
+  weight_decay: float = 1e-4
+  arch_lr: float = 2e-2
+  tau_start: float = 3.0
+  tau_end: float = 0.3
+  dual_lr: float = 0.05
+  penalty: str = "lagrange"
+  penalty_strength: float = 1.0
+  entropy_weight: float = 0.3
+
+
+@dataclasses.dataclass
+class ExtraConstraint:
+  metric: str = MISSING
+  fraction: float = MISSING
+
+
+@dataclasses.dataclass
+class BudgetConfig:
+  metric: str = "latency"               # latency | energy | weight_bytes, on the searched target
+  fraction: float = 0.5                 # of the reference network (all layers W8A8 at base width)
+  extra: list[ExtraConstraint] = dataclasses.field(default_factory=list)  # more bounds, each its own multiplier
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+  steps: int = 600
+  batch_size: int = 64
+  lr: float = 3e-3
+  weight_decay: float = 1e-4
+  inherit: bool = True                  # start from the supernet's weights (searched networks only)
+
+
+@dataclasses.dataclass
+class BaselineConfig:
+  kind: str = "none"                    # none (search) | uniform | random
+  w_bits: int = 8                       # uniform: weight bits of every searchable layer
+  a_bits: int = 8                       # uniform: activation bits
+  width_mult: float = 1.0               # uniform: width multiple of every layer
+
+
+@dataclasses.dataclass
+class AppConfig:
+  dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  hardware: Any = None                  # a cost model: _target_ plus its constants (conf/hardware/*.yaml)
+  search: SearchGroupConfig = dataclasses.field(default_factory=SearchGroupConfig)
+  budget: BudgetConfig = dataclasses.field(default_factory=BudgetConfig)
+  finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+  baseline: BaselineConfig = dataclasses.field(default_factory=BaselineConfig)
+  wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+  seed: int = 0
+  debug: bool = False                   # shrink to a seconds-long run (tests)
+
+
+def register() -> None:
+  cs = ConfigStore.instance()
+  cs.store(name="app_schema", node=AppConfig)
+
+
+def validate(cfg) -> None:
+  """Value checks Hydra's types cannot express; each error names the field and the fix."""
+  if cfg.budget.metric not in BUDGET_METRICS:
+    raise ValueError(f"budget.metric={cfg.budget.metric!r} is unknown; use one of {sorted(BUDGET_METRICS)}.")
+  if not cfg.budget.fraction > 0:
+    raise ValueError(f"budget.fraction={cfg.budget.fraction} must be > 0: it is a fraction of the reference "
+                     f"network's {cfg.budget.metric} (all layers W8A8 at base width), e.g. 0.5.")
+  for i, extra in enumerate(cfg.budget.extra):
+    if extra.metric not in BUDGET_METRICS:
+      raise ValueError(f"budget.extra[{i}].metric={extra.metric!r} is unknown; use one of {sorted(BUDGET_METRICS)}.")
+    if not extra.fraction > 0:
+      raise ValueError(f"budget.extra[{i}].fraction={extra.fraction} must be > 0.")
+  if cfg.baseline.kind not in BASELINES:
+    raise ValueError(f"baseline.kind={cfg.baseline.kind!r} is unknown; use one of {BASELINES}.")
+  if cfg.hardware is None or "_target_" not in cfg.hardware:
+    raise ValueError("hardware is not set; choose a preset with hardware=<name> (see conf/hardware/).")
+  for field in ("steps", "batch_size"):
+    if getattr(cfg.finetune, field) < 1:
+      raise ValueError(f"finetune.{field}={getattr(cfg.finetune, field)} must be >= 1.")
+  if cfg.search.batch_size < 1:
+    raise ValueError(f"search.batch_size={cfg.search.batch_size} must be >= 1.")

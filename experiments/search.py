@@ -1,0 +1,290 @@
+"""One search, one budget, one target: supernet -> search -> derive -> fine-tune -> result.json + wandb run.
+
+  python -m experiments.search                                         # the bundled default (digits, RISC-V)
+  python -m experiments.search -m budget.fraction=0.2,0.4,0.6,0.8      # a budget sweep
+  python -m experiments.search debug=true                              # seconds, for tests
+
+Each job writes ``result.json`` in its run folder (see README, "result.json"); a job that fails writes
+``error.json`` instead, and in a sweep the other jobs go on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from experiments import config as appconfig
+from experiments.tracking import Tracker, WandbConfig
+from nas import cost as costlib
+from nas.data import Dataset, load_digits
+from nas.models import build_model
+from nas.search import Constraint, SearchConfig, search
+from nas.space import SearchSpace
+from nas.train import TrainConfig, calibrate, evaluate, finetune, inherit_weights
+
+log = logging.getLogger("experiments.search")
+CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf"
+appconfig.register()
+
+
+def write_json_atomic(path: pathlib.Path, obj) -> None:
+  """Writes JSON so that a reader never sees a half-written file (temp file + rename)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+  with os.fdopen(fd, "w") as f:
+    json.dump(obj, f, indent=1, default=float)
+  os.replace(tmp, path)
+
+
+def apply_debug(cfg: DictConfig) -> None:
+  """Shrinks any run to seconds (big_vision's runlocal): few steps, few images."""
+  with open_dict(cfg):
+    cfg.search.steps = min(cfg.search.steps, 30)
+    cfg.search.warmup_steps = min(cfg.search.warmup_steps, 10)
+    cfg.finetune.steps = min(cfg.finetune.steps, 20)
+    cfg.dataset.limit = min(cfg.dataset.limit or 10**9, 256)
+
+
+def load_dataset(cfg: DictConfig) -> Dataset:
+  d = cfg.dataset
+  if d.name == "digits":
+    return load_digits(d.test_fraction, d.split_seed, d.limit)
+  try:
+    from nas import datasets_local
+  except ImportError:
+    datasets_local = None
+  if datasets_local is None or not hasattr(datasets_local, f"load_{d.name}"):
+    raise ValueError(f"dataset.name={d.name!r} is unknown; use 'digits'.")
+  return getattr(datasets_local, f"load_{d.name}")(d.root, limit=d.limit)
+
+
+def search_space(cfg: DictConfig) -> SearchSpace:
+  s = cfg.search
+  return SearchSpace(w_bits=tuple(s.w_bits), a_bits=tuple(s.a_bits), width_mults=tuple(s.width_mults),
+                     first_layer_bits=s.first_layer_bits, last_layer_bits=s.last_layer_bits,
+                     channel_multiple=s.channel_multiple, method=s.method, hard=s.hard,
+                     per_channel_w=s.per_channel_w)
+
+
+def search_config(cfg: DictConfig) -> SearchConfig:
+  s = cfg.search
+  return SearchConfig(steps=s.steps, warmup_steps=s.warmup_steps, batch_size=s.batch_size, lr=s.lr,
+                      weight_decay=s.weight_decay, arch_lr=s.arch_lr, tau_start=s.tau_start, tau_end=s.tau_end,
+                      dual_lr=s.dual_lr, penalty=s.penalty, penalty_strength=s.penalty_strength,
+                      entropy_weight=s.entropy_weight, seed=cfg.seed)
+
+
+def instantiate_hardware(node) -> object:
+  hw = hydra.utils.instantiate(node, _convert_="all")
+  for attr in ("name", "cost", "check_bits"):
+    if not hasattr(hw, attr):
+      raise ValueError(f"hardware._target_={node['_target_']} has no `{attr}`; a cost model implements the "
+                       f"CostModel protocol of hardware/base.py (name, check_bits, cost).")
+  return hw
+
+
+def all_presets(selected) -> dict[str, object]:
+  """Every preset under conf/hardware, plus the selected model (which may come from a user's folder)."""
+  models = {}
+  for path in sorted((CONF_DIR / "hardware").glob("*.yaml")):
+    try:
+      hw = instantiate_hardware(OmegaConf.load(path))
+    except Exception as e:  # a broken preset must not sink a search on another target
+      log.warning("skipping hardware preset %s: %s", path.name, e)
+      continue
+    models[hw.name] = hw
+  models[selected.name] = selected
+  return models
+
+
+def costs_everywhere(arch, models: dict) -> dict:
+  out = {}
+  for name, hw in models.items():
+    try:
+      out[name] = costlib.architecture_cost(arch, hw)
+    except ValueError as e:  # e.g. a bit-width this part cannot run
+      out[name] = {"error": str(e)}
+  return out
+
+
+def baseline_choices(model, cfg: DictConfig) -> dict:
+  """Uniform precision at one width, or a random architecture of the space (seeded)."""
+  b = cfg.baseline
+  if b.kind == "uniform":
+    choices = {}
+    for name, c in model.choices.items():
+      if c.fixed:
+        choices[name] = c.values[0]
+      elif name.endswith(".width"):
+        target = model.reference[name] * b.width_mult
+        choices[name] = min(c.values, key=lambda v: abs(v - target))
+      else:
+        want = b.w_bits if name.endswith(".w_bits") else b.a_bits
+        if want not in c.values:
+          raise ValueError(f"baseline bits {want} of {name} is not a candidate {list(c.values)}; "
+                           f"choose baseline.w_bits/a_bits among search.w_bits/a_bits.")
+        choices[name] = want
+    return choices
+  rng = np.random.default_rng(cfg.seed)
+  return {n: c.values[int(rng.integers(len(c.values)))] for n, c in model.choices.items()}
+
+
+class _Progress:
+  """A rich progress bar over a loop that reports every few steps through a callback."""
+
+  def __init__(self, total: int, label: str, tracker: Tracker):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    self.tracker = tracker
+    self.bar = Progress(TextColumn(f"{label:<9}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[info]}"), transient=False, disable=not sys.stderr.isatty())
+    self.task = self.bar.add_task(label, total=total, info="")
+    self.done = 0
+
+  def __enter__(self):
+    self.bar.__enter__()
+    return self
+
+  def __exit__(self, *exc):
+    self.bar.__exit__(*exc)
+
+  def __call__(self, step: int, record: dict) -> None:
+    self.bar.update(self.task, completed=step + 1, info=" ".join(
+        f"{k.split('/')[-1]}={v:.3g}" for k, v in record.items() if k.endswith(("ce", "acc", "loss"))))
+    self.tracker.log(record, step=None)
+
+
+def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dict:
+  """The whole pipeline for one job; returns (and writes) the result."""
+  t_start = time.time()
+  if cfg.debug:
+    apply_debug(cfg)
+  # Everything that can be wrong with the input is checked before any training.
+  appconfig.validate(cfg)
+  space = search_space(cfg)
+  scfg = search_config(cfg)
+  tcfg = TrainConfig(steps=cfg.finetune.steps, batch_size=cfg.finetune.batch_size, lr=cfg.finetune.lr,
+                     weight_decay=cfg.finetune.weight_decay, seed=cfg.seed)
+  target = instantiate_hardware(cfg.hardware)
+  target.check_bits(np.asarray(space.w_bits), np.asarray(space.a_bits))
+  data = load_dataset(cfg)
+  model_args = dict(cfg.model.args)
+  model_args.setdefault("num_classes", data.num_classes)
+  model_args.setdefault("input_shape", data.input_shape)
+  supernet = build_model(cfg.model.name, space, seed=cfg.seed, **model_args)
+  reference = supernet.reference_architecture()
+  ref_cost = {**costlib.architecture_cost(reference, target), **costlib.architecture_metrics(reference)}
+  metric = appconfig.BUDGET_METRICS[cfg.budget.metric]
+  constraints = [Constraint(metric, cfg.budget.fraction * ref_cost[metric])]
+  for extra in cfg.budget.extra:
+    m = appconfig.BUDGET_METRICS[extra.metric]
+    constraints.append(Constraint(m, extra.fraction * ref_cost[m]))
+  presets = all_presets(target)
+
+  kind = "searched" if cfg.baseline.kind == "none" else f"baseline:{cfg.baseline.kind}"
+  name = (f"{target.name}-{cfg.budget.metric}-{cfg.budget.fraction:g}" if kind == "searched"
+          else f"{target.name}-{kind.split(':')[1]}" + (f"-w{cfg.baseline.w_bits}a{cfg.baseline.a_bits}"
+                                                         if cfg.baseline.kind == "uniform" else f"-s{cfg.seed}"))
+  tracker = Tracker(WandbConfig(**OmegaConf.to_container(cfg.wandb)), out_dir, name,
+                    cfg.wandb.group or group, "search", OmegaConf.to_container(cfg, resolve=True))
+  try:
+    result = _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, tcfg, space, tracker)
+    arch = result.pop("_arch")
+    result.update({
+        "kind": kind, "label": name, "target": target.name, "model": cfg.model.name, "dataset": data.name,
+        "num_classes": data.num_classes, "method": space.method, "seed": cfg.seed,
+        "budget": {"metric": metric, "fraction": cfg.budget.fraction, "value": constraints[0].limit,
+                   "reference": ref_cost[metric]} if kind == "searched" else
+                  {"metric": metric, "fraction": None, "value": None, "reference": ref_cost[metric]},
+        "constraints": [{"metric": c.metric, "limit": c.limit} for c in constraints],
+        "cost": costs_everywhere(arch, presets),
+        "metrics": costlib.architecture_metrics(arch),
+        "reference": ref_cost,
+        "architecture": arch.to_dict(),
+    })
+    result["weight_bytes"] = result["metrics"]["weight_bytes"]
+    result["time_s"]["total"] = time.time() - t_start
+    write_json_atomic(out_dir / "result.json", result)
+    tracker.table("architecture", list(arch.table()[0].keys()), [list(r.values()) for r in arch.table()])
+    own = result["cost"][target.name]
+    tracker.summary({"accuracy": result["accuracy"], "weight_bytes": result["weight_bytes"],
+                     **{f"cost/{target.name}/{k}": v for k, v in own.items()},
+                     "budget/fraction": cfg.budget.fraction, "budget/value": constraints[0].limit})
+    tracker.finish()
+    return result
+  except BaseException:
+    tracker.finish(exit_code=1)
+    raise
+
+
+def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, tcfg, space, tracker) -> dict:
+  times = {}
+  search_info = None
+  expected = None
+  if kind == "searched":
+    t0 = time.time()
+    with _Progress(scfg.steps, "search", tracker) as progress:
+      res = search(supernet, data, target, constraints, scfg, callback=progress)
+    times["search"] = time.time() - t0
+    choices = res.choices
+    expected = res.expected_cost
+    search_info = {"mean_max_prob": res.mean_max_prob, "repairs": res.repairs, "multipliers": res.multipliers,
+                   "supernet_argmax_accuracy": evaluate(supernet, data.x_test, data.y_test)}
+  else:
+    choices = baseline_choices(supernet, cfg)
+    # Same total training as a searched network (search + fine-tune steps), from scratch.
+    tcfg = TrainConfig(**{**tcfg.__dict__, "steps": tcfg.steps + scfg.steps})
+  arch = supernet.architecture(choices)
+  derived = build_model(cfg.model.name, space, seed=cfg.seed, arch=arch, **_model_args(cfg, data))
+  if kind == "searched" and cfg.finetune.inherit:
+    inherit_weights(derived, supernet)
+  calibrate(derived, data.x_train[:tcfg.batch_size], mode="argmax")
+  t0 = time.time()
+  with _Progress(tcfg.steps, "finetune", tracker) as progress:
+    ft = finetune(derived, data, tcfg, callback=progress)
+  times["finetune"] = time.time() - t0
+  return {"accuracy": ft["test_accuracy"], "expected_cost": expected, "search": search_info,
+          "time_s": times, "_arch": arch}
+
+
+def _model_args(cfg, data) -> dict:
+  args = dict(cfg.model.args)
+  args.setdefault("num_classes", data.num_classes)
+  args.setdefault("input_shape", data.input_shape)
+  return args
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict | None:
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" noise on every start
+  hc = HydraConfig.get()
+  out_dir = pathlib.Path(hc.runtime.output_dir)
+  multirun = hc.mode == RunMode.MULTIRUN
+  group = pathlib.Path(hc.sweep.dir).name if multirun else None
+  try:
+    result = run(cfg, out_dir, group)
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    write_json_atomic(out_dir / "error.json", {"error": str(e), "type": type(e).__name__})
+    if multirun:  # a failed job does not sink the sweep; the aggregator lists it
+      log.error("job %s failed: %s", OmegaConf.select(hc, "job.num", default="?"), e)
+      return None
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  acc = result["accuracy"]
+  own = result["cost"][result["target"]]
+  print(f"[{result['label']}] accuracy {acc:.4f}  latency {own['latency_s'] * 1e3:.4g} ms  energy "
+        f"{own['energy_j'] * 1e6:.4g} uJ  weights {result['weight_bytes'] / 1024:.3g} KiB  -> {out_dir / 'result.json'}")
+  return result
+
+
+if __name__ == "__main__":
+  main()
