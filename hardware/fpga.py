@@ -1,0 +1,144 @@
+"""FPGA accelerators: DSP-packed or bit-serial MAC arrays with on-chip BRAM and off-chip DDR spill.
+
+Two compute schemes, one memory model:
+
+* :class:`DSPPackedFPGA`: each DSP slice does several low-bit MACs per cycle by packing operands into its
+  wide multiplier (2 INT8 MACs sharing one operand per DSP48E2, Xilinx WP486; more at <= 4 bits). A
+  precision between packing modes runs on the next wider one.
+* :class:`BitSerialFPGA`: an integer matmul is w_bits x a_bits binary matmuls (BISMO), so time is
+  proportional to w x a and every precision 1..max_bits runs natively.
+
+Memory: each layer may keep ``weight_buffer_bytes`` of weights and ``act_buffer_bytes`` of activations in
+BRAM; what does not fit streams from DDR once per image (weights) or is written and read back
+(activations). Latency = overhead + max(compute, DDR time): the DDR stream overlaps compute. Energy =
+board power x latency + DDR bytes x energy per byte, so layers that spill cost more energy than their
+latency alone says.
+
+References:
+  Fu et al., "Deep Learning with INT8 Optimization on Xilinx Devices", Xilinx WP486, 2017.
+  Umuroglu, Rasnayake and Själander, "BISMO: A Scalable Bit-Serial Matrix Multiplication Overlay for
+  Reconfigurable Computing", FPL 2018.
+  Horowitz, "Computing's Energy Problem", ISSCC 2014 (DRAM energy per access, 45 nm).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from hardware.base import Cost, LayerSpec, broadcast_choices, require_kind, round_up_to_supported
+
+KINDS = ("conv", "dwconv", "dense")
+
+
+class _OnChipMemory:
+  """The BRAM/DDR part shared by both compute schemes; subclasses define ``macs_per_second``."""
+
+  def _init_memory(self, efficiency, weight_buffer_bytes, act_buffer_bytes, ddr_bw, layer_overhead_s,
+                   power_w, e_ddr_byte_j):
+    self.efficiency = {k: float(v) for k, v in dict(efficiency).items()}
+    missing = [k for k in KINDS if k not in self.efficiency]
+    if missing or any(not 0 < v <= 1 for v in self.efficiency.values()):
+      raise ValueError(f"efficiency of {self.name!r} needs a value in (0, 1] for each of {KINDS}; missing {missing}.")
+    self.weight_buffer_bytes = float(weight_buffer_bytes)
+    self.act_buffer_bytes = float(act_buffer_bytes)
+    self.ddr_bw = float(ddr_bw)
+    self.layer_overhead_s = float(layer_overhead_s)
+    self.power_w = float(power_w)
+    self.e_ddr_byte_j = float(e_ddr_byte_j)
+    if self.ddr_bw <= 0 or self.power_w <= 0:
+      raise ValueError(f"ddr_bw and power_w of {self.name!r} must be positive.")
+    if min(self.weight_buffer_bytes, self.act_buffer_bytes, self.layer_overhead_s, self.e_ddr_byte_j) < 0:
+      raise ValueError(f"buffers, layer_overhead_s and e_ddr_byte_j of {self.name!r} must be >= 0.")
+
+  def ddr_bytes(self, layer: LayerSpec, w_store, a_store, ci, co) -> np.ndarray:
+    """Bytes moved to or from DDR for one image: weights beyond the weight buffer, activations beyond theirs."""
+    weights = layer.weight_count(ci, co) * w_store / 8.0
+    acts = (layer.input_count(ci) + layer.output_count(co)) * a_store / 8.0
+    # Spilled activations are written by the producer and read by this layer: both count.
+    return np.maximum(weights - self.weight_buffer_bytes, 0.0) + 2.0 * np.maximum(acts - self.act_buffer_bytes, 0.0)
+
+  def cost(self, layer: LayerSpec, w_bits, a_bits, cin, cout) -> Cost:
+    require_kind(layer, KINDS, self.name)
+    w, a, ci, co = broadcast_choices(w_bits, a_bits, cin, cout)
+    if layer.kind == "dwconv":
+      ci = co
+    rate, w_store, a_store = self.macs_per_second(w, a)
+    compute_s = layer.macs(ci, co) / (rate * self.efficiency[layer.kind])
+    ddr = self.ddr_bytes(layer, w_store, a_store, ci, co)
+    latency = self.layer_overhead_s + np.maximum(compute_s, ddr / self.ddr_bw)
+    return Cost(latency_s=latency, energy_j=latency * self.power_w + ddr * self.e_ddr_byte_j)
+
+
+class DSPPackedFPGA(_OnChipMemory):
+  """MAC array of DSP slices, each doing ``macs_per_dsp[p]`` MACs per cycle at precision p = max(w, a).
+
+  Args:
+    name: target name used in results.
+    dsp_count: DSP slices used by the MAC array.
+    freq_hz: clock of the MAC array.
+    macs_per_dsp: MACs per DSP per cycle for each packing precision in bits (e.g. ``{4: 4, 8: 2}``).
+    efficiency: per layer kind, fraction of the array's peak reached (tiling, depthwise under-use).
+    weight_buffer_bytes: BRAM for one layer's weights; more spills to DDR.
+    act_buffer_bytes: BRAM for one layer's input plus output activations; more spills to DDR.
+    ddr_bw: DDR bandwidth in bytes per second.
+    layer_overhead_s: fixed time per layer (instruction fetch, pipeline fill).
+    power_w: board power charged over the latency.
+    e_ddr_byte_j: energy per byte of DDR traffic.
+  """
+
+  def __init__(self, name: str, dsp_count: int, freq_hz: float, macs_per_dsp: Mapping[int, float],
+               efficiency: Mapping[str, float], weight_buffer_bytes: float, act_buffer_bytes: float,
+               ddr_bw: float, layer_overhead_s: float, power_w: float, e_ddr_byte_j: float):
+    self.name = name
+    self.dsp_count = int(dsp_count)
+    self.freq_hz = float(freq_hz)
+    self.macs_per_dsp = {int(k): float(v) for k, v in dict(macs_per_dsp).items()}
+    self.precisions = tuple(sorted(self.macs_per_dsp))
+    if self.dsp_count <= 0 or self.freq_hz <= 0 or min(self.macs_per_dsp.values()) <= 0:
+      raise ValueError(f"dsp_count, freq_hz and macs_per_dsp of {name!r} must be positive.")
+    self._init_memory(efficiency, weight_buffer_bytes, act_buffer_bytes, ddr_bw, layer_overhead_s,
+                      power_w, e_ddr_byte_j)
+
+  def check_bits(self, w_bits, a_bits) -> None:
+    round_up_to_supported(w_bits, self.precisions, "w_bits", self.name)
+    round_up_to_supported(a_bits, self.precisions, "a_bits", self.name)
+
+  def macs_per_second(self, w, a):
+    w_run = round_up_to_supported(w, self.precisions, "w_bits", self.name)
+    a_run = round_up_to_supported(a, self.precisions, "a_bits", self.name)
+    p = np.maximum(w_run, a_run)  # packed operands share one DSP mode
+    per_dsp = np.vectorize(self.macs_per_dsp.get, otypes=[np.float64])(p)
+    return self.dsp_count * per_dsp * self.freq_hz, w_run, a_run
+
+
+class BitSerialFPGA(_OnChipMemory):
+  """Bit-serial MAC array: ``binary_macs_per_s / (w_bits x a_bits)`` MACs per second, any precision 1..max_bits.
+
+  Args:
+    name: target name used in results.
+    binary_macs_per_s: peak binary (1 x 1 bit) MACs per second of the array.
+    max_bits: widest precision the overlay is built for.
+    efficiency, weight_buffer_bytes, act_buffer_bytes, ddr_bw, layer_overhead_s, power_w, e_ddr_byte_j:
+      as in :class:`DSPPackedFPGA`.
+  """
+
+  def __init__(self, name: str, binary_macs_per_s: float, max_bits: int, efficiency: Mapping[str, float],
+               weight_buffer_bytes: float, act_buffer_bytes: float, ddr_bw: float, layer_overhead_s: float,
+               power_w: float, e_ddr_byte_j: float):
+    self.name = name
+    self.binary_macs_per_s = float(binary_macs_per_s)
+    self.precisions = tuple(range(1, int(max_bits) + 1))
+    if self.binary_macs_per_s <= 0 or int(max_bits) < 1:
+      raise ValueError(f"binary_macs_per_s and max_bits of {name!r} must be positive.")
+    self._init_memory(efficiency, weight_buffer_bytes, act_buffer_bytes, ddr_bw, layer_overhead_s,
+                      power_w, e_ddr_byte_j)
+
+  def check_bits(self, w_bits, a_bits) -> None:
+    round_up_to_supported(w_bits, self.precisions, "w_bits", self.name)
+    round_up_to_supported(a_bits, self.precisions, "a_bits", self.name)
+
+  def macs_per_second(self, w, a):
+    w_run = round_up_to_supported(w, self.precisions, "w_bits", self.name)
+    a_run = round_up_to_supported(a, self.precisions, "a_bits", self.name)
+    return self.binary_macs_per_s / (w_run * a_run), w_run, a_run

@@ -1,0 +1,100 @@
+"""GPU with tensor cores: a per-precision roofline with kernel launch overhead and tile padding.
+
+A layer runs on the tensor-core path of the narrowest precision the part has that holds both operands
+(INT4, INT8, FP16; a precision the part lacks runs at the next one up, e.g. INT4 on an H100 runs as
+INT8). Convolutions and dense layers are implicit GEMMs whose M (output pixels), N (output channels) and
+K (input channels) are padded to the MMA tile and the 128-bit alignment of that precision, so an odd
+channel count pays for the padding. Depthwise convolutions have no channel reduction for a tensor core to
+use and run on the CUDA cores. Batch 1 leaves most small layers bound by memory or launch overhead.
+
+Energy = power x latency, with the board power at its TDP while the layer runs (an upper bound: a small
+layer does not draw TDP). This makes energy proportional to latency on a GPU preset; per-op energies for
+these parts were not found.
+
+References:
+  NVIDIA A100 / H100 / T4 / Jetson Orin datasheets (peak dense tensor-core throughput, bandwidth, TDP).
+  NVIDIA/cutlass issue #75 (128-bit alignment of tensor-op operands); apache/tvm PR #6121 (channel
+  multiples of INT8/INT4 tensor-core convolution).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from hardware.base import Cost, LayerSpec, broadcast_choices, require_kind, round_up_to_supported
+
+KINDS = ("conv", "dwconv", "dense")
+
+
+def _pad(x: np.ndarray, multiple) -> np.ndarray:
+  return np.ceil(x / multiple) * multiple
+
+
+class TensorCoreGPU:
+  """Latency = launch + max(padded MACs x 2 / (peak_ops[p] x efficiency), bytes at p / mem_bw).
+
+  Args:
+    name: target name used in results.
+    peak_ops: dense tensor-core operations per second (2 per MAC) per precision in bits, e.g.
+      ``{4: 1248e12, 8: 624e12, 16: 312e12}``; the widest key is the widest precision the part runs.
+    channel_multiple: per precision, the multiple input and output channels are padded to.
+    tile_m: MMA tile rows; the output pixels (M) are padded to it.
+    efficiency: fraction of peak a real kernel reaches on tensor cores.
+    cuda_core_ops: operations per second of the CUDA cores (depthwise convolutions).
+    mem_bw: DRAM bandwidth in bytes per second.
+    launch_overhead_s: fixed time per layer (kernel launch).
+    power_w: board power charged over the latency (TDP).
+  """
+
+  def __init__(self, name: str, peak_ops: Mapping[int, float], channel_multiple: Mapping[int, int],
+               tile_m: int, efficiency: float, cuda_core_ops: float, mem_bw: float,
+               launch_overhead_s: float, power_w: float):
+    self.name = name
+    self.peak_ops = {int(k): float(v) for k, v in dict(peak_ops).items()}
+    self.precisions = tuple(sorted(self.peak_ops))
+    multiples = {int(k): int(v) for k, v in dict(channel_multiple).items()}
+    missing = [p for p in self.precisions if p not in multiples]
+    if missing:
+      raise ValueError(f"channel_multiple of {name!r} needs an entry for each precision of peak_ops; missing {missing}.")
+    self.channel_multiple = multiples
+    self.tile_m = int(tile_m)
+    self.efficiency = float(efficiency)
+    self.cuda_core_ops = float(cuda_core_ops)
+    self.mem_bw = float(mem_bw)
+    self.launch_overhead_s = float(launch_overhead_s)
+    self.power_w = float(power_w)
+    positive = (min(self.peak_ops.values()), self.tile_m, self.efficiency, self.cuda_core_ops, self.mem_bw, self.power_w)
+    if min(positive) <= 0 or self.efficiency > 1 or self.launch_overhead_s < 0:
+      raise ValueError(f"{name!r}: peak_ops, tile_m, cuda_core_ops, mem_bw, power_w must be positive, "
+                       f"efficiency in (0, 1] and launch_overhead_s >= 0.")
+
+  def check_bits(self, w_bits, a_bits) -> None:
+    round_up_to_supported(w_bits, self.precisions, "w_bits", self.name)
+    round_up_to_supported(a_bits, self.precisions, "a_bits", self.name)
+
+  def precision(self, w_bits, a_bits) -> np.ndarray:
+    """The tensor-core precision a (w_bits, a_bits) layer runs at: both operands share one MMA type."""
+    w = round_up_to_supported(w_bits, self.precisions, "w_bits", self.name)
+    a = round_up_to_supported(a_bits, self.precisions, "a_bits", self.name)
+    return np.maximum(w, a)
+
+  def cost(self, layer: LayerSpec, w_bits, a_bits, cin, cout) -> Cost:
+    require_kind(layer, KINDS, self.name)
+    w, a, ci, co = broadcast_choices(w_bits, a_bits, cin, cout)
+    p = self.precision(w, a)
+    mult = np.vectorize(self.channel_multiple.get, otypes=[np.float64])(p)
+    peak = np.vectorize(self.peak_ops.get, otypes=[np.float64])(p)
+    pixels = layer.out_h * layer.out_w
+    if layer.kind == "dwconv":
+      # One channel per filter: no reduction over channels for an MMA, so CUDA cores at their own rate.
+      compute_s = 2.0 * layer.macs(co, co) / self.cuda_core_ops
+      weights, ci = layer.weight_count(co, co), co
+    else:
+      padded_macs = (_pad(pixels, self.tile_m) * layer.kernel * layer.kernel * _pad(ci, mult) * _pad(co, mult))
+      compute_s = 2.0 * padded_macs / (peak * self.efficiency)
+      weights = layer.weight_count(ci, co)
+    # Both operands and the requantised output move at the kernel precision p.
+    traffic = (weights + layer.input_count(ci) + layer.output_count(co)) * p / 8.0
+    latency = self.launch_overhead_s + np.maximum(compute_s, traffic / self.mem_bw)
+    return Cost(latency_s=latency, energy_j=latency * self.power_w)

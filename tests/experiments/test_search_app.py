@@ -1,0 +1,105 @@
+"""The search app end to end (debug config), and bad input stopping before any training."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from experiments import search as app
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONF = str(ROOT / "conf")
+
+
+def _compose(overrides):
+  with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    return compose(config_name="config", overrides=list(overrides))
+
+
+def _run_cli(args, cwd, timeout=300):
+  env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT))
+  return subprocess.run([sys.executable, "-m", "experiments.search", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_debug_run_writes_result(tmp_path):
+  out = tmp_path / "run"
+  p = _run_cli(["debug=true", f"hydra.run.dir={out}", "budget.fraction=0.5"], cwd=ROOT)
+  assert p.returncode == 0, p.stderr[-2000:]
+  r = json.loads((out / "result.json").read_text())
+  assert r["target"] == "riscv" and r["kind"] == "searched"
+  assert r["budget"]["metric"] == "latency_s" and r["budget"]["fraction"] == 0.5
+  assert r["budget"]["value"] == pytest.approx(0.5 * r["budget"]["reference"])
+  assert 0.0 <= r["accuracy"] <= 1.0
+  # The derived network's latency honours the budget (the derive step projects onto it).
+  assert r["cost"]["riscv"]["latency_s"] <= r["budget"]["value"] * (1 + 1e-9)
+  assert r["weight_bytes"] > 0 and r["architecture"]["layers"]
+  # Every hardware preset is reported, not only the searched one.
+  presets = {p.stem for p in (ROOT / "conf" / "hardware").glob("*.yaml")}
+  assert len(r["cost"]) >= 1 and "riscv" in r["cost"]
+  assert len(r["cost"]) >= len(presets) - sum(1 for c in r["cost"].values() if "error" in c)
+  # The run was tracked: training curves and the architecture table in the mirror, an offline wandb run.
+  records = [json.loads(l) for l in (out / "tracking.jsonl").read_text().splitlines()]
+  assert any(rec["event"] == "log" and "search/ce" in rec["metrics"] for rec in records)
+  assert any(rec["event"] == "table" and rec["key"] == "architecture" for rec in records)
+  assert records[-1] == {"event": "finish", "exit_code": 0}
+  assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_cli_bad_input_exits_with_one_sentence(tmp_path):
+  out = tmp_path / "run"
+  t0 = time.time()
+  p = _run_cli([f"hydra.run.dir={out}", "budget.fraction=0", "wandb.mode=disabled"], cwd=ROOT)
+  assert p.returncode == 2
+  lines = [l for l in p.stderr.strip().splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "budget.fraction" in lines[0], p.stderr[-2000:]
+  assert not (out / "result.json").exists()
+  assert json.loads((out / "error.json").read_text())["type"] == "ValueError"
+  assert time.time() - t0 < 60  # stopped before training, not after
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (["budget.fraction=-0.2"], "budget.fraction"),
+    (["search.w_bits=[1,4]"], "search.w_bits"),
+    (["search.a_bits=[4,9]"], "search.a_bits"),
+    (["search.w_bits=[]"], "search.w_bits"),
+    (["search.width_mults=[]"], "search.width_mults"),
+    (["budget.metric=power"], "budget.metric"),
+    (["budget.fraction=0.001"], "budget.fraction"),  # below the cheapest network of the space
+])
+def test_bad_input_names_the_field_before_training(tmp_path, overrides, field, monkeypatch):
+  import nas.search as searchlib
+  called = []
+  monkeypatch.setattr(searchlib, "_search_step", lambda *a, **k: called.append(1))
+  cfg = _compose(["wandb.mode=disabled", *overrides])
+  with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+    app.run(cfg, tmp_path)
+  assert not called, "training started before the input was rejected"
+  assert not (tmp_path / "result.json").exists()
+
+
+def test_unknown_hardware_preset_is_rejected_by_hydra():
+  from hydra.errors import MissingConfigException
+  with pytest.raises(MissingConfigException, match="hardware"):
+    _compose(["hardware=tpu_v9"])
+
+
+def test_typo_in_a_config_key_fails_at_startup():
+  from hydra.errors import ConfigCompositionException
+  with pytest.raises(ConfigCompositionException, match="search.stepz"):
+    _compose(["search.stepz=10"])
+
+
+def test_baselines_run_in_process(tmp_path):
+  for kind, extra in (("uniform", ["baseline.w_bits=4", "baseline.a_bits=4"]), ("random", [])):
+    cfg = _compose(["debug=true", "wandb.mode=disabled", f"baseline.kind={kind}", *extra])
+    r = app.run(cfg, tmp_path / kind)
+    assert r["kind"] == f"baseline:{kind}"
+    if kind == "uniform":
+      searchable = [l for l in r["architecture"]["layers"] if l["name"] not in ("convs.0", "head")]
+      assert all(l["w_bits"] == 4 and l["a_bits"] == 4 for l in searchable)

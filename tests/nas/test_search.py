@@ -1,0 +1,59 @@
+"""A tiny search: budgets are honoured and a tighter budget gives a cheaper derived network."""
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from nas import cost as costlib
+from nas.data import load_digits
+from nas.models import build_model
+from nas.search import Constraint, SearchConfig, search
+from nas.space import SearchSpace
+
+import pathlib
+
+RISCV = pathlib.Path(__file__).resolve().parents[2] / "conf" / "hardware" / "riscv.yaml"
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return load_digits(limit=400)
+
+
+def _search(data, fraction, metric="latency_s", extra=()):
+  hw = instantiate(OmegaConf.load(RISCV), _convert_="all")
+  model = build_model("digits_cnn", SearchSpace(), seed=0, widths=(8, 16), strides=(1, 2))
+  ref = model.reference_architecture()
+  ref_cost = {**costlib.architecture_cost(ref, hw), **costlib.architecture_metrics(ref)}
+  constraints = [Constraint(metric, fraction * ref_cost[metric])]
+  constraints += [Constraint(m, f * ref_cost[m]) for m, f in extra]
+  res = search(model, data, hw, constraints, SearchConfig(steps=160, warmup_steps=40, seed=0))
+  arch = model.architecture(res.choices)
+  true = {**costlib.architecture_cost(arch, hw), **costlib.architecture_metrics(arch)}
+  return res, true, constraints
+
+
+def test_tight_budget_gives_cheaper_network_and_budgets_hold(digits):
+  tight, tight_cost, tight_c = _search(digits, 0.25)
+  loose, loose_cost, loose_c = _search(digits, 0.9)
+  assert tight_cost["latency_s"] <= tight_c[0].limit * (1 + 1e-9)
+  assert loose_cost["latency_s"] <= loose_c[0].limit * (1 + 1e-9)
+  assert tight_cost["latency_s"] < loose_cost["latency_s"]
+  # The expected cost tracked the budget during search: within 15 % of it (or under it) at the end.
+  assert tight.expected_cost["latency_s"] <= 1.15 * tight_c[0].limit
+
+
+def test_two_metric_budget_holds_both(digits):
+  res, true, constraints = _search(digits, 0.8, extra=[("weight_bytes", 0.3)])
+  for c in constraints:
+    assert true[c.metric] <= c.limit * (1 + 1e-9), (c, true)
+  assert set(res.multipliers) == {"latency_s", "weight_bytes"}
+  assert all(v >= 0 for v in res.multipliers.values())
+
+
+def test_nan_loss_is_reported_with_the_field_to_change(digits):
+  hw = instantiate(OmegaConf.load(RISCV), _convert_="all")
+  model = build_model("digits_cnn", SearchSpace(), seed=0, widths=(8, 16), strides=(1, 2))
+  bad = type(digits)(digits.name, digits.x_train * np.nan, digits.y_train, digits.x_test, digits.y_test, 10)
+  with pytest.raises(FloatingPointError, match="search.lr"):
+    search(model, bad, hw, [Constraint("latency_s", 1.0)], SearchConfig(steps=30, warmup_steps=5))
