@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
@@ -77,3 +78,74 @@ class CategoricalChoice(nnx.Module):
   def derive(self) -> int:
     """The chosen candidate: the most probable one."""
     return self.values[int(jnp.argmax(self.logits[...]))]
+
+
+class SDQChoice(nnx.Module):
+  """A bit-width chosen by a differentiable bit-width parameter (DBP), this project's reading of SDQ.
+
+  One real parameter beta per tensor (or per output channel, ``channels``), kept in [b_min, b_max] and
+  initialised at b_max. With b_lo <= beta <= b_hi the adjacent candidates, p = (beta - b_lo) / (b_hi - b_lo)
+  is the probability of quantising at b_hi. The forward pass draws z ~ Bernoulli(p) and uses b_hi if z else
+  b_lo; the backward pass is straight-through around the expectation, so d(mix)/dp = Q_hi - Q_lo and beta
+  learns how much the higher precision helps the loss. The categorical distribution it exposes (``probs``)
+  puts p on b_hi and 1 - p on b_lo, so the expected cost p C(b_hi) + (1 - p) C(b_lo) is the cost grid
+  interpolated in beta, and the same contraction as for Gumbel choices applies.
+
+  References:
+    Huang et al., "SDQ: Stochastic Differentiable Quantization with Mixed Precision", ICML 2022 (formulation
+    adopted from the abstract; the paper's exact DBP estimator is not public, see METHODS.md §5).
+  """
+
+  def __init__(self, values: Sequence[int], channels: int | None = None):
+    self.values = tuple(int(v) for v in values)
+    shape = () if channels is None else (channels,)
+    self.logits = ArchParam(jnp.full(shape, float(self.values[-1]), jnp.float32))  # beta, in bits
+
+  @property
+  def fixed(self) -> bool:
+    return len(self.values) == 1
+
+  def project(self) -> None:
+    """Keeps beta within [b_min, b_max] (called after each architecture update)."""
+    self.logits[...] = jnp.clip(self.logits[...], self.values[0], self.values[-1])
+
+  def _pair(self):
+    v = jnp.asarray(self.values, jnp.float32)
+    beta = jnp.clip(self.logits[...], v[0], v[-1])
+    hi = jnp.clip(jnp.searchsorted(v, beta, side="left"), 1, len(self.values) - 1)
+    lo = hi - 1
+    p = (beta - v[lo]) / (v[hi] - v[lo])
+    return lo, hi, p
+
+  def probs(self) -> jax.Array:
+    if self.fixed:
+      return jnp.ones(self.logits[...].shape + (1,), jnp.float32)
+    lo, hi, p = self._pair()
+    n = len(self.values)
+    return jax.nn.one_hot(hi, n) * p[..., None] + jax.nn.one_hot(lo, n) * (1.0 - p)[..., None]
+
+  def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0) -> jax.Array:
+    del tau  # SDQ's draw has no temperature
+    if self.fixed:
+      return jnp.ones(self.logits[...].shape + (1,), jnp.float32)
+    expected = self.probs()
+    if mode == "expected":
+      return expected
+    lo, hi, p = self._pair()
+    n = len(self.values)
+    if mode == "sample":
+      z = jax.random.bernoulli(key, p)
+    elif mode == "argmax":
+      z = p >= 0.5
+    else:
+      raise ValueError(f"mode={mode!r}; use 'sample', 'expected' or 'argmax'.")
+    drawn = jnp.where(z[..., None], jax.nn.one_hot(hi, n), jax.nn.one_hot(lo, n))
+    return expected + jax.lax.stop_gradient(drawn - expected)
+
+  def derive(self):
+    """The nearest candidate to beta (p >= 0.5 -> b_hi); a tuple per channel for per-channel choices."""
+    if self.fixed:
+      return self.values[0] if self.logits[...].ndim == 0 else (self.values[0],) * self.logits[...].shape[0]
+    lo, hi, p = self._pair()
+    idx = np.asarray(jnp.where(p >= 0.5, hi, lo))
+    return self.values[int(idx)] if idx.ndim == 0 else tuple(self.values[int(i)] for i in idx)

@@ -108,7 +108,7 @@ def _search_step(model, w_opt, a_opt, x, y, key, tau, lam, arch_on, arrays, limi
     expected = costlib.expected_costs(tables, arrays, probs)
     excess = jnp.stack([expected[m] for m in metrics]) / limits - 1.0
     weight = lam if penalty == "lagrange" else strength * jnp.ones_like(lam)
-    entropy = jnp.mean(jnp.stack([-jnp.sum(p * jnp.log(p + 1e-12)) for n, p in probs.items()
+    entropy = jnp.mean(jnp.stack([-jnp.mean(jnp.sum(p * jnp.log(p + 1e-12), -1)) for n, p in probs.items()
                                   if p.shape[-1] > 1] or [jnp.zeros(())]))
     loss = ce + arch_on * (jnp.sum(weight * jax.nn.relu(excess)) + entropy_weight * entropy)
     return loss, (ce, logits, expected, excess)
@@ -117,6 +117,7 @@ def _search_step(model, w_opt, a_opt, x, y, key, tau, lam, arch_on, arrays, limi
       loss_fn, argnums=nnx.DiffState(0, nnx.Any(nnx.Param, ArchParam)), has_aux=True)(model)
   w_opt.update(model, grads.filter(nnx.Param))
   a_opt.update(model, jax.tree.map(lambda g: g * arch_on, grads.filter(ArchParam)))
+  model.project()
   lam = jnp.maximum(0.0, lam + arch_on * dual_lr * excess)
   acc = jnp.mean(jnp.argmax(logits, -1) == y)
   return ce, acc, expected, excess, lam

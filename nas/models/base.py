@@ -9,7 +9,7 @@ from flax import nnx
 
 from hardware.base import LayerSpec
 from nas.arch import Architecture, LayerChoice
-from nas.choices import CategoricalChoice
+from nas.choices import CategoricalChoice, SDQChoice
 from nas.layers import ChoiceKeys, QLayer, width_mask
 from nas.space import SearchSpace
 
@@ -34,11 +34,18 @@ class Supernet(nnx.Module):
     self.reference = {}  # choice name -> value of the reference network (W8A8 at base width)
     self._layer_names = []
 
-  def add_choice(self, name: str, candidates, reference: int) -> str:
+  def add_choice(self, name: str, candidates, reference: int, bits: bool = False) -> str:
+    """Registers choice ``name`` (once: layers naming the same choice share it) and returns its name.
+
+    Bit-width choices follow ``space.method`` (Gumbel-softmax or SDQ); width choices are always Gumbel.
+    """
     if name in self.choices:
       return name
     values = (self.arch.choices[name],) if self.arch is not None else tuple(candidates)
-    self.choices[name] = CategoricalChoice(values, hard=self.space.hard)
+    if bits and self.space.method == "sdq":
+      self.choices[name] = SDQChoice(values)
+    else:
+      self.choices[name] = CategoricalChoice(values, hard=self.space.hard)
     self.reference[name] = reference
     return name
 
@@ -47,7 +54,7 @@ class Supernet(nnx.Module):
     if not self.space.quantize:
       return self.add_choice(name, (FLOAT_BITS,), FLOAT_BITS), None
     values = (fixed,) if fixed is not None else candidates
-    key = self.add_choice(name, values, fixed if fixed is not None else 8)
+    key = self.add_choice(name, values, fixed if fixed is not None else 8, bits=True)
     return key, self.choices[key].values
 
   def width_choice(self, name: str, base: int) -> str:
@@ -90,6 +97,12 @@ class Supernet(nnx.Module):
     keys = jax.random.split(key, len(names)) if key is not None else [None] * len(names)
     return {n: self.choices[n].mixing_weights(mode, k, tau) for n, k in zip(names, keys)}
 
+  def project(self) -> None:
+    """Keeps constrained architecture parameters in their range (SDQ's beta) after an update."""
+    for c in self.choices.values():
+      if hasattr(c, "project"):
+        c.project()
+
   def probs(self) -> dict[str, jax.Array]:
     return {n: c.probs() for n, c in self.choices.items()}
 
@@ -114,5 +127,5 @@ class Supernet(nnx.Module):
 
   def mean_max_prob(self) -> float:
     """Mean over searchable choices of the largest probability: 1.0 when every choice is one-hot."""
-    ps = [float(jnp.max(c.probs())) for c in self.choices.values() if not c.fixed]
+    ps = [float(jnp.mean(jnp.max(c.probs(), axis=-1))) for c in self.choices.values() if not c.fixed]
     return sum(ps) / len(ps) if ps else 1.0
