@@ -27,7 +27,7 @@ import pathlib
 import re
 import sys
 import tempfile
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -231,9 +231,7 @@ def plot(groups: list[dict], labels: Sequence[str], path: pathlib.Path) -> None:
   for ax, g in zip(axes, groups):
     pts, ref = g["points"], g["reference"]
     for name, s in g["series"].items():
-      colour, marker = colours.get(name) or BASELINE_STYLE.get(name, ("#17becf", "v"))
-      if name in colours:
-        marker = "o"
+      colour, marker = (colours[name], "o") if name in colours else BASELINE_STYLE.get(name, ("#17becf", "v"))
       members = [p for p in pts if _series(p) == name]
       ax.scatter([p["cost"] for p in members], [p["accuracy"] for p in members], color=colour, marker=marker,
                  alpha=0.35, s=22, label="_nolegend_")
@@ -249,7 +247,12 @@ def plot(groups: list[dict], labels: Sequence[str], path: pathlib.Path) -> None:
             ax.annotate(str(p["name"]).split("-")[-1], (p["cost"], p["accuracy"]), fontsize=7,
                         xytext=(3, -9), textcoords="offset points", color=colour)
     ax.axhline(ref["accuracy"], color="0.6", linestyle=":", linewidth=1)
-    ax.axvline(ref["cost"], color="0.6", linestyle=":", linewidth=1, label="reference point")
+    ax.axvline(ref["cost"], color="0.6", linestyle=":", linewidth=1,
+               label=f"reference ({ref['accuracy']:.3g}, {format_cost(g['metric'], ref['cost'])})")
+    # Zoom on the points: chance accuracy is usually far below them (its line is then off-screen).
+    acc = [p["accuracy"] for p in pts]
+    pad = max(0.02, 0.08 * (max(acc) - min(acc)))
+    ax.set_ylim(min(acc) - pad, min(max(acc) + pad, 1.0 + pad / 4))
     costs = np.array([p["cost"] for p in pts] + [ref["cost"]])
     if costs.min() > 0 and costs.max() / costs.min() > 10:
       ax.set_xscale("log")
@@ -320,6 +323,7 @@ def _write_json_atomic(path: pathlib.Path, obj) -> None:
   fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
   with os.fdopen(fd, "w") as f:
     json.dump(obj, f, indent=1, allow_nan=False)
+  os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
   os.replace(tmp, path)
 
 
@@ -392,8 +396,9 @@ def aggregate(sweep_dirs: Sequence[str | os.PathLike], labels: Sequence[str] | N
     raise ValueError(f"--label must be given once per sweep folder, all different; got {labels} for {len(dirs)}.")
   points, failures, skipped = load_points(dirs, labels, metric, target)
   if not points:
+    first = f"; e.g. {skipped[0]['job']}: {skipped[0]['reason']}" if skipped else ""
     raise ValueError(f"no usable result.json under {', '.join(map(str, dirs))} "
-                     f"({len(failures)} failed jobs, {len(skipped)} without the asked cost).")
+                     f"({len(failures)} failed jobs, {len(skipped)} without the asked cost{first}).")
   by_group = collections.defaultdict(list)
   for p in points:
     by_group[(p["target"], p["metric"])].append(p)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from experiments import config as appconfig
 from experiments.tracking import Tracker, WandbConfig
 from nas import cost as costlib
-from nas.data import Dataset, load_digits
+from nas.data import Dataset, load_cifar10, load_digits, load_mnist
 from nas.models import build_model
 from nas.search import Constraint, SearchConfig, search
 from nas.space import SearchSpace
@@ -59,13 +59,12 @@ def load_dataset(cfg: DictConfig) -> Dataset:
   d = cfg.dataset
   if d.name == "digits":
     return load_digits(d.test_fraction, d.split_seed, d.limit)
-  try:
-    from nas import datasets_local
-  except ImportError:
-    datasets_local = None
-  if datasets_local is None or not hasattr(datasets_local, f"load_{d.name}"):
-    raise ValueError(f"dataset.name={d.name!r} is unknown; use 'digits'.")
-  return getattr(datasets_local, f"load_{d.name}")(d.root, limit=d.limit)
+  if d.name == "cifar10":
+    return load_cifar10(d.root, limit=d.limit)
+  if d.name == "mnist":
+    return load_mnist(d.root, limit=d.limit)
+  raise ValueError(f"dataset.name={d.name!r} is unknown; use 'digits' (bundled), 'cifar10' or 'mnist' "
+                   f"(with dataset.root=/path/to/folder).")
 
 
 def search_space(cfg: DictConfig) -> SearchSpace:

@@ -119,7 +119,8 @@ def preset_yaml(p: Dict[str, float], host: Dict, fit_q: Dict, held_q: Dict, meas
   """The preset's text; every constant's comment says where it came from."""
   return f"""# THIS HOST's CPU as seen by XLA, calibrated: written by `python -m hardware.calibrate --measure --out ...`.
 # Measured on: {host.get('cpu')} ({host.get('cores')} cores), {host.get('platform')}, jax {host.get('jax')},
-#   {host.get('date')}; {host.get('dtype')}.
+#   {host.get('date')}, 1-min load average {host.get('load_avg_1min_before')} before / {host.get('load_avg_1min')} after
+#   (other processes on a shared machine scatter the timings); {host.get('dtype')}.
 # Measurements: {measurements_path} (per layer: median of repeats of an in-program loop; see measure.py).
 # Fit: soft-L1 least squares on log latency, {fit_q['n']} layers. Held out {held_q['n']} layers:
 #   Spearman {held_q['spearman']:.3f}, median relative error {held_q['median_rel_err']:.3f}

@@ -178,7 +178,12 @@ def host_description() -> Dict:
           break
   except OSError:
     pass
-  return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
+  try:
+    load = os.getloadavg()[0]  # other work on the machine inflates and scatters the timings
+  except OSError:
+    load = None
+  return {"cpu": model, "cores": os.cpu_count(), "load_avg_1min": load, "platform": platform.platform(),
+          "jax": jax.__version__,
           "backend": jax.default_backend(), "dtype": DTYPE_NOTE,
           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
@@ -192,6 +197,7 @@ def measure(layers: List[LayerSpec], repeats: int = 9, warmup: int = 1, passes: 
   then needs to hit both passes to bias a layer.
   """
   t0 = time.perf_counter()
+  load_before = host_description()["load_avg_1min"]
   if layers and not check_int8(layers[0]):
     raise RuntimeError("XLA's int8 convolution disagrees with float32 on this host; measurements would be wrong.")
   prepared = [_Prepared(layer, target_s) for layer in layers]
@@ -215,6 +221,7 @@ def measure(layers: List[LayerSpec], repeats: int = 9, warmup: int = 1, passes: 
       print(f"{layer.name}: {layer.kind} {layer.cin}->{layer.cout} k{layer.kernel} s{layer.stride} "
             f"{layer.in_h}x{layer.in_w}: {min(meds) * 1e6:.2f} us (loop of {prep.n})", flush=True)
   host = host_description()
+  host["load_avg_1min_before"] = load_before
   host["runtime_s"] = round(time.perf_counter() - t0, 1)
   return {"host": host, "records": records}
 

@@ -12,8 +12,19 @@ from hardware.base import LayerSpec
 class LayerChoice:
   """One layer of a derived network as the hardware sees it: its spec at the chosen widths, and its bits."""
   spec: LayerSpec
-  w_bits: int
+  w_bits: int | tuple[int, ...]  # a tuple: one bit-width per output channel (channel-wise mixed precision)
   a_bits: int
+
+  def groups(self) -> list[tuple[LayerSpec, int]]:
+    """The layer as the hardware runs it: one sub-layer per distinct weight bit-width, with its channels."""
+    if not isinstance(self.w_bits, tuple):
+      return [(self.spec, self.w_bits)]
+    out = []
+    for b in sorted(set(self.w_bits)):
+      n = sum(1 for v in self.w_bits if v == b)
+      cin = n if self.spec.kind == "dwconv" else self.spec.cin
+      out.append((dataclasses.replace(self.spec, cin=cin, cout=n), b))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +42,11 @@ class Architecture:
   layers: tuple[LayerChoice, ...]
 
   def layer_specs(self) -> list[tuple[LayerSpec, int, int]]:
-    """(LayerSpec at the chosen widths, weight bits, activation bits) per layer, for the cost models."""
-    return [(l.spec, l.w_bits, l.a_bits) for l in self.layers]
+    """(LayerSpec at the chosen widths, weight bits, activation bits) per layer, for the cost models.
+
+    A layer with per-channel weight bits appears as one sub-layer per distinct bit-width.
+    """
+    return [(spec, w, l.a_bits) for l in self.layers for spec, w in l.groups()]
 
   def to_dict(self) -> dict:
     return {
@@ -47,7 +61,7 @@ class Architecture:
     for l in d["layers"]:
       l = dict(l)
       w, a = l.pop("w_bits"), l.pop("a_bits")
-      layers.append(LayerChoice(LayerSpec(**l), w, a))
+      layers.append(LayerChoice(LayerSpec(**l), tuple(w) if isinstance(w, list) else w, a))
     choices = {k: tuple(v) if isinstance(v, list) else v for k, v in d["choices"].items()}
     return cls(d["model"], choices, tuple(layers))
 

@@ -45,10 +45,24 @@ class CategoricalChoice(nnx.Module):
     hard: straight-through one-hot samples instead of relaxed ones.
   """
 
-  def __init__(self, values: Sequence[int], hard: bool = False):
+  def __init__(self, values: Sequence[int], hard: bool = False, channels: int | None = None):
     self.values = tuple(int(v) for v in values)
     self.hard = hard
-    self.logits = ArchParam(jnp.zeros((len(self.values),), jnp.float32))
+    shape = (len(self.values),) if channels is None else (channels, len(self.values))
+    self.logits = ArchParam(jnp.zeros(shape, jnp.float32))
+
+  @classmethod
+  def assigned(cls, per_channel: Sequence[int]) -> "CategoricalChoice":
+    """A fixed per-channel assignment (a derived network's per-channel bits): one-hot logits, argmax mode."""
+    values = sorted(set(int(v) for v in per_channel))
+    choice = cls(values, channels=len(per_channel))
+    idx = np.asarray([values.index(int(v)) for v in per_channel])
+    choice.logits[...] = jnp.asarray(np.eye(len(values), dtype=np.float32)[idx] * 1e4)
+    return choice
+
+  @property
+  def per_channel(self) -> bool:
+    return self.logits[...].ndim == 2
 
   @property
   def fixed(self) -> bool:
@@ -56,7 +70,7 @@ class CategoricalChoice(nnx.Module):
 
   def probs(self) -> jax.Array:
     """The categorical distribution the derived choice and the expected cost are read from."""
-    return jax.nn.softmax(self.logits[...])
+    return jax.nn.softmax(self.logits[...], axis=-1)
 
   def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0) -> jax.Array:
     """Weights of the candidates in the forward pass.
@@ -66,18 +80,19 @@ class CategoricalChoice(nnx.Module):
     """
     n = len(self.values)
     if self.fixed:
-      return jnp.ones((1,), jnp.float32)
+      return jnp.ones(self.logits[...].shape[:-1] + (1,), jnp.float32)
     if mode == "sample":
       return gumbel_softmax(key, self.logits[...], tau, self.hard)
     if mode == "expected":
       return self.probs()
     if mode == "argmax":
-      return jax.nn.one_hot(jnp.argmax(self.logits[...]), n)
+      return jax.nn.one_hot(jnp.argmax(self.logits[...], axis=-1), n)
     raise ValueError(f"mode={mode!r}; use 'sample', 'expected' or 'argmax'.")
 
-  def derive(self) -> int:
-    """The chosen candidate: the most probable one."""
-    return self.values[int(jnp.argmax(self.logits[...]))]
+  def derive(self):
+    """The chosen candidate: the most probable one (a tuple, one per channel, for per-channel choices)."""
+    idx = np.asarray(jnp.argmax(self.logits[...], axis=-1))
+    return self.values[int(idx)] if idx.ndim == 0 else tuple(self.values[int(i)] for i in idx)
 
 
 class SDQChoice(nnx.Module):
@@ -100,6 +115,10 @@ class SDQChoice(nnx.Module):
     self.values = tuple(int(v) for v in values)
     shape = () if channels is None else (channels,)
     self.logits = ArchParam(jnp.full(shape, float(self.values[-1]), jnp.float32))  # beta, in bits
+
+  @property
+  def per_channel(self) -> bool:
+    return self.logits[...].ndim == 1
 
   @property
   def fixed(self) -> bool:

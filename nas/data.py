@@ -87,6 +87,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
   # numpy.core is numpy 1.x's name (the distributed CIFAR files use it); numpy 2 calls it numpy._core.
   ALLOWED = {("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
+             ("numpy._core.numeric", "_frombuffer"),  # arrays in protocol 5
              ("_codecs", "encode")}  # bytes in a protocol-2 pickle written by Python 3
 
   def find_class(self, module, name):

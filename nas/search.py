@@ -202,23 +202,29 @@ class _HashableTables(tuple):
     return self is other
 
 
-def discrete_costs(tables, choices: Mapping[str, int], model, metrics) -> dict[str, float]:
-  """Cost of one discrete choice assignment, read from the grids (one-hot probabilities)."""
-  onehot = {n: np.asarray([float(v == choices[n]) for v in c.values]) for n, c in model.choices.items()}
-  total = {m: 0.0 for m in metrics}
-  for t in tables:
-    k = t.keys
-    pw, pa = onehot[k.w_bits], onehot[k.a_bits]
-    pci = onehot[k.cin] if k.cin else np.ones(1)
-    for m in metrics:
-      g = t.grids[m]
-      pco = onehot[k.cout] if (k.cout and g.shape[3] > 1) else np.ones(1)
-      total[m] += float(np.einsum("w,a,i,o,waio->", pw, pa, pci, pco, g))
-  return total
+def onehot_probs(model, choices: Mapping) -> dict[str, np.ndarray]:
+  """The degenerate distributions of one discrete assignment (per-channel choices: one row per channel)."""
+  out = {}
+  for n, c in model.choices.items():
+    v = choices[n]
+    rows = v if isinstance(v, (tuple, list)) else [v]
+    p = np.asarray([[float(x == r) for x in c.values] for r in rows], np.float32)
+    out[n] = p if isinstance(v, (tuple, list)) else p[0]
+  return out
 
 
-def cheapest_choices(model) -> dict[str, int]:
-  return {n: min(c.values) for n, c in model.choices.items()}
+def discrete_costs(tables, choices: Mapping, model, metrics) -> dict[str, float]:
+  """Cost of one discrete choice assignment, read from the grids (NumPy, one-hot probabilities)."""
+  arrays = [{m: t.grids[m] for m in metrics} for t in tables]
+  return {m: float(v) for m, v in costlib.expected_costs(tables, arrays, onehot_probs(model, choices), xp=np).items()}
+
+
+def cheapest_choices(model) -> dict:
+  out = {}
+  for n, c in model.choices.items():
+    per_channel = getattr(c, "per_channel", False)
+    out[n] = (min(c.values),) * c.logits[...].shape[0] if per_channel else min(c.values)
+  return out
 
 
 def check_feasible(model, tables, constraints: Sequence[Constraint]) -> None:
@@ -231,39 +237,69 @@ def check_feasible(model, tables, constraints: Sequence[Constraint]) -> None:
                        f"search.a_bits, search.width_mults).")
 
 
+def _argmax_choices(model, probs) -> dict:
+  out = {}
+  for n, c in model.choices.items():
+    idx = np.argmax(probs[n], axis=-1)
+    out[n] = c.values[int(idx)] if np.ndim(idx) == 0 else tuple(c.values[int(i)] for i in idx)
+  return out
+
+
+def _down_moves(model, choices, probs):
+  """Candidate moves one step down: (trial choices, log-probability given up). Per-channel choices offer the
+  one channel (per current bit-width) that gives up least probability: channels at one bit-width cost the same."""
+  for name, choice in model.choices.items():
+    value = choices[name]
+    p = probs[name]
+    if isinstance(value, tuple):
+      best = {}
+      for ch, v in enumerate(value):
+        i = choice.values.index(v)
+        if i == 0:
+          continue
+        lost = math.log(max(p[ch, i], 1e-12)) - math.log(max(p[ch, i - 1], 1e-12))
+        if v not in best or lost < best[v][1]:
+          best[v] = (ch, lost)
+      for v, (ch, lost) in best.items():
+        new = list(value)
+        new[ch] = choice.values[choice.values.index(v) - 1]
+        yield dict(choices, **{name: tuple(new)}), lost
+    else:
+      i = choice.values.index(value)
+      if i > 0:
+        yield dict(choices, **{name: choice.values[i - 1]}), (
+            math.log(max(p[i], 1e-12)) - math.log(max(p[i - 1], 1e-12)))
+
+
 def fit_to_budget(model, tables, constraints: Sequence[Constraint], probs: Mapping[str, np.ndarray]):
   """Argmax choices, then greedy moves to cheaper candidates until every budget holds.
 
-  Each move takes one choice one candidate down; among the moves that lower the cost, it takes the one that
-  gives up the least log-probability per unit of relative cost saved.
+  Each move takes one choice (or one channel of a per-channel choice) one candidate down; among the moves
+  that lower the cost, it takes the one that gives up the least log-probability per unit of relative cost
+  saved.
 
   Returns:
     (choices, number of moves).
   """
   metrics = [c.metric for c in constraints]
-  choices = {n: c.values[int(np.argmax(probs[n]))] for n, c in model.choices.items()}
+  limits = {c.metric: c.limit for c in constraints}
+  choices = _argmax_choices(model, probs)
   moves = 0
   while True:
     costs = discrete_costs(tables, choices, model, metrics)
-    over = {c.metric: costs[c.metric] / c.limit - 1.0 for c in constraints if costs[c.metric] > c.limit}
+    over = [m for m in metrics if costs[m] > limits[m]]
     if not over:
       return choices, moves
     best, best_score = None, math.inf
-    for name, choice in model.choices.items():
-      i = choice.values.index(choices[name])
-      if i == 0:
-        continue
-      trial = dict(choices, **{name: choice.values[i - 1]})
+    for trial, lost in _down_moves(model, choices, probs):
       tc = discrete_costs(tables, trial, model, metrics)
-      saved = sum((costs[m] - tc[m]) / dict((c.metric, c.limit) for c in constraints)[m] for m in over)
+      saved = sum((costs[m] - tc[m]) / limits[m] for m in over)
       if saved <= 0:
         continue
-      p = probs[name]
-      lost = math.log(max(p[i], 1e-12)) - math.log(max(p[i - 1], 1e-12))
       score = lost / saved
       if score < best_score:
         best, best_score = trial, score
     if best is None:  # cannot happen after check_feasible, but never loop forever
-      raise ValueError(f"no cheaper choice meets the budget on {sorted(over)}.")
+      raise ValueError(f"no cheaper choice meets the budget on {over}.")
     choices = best
     moves += 1

@@ -34,27 +34,39 @@ class Supernet(nnx.Module):
     self.reference = {}  # choice name -> value of the reference network (W8A8 at base width)
     self._layer_names = []
 
-  def add_choice(self, name: str, candidates, reference: int, bits: bool = False) -> str:
+  def add_choice(self, name: str, candidates, reference: int, bits: bool = False,
+                 channels: int | None = None) -> str:
     """Registers choice ``name`` (once: layers naming the same choice share it) and returns its name.
 
     Bit-width choices follow ``space.method`` (Gumbel-softmax or SDQ); width choices are always Gumbel.
+    ``channels`` makes a per-output-channel choice (channel-wise mixed precision).
     """
     if name in self.choices:
       return name
-    values = (self.arch.choices[name],) if self.arch is not None else tuple(candidates)
-    if bits and self.space.method == "sdq":
-      self.choices[name] = SDQChoice(values)
-    else:
-      self.choices[name] = CategoricalChoice(values, hard=self.space.hard)
     self.reference[name] = reference
+    if self.arch is not None:
+      value = self.arch.choices[name]
+      if isinstance(value, (tuple, list)):
+        self.choices[name] = CategoricalChoice.assigned(value)
+      else:
+        self.choices[name] = CategoricalChoice((value,))
+      return name
+    values = tuple(candidates)
+    if len(values) == 1:
+      channels = None
+    if bits and self.space.method == "sdq":
+      self.choices[name] = SDQChoice(values, channels=channels)
+    else:
+      self.choices[name] = CategoricalChoice(values, hard=self.space.hard, channels=channels)
     return name
 
-  def bits_choice(self, name: str, fixed: int | None, candidates) -> tuple[str, tuple[int, ...] | None]:
+  def bits_choice(self, name: str, fixed: int | None, candidates,
+                  channels: int | None = None) -> tuple[str, tuple[int, ...] | None]:
     """A bit-width choice; returns (name, the quantiser's candidate bits or None when float)."""
     if not self.space.quantize:
       return self.add_choice(name, (FLOAT_BITS,), FLOAT_BITS), None
     values = (fixed,) if fixed is not None else candidates
-    key = self.add_choice(name, values, fixed if fixed is not None else 8, bits=True)
+    key = self.add_choice(name, values, fixed if fixed is not None else 8, bits=True, channels=channels)
     return key, self.choices[key].values
 
   def width_choice(self, name: str, base: int) -> str:
@@ -68,10 +80,11 @@ class Supernet(nnx.Module):
              a_signed: bool = False) -> QLayer:
     """Builds searchable layer ``attr`` with its bit choices; cin/cout are fixed counts when keys are None."""
     s = self.space
-    wk, wb = self.bits_choice(f"{attr}.w_bits", s.first_layer_bits if first else s.last_layer_bits if last else None, s.w_bits)
-    ak, ab = self.bits_choice(f"{attr}.a_bits", s.first_layer_bits if first else s.last_layer_bits if last else None, s.a_bits)
     cin_max = self.max_channels(cin_key) if cin_key else cin
     cout_max = cin_max if kind == "dwconv" else (self.max_channels(cout_key) if cout_key else cout)
+    fixed = s.first_layer_bits if first else s.last_layer_bits if last else None
+    wk, wb = self.bits_choice(f"{attr}.w_bits", fixed, s.w_bits, channels=cout_max if s.per_channel_w else None)
+    ak, ab = self.bits_choice(f"{attr}.a_bits", fixed, s.a_bits)
     spec = LayerSpec(kind, cin_max, cout_max, kernel, stride, in_hw[0], in_hw[1], attr)
     keys = ChoiceKeys(wk, ak, cin_key, None if kind == "dwconv" else cout_key)
     self._layer_names.append(attr)
@@ -118,7 +131,11 @@ class Supernet(nnx.Module):
       cin = choices[k.cin] if k.cin else spec.cin
       cout = cin if spec.kind == "dwconv" else (choices[k.cout] if k.cout else spec.cout)
       s = LayerSpec(spec.kind, cin, cout, spec.kernel, spec.stride, spec.in_h, spec.in_w, spec.name)
-      layers.append(LayerChoice(s, choices[k.w_bits], choices[k.a_bits]))
+      w_bits = choices[k.w_bits]
+      if isinstance(w_bits, (tuple, list)):  # per-channel: keep the channels the width keeps
+        w_bits = tuple(int(b) for b in w_bits[:cout])
+        choices[k.w_bits] = w_bits
+      layers.append(LayerChoice(s, w_bits, choices[k.a_bits]))
     return Architecture(self.name, choices, tuple(layers))
 
   def reference_architecture(self) -> Architecture:

@@ -9,6 +9,7 @@ The formats, as distributed:
     (labels), one big-endian uint32 per dimension, then the uint8 data row-major.
 The expected pixels are computed here from those byte offsets, not with the loader's reshape.
 """
+import functools
 import gzip
 import io
 import os
@@ -116,8 +117,12 @@ def expected_cifar(batches: dict, names: list[str]) -> tuple[np.ndarray, np.ndar
   return rows[:, k * 1024 + r * 32 + c], np.concatenate([batches[n][b"labels"] for n in names])
 
 
+MEAN, STD = np.float32([0.4914, 0.4822, 0.4465]), np.float32([0.2470, 0.2435, 0.2616])  # as stated in nas/data.py
+
+
 def unnormalize(x: np.ndarray) -> np.ndarray:
-  return (x * np.float32([0.2470, 0.2435, 0.2616]) + np.float32([0.4914, 0.4822, 0.4465])) * 255.0
+  """NHWC (or ..., 3) normalised pixels back to 0..255."""
+  return (x * STD + MEAN) * 255.0
 
 
 @pytest.mark.parametrize("at_parent", [False, True])
@@ -131,7 +136,7 @@ def test_cifar10_folder_pixels_labels_counts(tmp_path, at_parent):
   assert ds.x_train.shape == (5 * PER_TRAIN_BATCH, 32, 32, 3) and ds.x_test.shape == (N_TEST, 32, 32, 3)
   assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32 and ds.y_test.dtype == np.int32
   for i, r, c, k, v in CIFAR_PIXELS:
-    assert abs(unnormalize(ds.x_train[i, r, c, k]) - v) < 1e-3, (i, r, c, k)
+    assert abs((ds.x_train[i, r, c, k] * STD[k] + MEAN[k]) * 255.0 - v) < 1e-3, (i, r, c, k)
   # Un-normalised float32 pixels are within 1e-3 of the integer bytes; rounding recovers them exactly.
   np.testing.assert_allclose(unnormalize(ds.x_train), x_train, atol=1e-3)
   np.testing.assert_array_equal(np.rint(unnormalize(ds.x_test)), x_test)
@@ -147,8 +152,7 @@ def test_cifar10_normalization_is_the_stated_per_channel_mean_and_std(tmp_path):
   np.testing.assert_array_equal(raw.x_train, x_train.astype(np.float32) / np.float32(255))
   assert raw.x_train.min() >= 0.0 and raw.x_train.max() <= 1.0
   norm = data.load_cifar10(str(folder))
-  mean, std = np.float32([0.4914, 0.4822, 0.4465]), np.float32([0.2470, 0.2435, 0.2616])
-  np.testing.assert_allclose(norm.x_train, (raw.x_train - mean) / std, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(norm.x_train, (raw.x_train - MEAN) / STD, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("point_at", ["parent", "archive"])
@@ -163,9 +167,11 @@ def test_cifar10_archive_matches_folder_and_extracts_nothing(tmp_path, point_at)
     np.testing.assert_array_equal(getattr(ds, field), getattr(from_folder, field))
 
 
-def test_cifar10_reads_python2_era_pickles(tmp_path):
+@pytest.mark.parametrize("dumps", [python2_style_dumps, functools.partial(pickle.dumps, protocol=5)],
+                         ids=["protocol2-numpy1", "protocol5"])
+def test_cifar10_reads_pickles_of_other_protocols(tmp_path, dumps):
   batches = cifar_batches(seed=2)
-  ds = data.load_cifar10(str(write_cifar_folder(tmp_path, batches, python2_style_dumps)), normalize=False)
+  ds = data.load_cifar10(str(write_cifar_folder(tmp_path, batches, dumps)), normalize=False)
   x_test, y_test = expected_cifar(batches, ["test_batch"])
   np.testing.assert_array_equal(np.rint(ds.x_test * 255), x_test)
   np.testing.assert_array_equal(ds.y_test, y_test)

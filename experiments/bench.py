@@ -1,0 +1,120 @@
+"""Search cost benchmark: supernet step time / plain QAT step time, measured in one run on this machine.
+
+  python -m experiments.bench                          # digits CNN and ResNet-20, batch 64
+  python -m experiments.bench --models digits_cnn --batch 128 --iters 50
+
+"Plain" is the widest network of the space at 8 bits (one candidate per choice: one quantisation per tensor,
+no sampling, no cost term), trained with the same optimiser on the same batch. The supernet step samples
+every choice, quantises at every candidate bit-width, applies the width masks, and adds the budget term.
+Also reported: the time of the expected-cost contraction alone, as a share of the supernet step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from nas import cost as costlib
+from nas import search as searchlib
+from nas import train as trainlib
+from nas.choices import ArchParam
+from nas.models import build_model
+from nas.space import SearchSpace
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHAPES = {"digits_cnn": (8, 8, 1), "resnet20": (32, 32, 3), "mobilenetv2": (32, 32, 3)}
+
+
+def _time(fn, iters: int) -> float:
+  """Median seconds per call after two warm-up calls (compilation excluded)."""
+  for _ in range(2):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def bench_model(name: str, batch: int, iters: int, method: str, hardware: str) -> dict:
+  hw = instantiate(OmegaConf.load(ROOT / "conf" / "hardware" / f"{hardware}.yaml"), _convert_="all")
+  shape = SHAPES.get(name, (32, 32, 3))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch, *shape)).astype(np.float32))
+  y = jnp.asarray(rng.integers(0, 10, size=batch).astype(np.int32))
+  kwargs = dict(input_shape=shape, num_classes=10)
+
+  space = SearchSpace(method=method)
+  supernet = build_model(name, space, **kwargs)
+  tables = costlib.build_cost_tables(supernet, hw)
+  metrics = ("latency_s",)
+  arrays = costlib.table_arrays(tables, metrics)
+  limits = jnp.asarray([1e9], jnp.float32)
+  trainlib.calibrate(supernet, x, mode="expected")
+  w_opt = trainlib.weights_optimizer(supernet, 1e-3, 1e-4)
+  a_opt = nnx.Optimizer(supernet, optax.adam(1e-2), wrt=ArchParam)
+  hashable = searchlib._HashableTables(tables)
+  lam = jnp.zeros((1,), jnp.float32)
+  key = jax.random.key(0)
+
+  def supernet_step():
+    return searchlib._search_step(supernet, w_opt, a_opt, x, y, key, jnp.float32(1.0), lam, jnp.float32(1.0),
+                                  arrays, limits, hashable, metrics, "lagrange", jnp.float32(1.0),
+                                  jnp.float32(0.05), jnp.float32(0.1))[0]
+
+  widest = {n: max(c.values) if n.endswith(".width") else (8 if 8 in c.values else max(c.values))
+            for n, c in supernet.choices.items()}
+  plain = build_model(name, space, arch=supernet.architecture(widest), **kwargs)
+  trainlib.calibrate(plain, x, mode="argmax")
+  p_opt = trainlib.weights_optimizer(plain, 1e-3, 1e-4)
+
+  def plain_step():
+    return trainlib._train_step(plain, p_opt, x, y)[0]
+
+  probs = supernet.probs()
+  cost_fn = jax.jit(lambda arrays, probs: costlib.expected_costs(tables, arrays, probs)["latency_s"])
+
+  t_super = _time(supernet_step, iters)
+  t_plain = _time(plain_step, iters)
+  t_cost = _time(lambda: cost_fn(arrays, probs), iters * 5)
+  return {"model": name, "method": method, "batch": batch, "device": jax.devices()[0].device_kind,
+          "supernet_step_s": t_super, "plain_step_s": t_plain, "ratio": t_super / t_plain,
+          "expected_cost_s": t_cost, "expected_cost_share": t_cost / t_super}
+
+
+def main(argv=None) -> list[dict]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--models", nargs="+", default=["digits_cnn", "resnet20"])
+  parser.add_argument("--methods", nargs="+", default=["gumbel", "sdq"])
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--iters", type=int, default=20)
+  parser.add_argument("--hardware", default="riscv")
+  parser.add_argument("--out", default=None, help="write the rows as JSON here")
+  args = parser.parse_args(argv)
+  rows = []
+  print(f"{'model':<12} {'method':<7} {'batch':>5} {'supernet ms':>12} {'plain ms':>9} {'ratio':>6} "
+        f"{'E[cost] us':>11} {'share':>7}")
+  for name in args.models:
+    for method in args.methods:
+      r = bench_model(name, args.batch, args.iters, method, args.hardware)
+      rows.append(r)
+      print(f"{r['model']:<12} {r['method']:<7} {r['batch']:>5} {r['supernet_step_s'] * 1e3:>12.2f} "
+            f"{r['plain_step_s'] * 1e3:>9.2f} {r['ratio']:>6.2f} {r['expected_cost_s'] * 1e6:>11.1f} "
+            f"{100 * r['expected_cost_share']:>6.2f}%", flush=True)
+  if args.out:
+    pathlib.Path(args.out).write_text(json.dumps(rows, indent=1))
+  return rows
+
+
+if __name__ == "__main__":
+  main()
