@@ -97,6 +97,8 @@ class AppConfig:
   wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
   seed: int = 0
   debug: bool = False                   # shrink to a seconds-long run (tests)
+  # What the job returns to a sweeper (Optuna): e.g. [accuracy, latency_s]; costs are on the searched target.
+  objectives: list[str] = dataclasses.field(default_factory=list)
 
 
 def register() -> None:
@@ -116,6 +118,9 @@ def validate(cfg) -> None:
       raise ValueError(f"budget.extra[{i}].metric={extra.metric!r} is unknown; use one of {sorted(BUDGET_METRICS)}.")
     if not extra.fraction > 0:
       raise ValueError(f"budget.extra[{i}].fraction={extra.fraction} must be > 0.")
+  for name in cfg.objectives:
+    if name not in ("accuracy", "latency_s", "energy_j", "weight_bytes"):
+      raise ValueError(f"objectives holds {name!r}; use accuracy, latency_s, energy_j or weight_bytes.")
   if cfg.baseline.kind not in BASELINES:
     raise ValueError(f"baseline.kind={cfg.baseline.kind!r} is unknown; use one of {BASELINES}.")
   if cfg.hardware is None or "_target_" not in cfg.hardware:

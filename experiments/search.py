@@ -275,11 +275,17 @@ def main(cfg: DictConfig) -> dict | None:
     write_json_atomic(out_dir / "error.json", {"error": str(e), "type": type(e).__name__})
     if multirun:  # a failed job does not sink the sweep; the aggregator lists it
       log.error("job %s failed: %s", OmegaConf.select(hc, "job.num", default="?"), e)
+      if cfg.objectives:  # Optuna needs a value: the worst possible one
+        return [0.0 if k == "accuracy" else float("inf") for k in cfg.objectives]
       return None
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   acc = result["accuracy"]
   own = result["cost"][result["target"]]
+  if cfg.objectives:  # a sweeper (Optuna) optimises these values
+    values = {"accuracy": acc, "weight_bytes": result["weight_bytes"], **own}
+    print(f"[{result['label']}] objectives " + " ".join(f"{k}={values[k]:.4g}" for k in cfg.objectives))
+    return [float(values[k]) for k in cfg.objectives]
   print(f"[{result['label']}] accuracy {acc:.4f}  latency {own['latency_s'] * 1e3:.4g} ms  energy "
         f"{own['energy_j'] * 1e6:.4g} uJ  weights {result['weight_bytes'] / 1024:.3g} KiB  -> {out_dir / 'result.json'}")
   return result

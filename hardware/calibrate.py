@@ -1,8 +1,8 @@
 """Fit the CPU roofline's constants to layers timed on this host, and write them as a preset YAML.
 
 The fitted constants are those of :class:`hardware.cpu.SIMDCPU`: the effective MAC rate and the fixed
-overhead per layer kind, the memory bandwidth, and the SIMD channel multiples (chosen from a few
-candidates by fit loss). They are fitted by soft-L1 least squares on log latency on a seeded 75% of the
+overhead per layer kind, the memory bandwidth, the rate of the generic few-channel convolution path, and
+(chosen from a few candidates by fit loss) the SIMD channel multiples and the few-channel threshold. They are fitted by soft-L1 least squares on log latency on a seeded 75% of the
 measured layers; the other 25% are held out and the written YAML reports the fit on them. Energy cannot be
 measured here: the preset's energy constants are labelled assumptions (Horowitz 2014 45 nm proxies).
 
@@ -27,9 +27,12 @@ from scipy import optimize, stats
 from hardware.base import LayerSpec
 from hardware.cpu import KINDS, SIMDCPU
 
-PARAMS = ("rate_conv", "rate_dwconv", "rate_dense", "mem_bw", "overhead_conv", "overhead_dwconv", "overhead_dense")
+PARAMS = ("rate_conv", "rate_dwconv", "rate_dense", "rate_fallback", "mem_bw",
+          "overhead_conv", "overhead_dwconv", "overhead_dense")
 # (cin_multiple, cout_multiple) candidates: scalar, VNNI 4-wide dot, 16 int32 lanes, an AMX int8 tile row.
 MULTIPLES = ((1, 1), (4, 16), (16, 16), (64, 16), (64, 1))
+# fallback_channels candidates: convolutions with max(cin, cout) at or below it use a generic loop.
+FALLBACKS = (0, 8, 12, 16, 24, 32)
 _F_SCALE = 0.2  # log residuals beyond ~20% count linearly, not quadratically (timing outliers)
 DEFAULT_MEASUREMENTS = os.path.join(os.path.dirname(__file__), "data", "cpu_host_measurements.json")
 
@@ -44,9 +47,11 @@ def split(n: int, holdout_fraction: float = 0.25, seed: int = 0) -> Tuple[np.nda
 def model_from_params(p: Dict[str, float], name: str = "fit", bits: int = 8, **energy) -> SIMDCPU:
   """A SIMDCPU with the fitted timing constants (and the given energy constants, zero by default)."""
   energy = {"e_mac_j": 0.0, "e_byte_j": 0.0, "static_power_w": 0.0, **energy}
+  fallback = int(p.get("fallback_channels", 0))
   return SIMDCPU(name=name, mac_rate={k: p[f"rate_{k}"] for k in KINDS}, mem_bw=p["mem_bw"],
                  layer_overhead_s={k: p[f"overhead_{k}"] for k in KINDS}, kernel_bits=bits,
-                 cin_multiple=int(p.get("cin_multiple", 1)), cout_multiple=int(p.get("cout_multiple", 1)), **energy)
+                 cin_multiple=int(p.get("cin_multiple", 1)), cout_multiple=int(p.get("cout_multiple", 1)),
+                 fallback_channels=fallback, fallback_mac_rate=p["rate_fallback"] if fallback else None, **energy)
 
 
 def predict(p: Dict[str, float], layers: Sequence[LayerSpec], bits: int = 8) -> np.ndarray:
@@ -55,17 +60,21 @@ def predict(p: Dict[str, float], layers: Sequence[LayerSpec], bits: int = 8) -> 
   return np.asarray([float(model.cost(l, bits, bits, l.cin, l.cout).latency_s) for l in layers])
 
 
-def _terms(layers: Sequence[LayerSpec], bits: int, multiples: Tuple[int, int]):
+def _terms(layers: Sequence[LayerSpec], bits: int, multiples: Tuple[int, int], fallback: int):
+  """Per layer: MACs (padded, or raw on the generic path), bytes, and the index of its rate and overhead."""
   ones = dict.fromkeys(PARAMS, 1.0)
   model = model_from_params({**ones, "cin_multiple": multiples[0], "cout_multiple": multiples[1]}, bits=bits)
-  macs, traffic = zip(*(model.terms(l, bits, bits, l.cin, l.cout) for l in layers))
+  macs, traffic = (np.asarray(v, dtype=np.float64) for v in zip(*(model.terms(l, bits, bits, l.cin, l.cout)
+                                                                     for l in layers)))
   kind = np.asarray([KINDS.index(l.kind) for l in layers])
-  return np.asarray(macs, dtype=np.float64), np.asarray(traffic, dtype=np.float64), kind
+  generic = np.asarray([l.kind == "conv" and max(l.cin, l.cout) <= fallback for l in layers])
+  macs = np.where(generic, [float(l.macs()) for l in layers], macs)
+  return macs, traffic, np.where(generic, 3, kind), kind
 
 
 def fit_constants(layers: Sequence[LayerSpec], seconds: Sequence[float], multiples: Tuple[int, int] = (1, 1),
-                  bits: int = 8, seed: int = 0) -> Tuple[Dict[str, float], float]:
-  """Fit rates, bandwidth and overheads at fixed channel multiples; returns (params, soft-L1 loss).
+                  fallback: int = 0, bits: int = 8, seed: int = 0) -> Tuple[Dict[str, float], float]:
+  """Fit rates, bandwidth and overheads at fixed channel multiples and fallback; returns (params, loss).
 
   The max() of the roofline makes the loss piecewise smooth with several local minima (which layers are
   compute- or memory-bound), so a seeded differential evolution over wide log-bounds finds the basin and
@@ -76,30 +85,32 @@ def fit_constants(layers: Sequence[LayerSpec], seconds: Sequence[float], multipl
   if len(layers) != len(t) or len(t) < len(PARAMS):
     raise ValueError(f"calibrate needs one time per layer and at least {len(PARAMS)} layers; "
                      f"got {len(layers)} layers and {len(t)} times.")
-  macs, traffic, kind = _terms(layers, bits, multiples)
+  macs, traffic, rate_idx, kind = _terms(layers, bits, multiples, fallback)
 
   def residuals(log_p):
     p = np.exp(log_p)
-    return np.log(p[4 + kind] + np.maximum(macs / p[kind], traffic / p[3])) - np.log(t)
+    return np.log(p[5 + kind] + np.maximum(macs / p[rate_idx], traffic / p[4])) - np.log(t)
 
   def soft_l1(log_p):
     return np.sum(np.sqrt(1.0 + (residuals(log_p) / _F_SCALE) ** 2) - 1.0)
 
   # MAC/s 1e6..1e14, bytes/s 1e8..1e13, overhead 1 ns..1 ms: wider than any CPU.
-  lower = np.log([1e6] * 3 + [1e8] + [1e-9] * 3)
-  upper = np.log([1e14] * 3 + [1e13] + [1e-3] * 3)
+  lower = np.log([1e6] * 4 + [1e8] + [1e-9] * 3)
+  upper = np.log([1e14] * 4 + [1e13] + [1e-3] * 3)
   coarse = optimize.differential_evolution(soft_l1, list(zip(lower, upper)), seed=seed, tol=1e-8,
                                            maxiter=2000, polish=False)
   res = optimize.least_squares(residuals, coarse.x, bounds=(lower, upper), loss="soft_l1", f_scale=_F_SCALE)
   params = dict(zip(PARAMS, np.exp(res.x).tolist()))
-  params.update(cin_multiple=multiples[0], cout_multiple=multiples[1])
+  used = bool(np.any(rate_idx == 3))
+  params.update(cin_multiple=multiples[0], cout_multiple=multiples[1], fallback_channels=fallback if used else 0)
   return params, float(res.cost)
 
 
 def fit(layers: Sequence[LayerSpec], seconds: Sequence[float], bits: int = 8,
-        candidates: Sequence[Tuple[int, int]] = MULTIPLES) -> Dict[str, float]:
-  """Fit every candidate (cin, cout) multiple and keep the one with the lowest loss on these layers."""
-  fits = [fit_constants(layers, seconds, m, bits) for m in candidates]
+        multiples: Sequence[Tuple[int, int]] = MULTIPLES, fallbacks: Sequence[int] = FALLBACKS) -> Dict[str, float]:
+  """Choose the fallback threshold (at multiples (1, 1)), then the channel multiples, by fit loss; fit the rest."""
+  fb = min((fit_constants(layers, seconds, (1, 1), f, bits) for f in fallbacks), key=lambda pc: pc[1])[0]
+  fits = [fit_constants(layers, seconds, m, fb["fallback_channels"], bits) for m in multiples]
   return min(fits, key=lambda pc: pc[1])[0]
 
 
@@ -140,6 +151,8 @@ layer_overhead_s:               # fitted fixed time per layer inside a compiled 
   dense: {_fmt(p['overhead_dense'])}     # fitted (XLA inlines small GEMVs)
 cin_multiple: {int(p['cin_multiple'])}                 # chosen by fit loss among (cin, cout) multiples {list(MULTIPLES)}
 cout_multiple: {int(p['cout_multiple'])}                # (64 int8 = one AMX tile row; 4 = one VNNI dot product)
+fallback_channels: {int(p['fallback_channels'])}            # chosen by fit loss among {list(FALLBACKS)}: convs with max(cin, cout) <= it
+fallback_mac_rate: {_fmt(p['rate_fallback']) if p['fallback_channels'] else 'null'}  # fitted MAC/s of XLA's generic (non-library) convolution loop
 kernel_bits: 8                  # timed kernels are int8 x int8 -> int32 (measure.py)
 e_mac_j: 0.3e-12                # ASSUMPTION, 45 nm proxy: Horowitz ISSCC 2014 int8 mult 0.2 pJ + int32 add 0.1 pJ (FACTS.md sec. 5)
 e_byte_j: 162.5e-12             # ASSUMPTION (U), 45 nm proxy: Horowitz DRAM read 1.3 nJ per 64 b (FACTS.md sec. 5: U), /8 B

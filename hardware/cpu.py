@@ -60,12 +60,17 @@ class SIMDCPU:
     cin_multiple: SIMD reduction width the input channels are padded to in the compute term (4 for
       VNNI's 4-wide dot products, 64 for an AMX tile row of int8).
     cout_multiple: SIMD lane count the output channels are padded to in the compute term.
+    fallback_channels: convolutions with max(cin, cout) <= this run on a generic loop instead of the SIMD
+      library kernel (XLA's CPU backend does this for <= 16 channels, ~100x slower); 0 disables it. This
+      is the one place a wider layer can be faster than a narrower one.
+    fallback_mac_rate: MACs per second of that generic loop.
   """
 
   def __init__(self, name: str, mac_rate: Mapping[str, float], mem_bw: float,
                layer_overhead_s: Union[float, Mapping[str, float]],
                e_mac_j: float, e_byte_j: float, static_power_w: float, kernel_bits: int = 8,
-               storage_bits: Optional[Sequence[int]] = None, cin_multiple: int = 1, cout_multiple: int = 1):
+               storage_bits: Optional[Sequence[int]] = None, cin_multiple: int = 1, cout_multiple: int = 1,
+               fallback_channels: int = 0, fallback_mac_rate: Optional[float] = None):
     self.name = name
     self.mac_rate = _per_kind(mac_rate, "mac_rate", name)
     if any(v <= 0 for v in self.mac_rate.values()):
@@ -87,6 +92,10 @@ class SIMDCPU:
     self.cout_multiple = int(cout_multiple)
     if min(self.cin_multiple, self.cout_multiple) < 1:
       raise ValueError(f"cin_multiple and cout_multiple of {name!r} must be >= 1.")
+    self.fallback_channels = int(fallback_channels)
+    self.fallback_mac_rate = None if fallback_mac_rate is None else float(fallback_mac_rate)
+    if self.fallback_channels > 0 and not (self.fallback_mac_rate or 0) > 0:
+      raise ValueError(f"fallback_channels={self.fallback_channels} of {name!r} needs a positive fallback_mac_rate.")
 
   def check_bits(self, w_bits, a_bits) -> None:
     round_up_to_supported(w_bits, self.storage_bits, "w_bits", self.name)
@@ -110,6 +119,11 @@ class SIMDCPU:
   def cost(self, layer: LayerSpec, w_bits, a_bits, cin, cout) -> Cost:
     macs, traffic = self.terms(layer, w_bits, a_bits, cin, cout)
     compute_s = macs / self.mac_rate[layer.kind]
+    if layer.kind == "conv" and self.fallback_channels > 0:
+      _, _, ci, co = broadcast_choices(w_bits, a_bits, cin, cout)
+      generic = np.maximum(ci, co) <= self.fallback_channels  # the generic loop does not pad to SIMD lanes
+      macs = np.where(generic, layer.macs(ci, co), macs)
+      compute_s = np.where(generic, macs / self.fallback_mac_rate, compute_s)
     memory_s = traffic / self.mem_bw
     latency = self.layer_overhead_s[layer.kind] + np.maximum(compute_s, memory_s)
     energy = self.e_mac_j * macs + self.e_byte_j * traffic + self.static_power_w * latency

@@ -30,7 +30,8 @@ DTYPE_NOTE = "int8 x int8 -> int32 accumulate (preferred_element_type), requanti
 _REQUANT_SHIFT = 6  # arbitrary: keeps the requantisation a real op without changing what is timed
 
 
-def default_grid(seed: int = 0, per_kind: Tuple[int, int, int] = (200, 60, 60)) -> List[LayerSpec]:
+def default_grid(seed: int = 0, per_kind: Tuple[int, int, int] = (200, 60, 60),
+                 few_channel_convs: int = 40) -> List[LayerSpec]:
   """A seeded sample of layer shapes, spread evenly over log-MACs within each kind (about 1 minute on 2 cores).
 
   Candidates come from the product of the channel counts, kernels, strides and map sizes that supernets use
@@ -63,6 +64,13 @@ def default_grid(seed: int = 0, per_kind: Tuple[int, int, int] = (200, 60, 60)) 
       take = min(len(members), -(-count // 10))
       chosen.extend(rng.choice(members, size=take, replace=False).tolist())
     layers.extend(pool[i] for i in sorted(chosen)[:count])
+  # Few-channel convolutions (stems, narrow width choices) take a different kernel path in XLA (see
+  # cpu.SIMDCPU's fallback_channels); a stratum of them lets calibration find where that path starts.
+  few = [8, 12, 16, 24, 32]
+  pool = [LayerSpec("conv", cin, cout, k, s, h, h) for cin in [3] + few for cout in few for k in (1, 3, 5)
+          for s in (1, 2) for h in (8, 16, 32) if k <= h]
+  pool = [l for l in pool if l not in layers]
+  layers.extend(pool[i] for i in sorted(rng.choice(len(pool), size=few_channel_convs, replace=False)))
   return [dataclasses.replace(l, name=f"m{i}") for i, l in enumerate(layers)]
 
 

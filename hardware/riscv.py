@@ -68,10 +68,10 @@ class MacTableRISCV:
                        f"(rows: activation bits, cols: weight bits {self.bits}); got shape {self.table.shape}.")
     if np.any(self.table <= 0):
       raise ValueError(f"macs_per_cycle of {name!r} must be positive.")
-    if freq_hz <= 0 or power_w <= 0:
-      raise ValueError(f"freq_hz and power_w of {name!r} must be positive.")
     self.freq_hz = float(freq_hz)
     self.power_w = float(power_w)
+    if self.freq_hz <= 0 or self.power_w <= 0:
+      raise ValueError(f"freq_hz and power_w of {name!r} must be positive.")
     self.storage_bits = tuple(sorted(int(b) for b in (storage_bits or self.bits)))
     if self.storage_bits[-1] < self.bits[-1]:
       raise ValueError(f"storage_bits of {name!r} must reach the widest kernel precision {self.bits[-1]}.")

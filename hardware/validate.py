@@ -18,7 +18,7 @@ import os
 from typing import Dict, List
 
 import numpy as np
-import yaml
+from omegaconf import OmegaConf
 from scipy import stats
 
 from hardware import calibrate, metrics
@@ -30,9 +30,11 @@ ANALYTIC = ("fpga", "fpga_bismo", "gpu", "cpu", "riscv")
 
 
 def load_preset(path: str):
-  """Instantiate a preset YAML's ``_target_`` with its keys (what Hydra does, without Hydra)."""
-  with open(path) as f:
-    cfg = yaml.safe_load(f)
+  """Instantiate a preset YAML's ``_target_`` with its keys (what Hydra does, without Hydra).
+
+  OmegaConf's loader, not plain PyYAML: YAML 1.1 reads ``250.0e6`` (no exponent sign) as a string.
+  """
+  cfg = OmegaConf.to_container(OmegaConf.load(path))
   module, _, cls = cfg.pop("_target_").rpartition(".")
   return getattr(importlib.import_module(module), cls)(**cfg)
 
@@ -78,7 +80,7 @@ def _per_layer_spearman(layers, pred, truth) -> float:
   for idx in groups.values():
     if len(idx) >= 6 and np.ptp(pred[idx]) > 0 and np.ptp(truth[idx]) > 0:
       values.append(stats.spearmanr(pred[idx], truth[idx])[0])
-  return float(np.mean(values))
+  return float(np.mean(values)) if values else float("nan")  # nan: the model gives every bit pair one cost
 
 
 def bitfusion(conf_dir: str) -> Dict[str, Dict[str, float]]:
@@ -92,10 +94,13 @@ def bitfusion(conf_dir: str) -> Dict[str, Dict[str, float]]:
     costs = [model.cost(l, wi, ai, l.cin, l.cout) for l, wi, ai in zip(layers, w, a)]
     predictions[preset] = (np.asarray([float(c.latency_s) for c in costs]),
                            np.asarray([float(c.energy_j) for c in costs]))
+  kinds = np.asarray([l.kind for l in layers])
   out = {}
   for label, (p_lat, p_en) in predictions.items():
     out[label] = {"latency_all": float(stats.spearmanr(p_lat, lat)[0]),
                   "energy_all": float(stats.spearmanr(p_en, en)[0]),
+                  "latency_conv": float(stats.spearmanr(p_lat[kinds == "conv"], lat[kinds == "conv"])[0]),
+                  "latency_dwconv": float(stats.spearmanr(p_lat[kinds == "dwconv"], lat[kinds == "dwconv"])[0]),
                   "latency_bit_pairs": _per_layer_spearman(layers, p_lat, lat),
                   "energy_bit_pairs": _per_layer_spearman(layers, p_en, en)}
   out["_n"] = {"entries": len(layers), "layers": len(set(layers))}
@@ -114,10 +119,12 @@ def main(argv=None) -> None:
   bf = bitfusion(args.conf)
   n = bf.pop("_n")
   print(f"\nBitFusion table ({n['entries']} entries, {n['layers']} layers): Spearman vs table")
-  print(f"  {'model':16s} {'lat (all)':>10s} {'energy (all)':>13s} {'lat (bit pairs)':>16s} {'energy (bit pairs)':>19s}")
+  columns = [("latency_all", "lat all"), ("energy_all", "energy all"), ("latency_conv", "lat conv"),
+             ("latency_dwconv", "lat dw"), ("latency_bit_pairs", "lat bits"), ("energy_bit_pairs", "energy bits")]
+  print(f"  {'model':16s}" + "".join(f"{title:>12s}" for _, title in columns))
   for label, q in bf.items():
-    print(f"  {label:16s} {q['latency_all']:10.3f} {q['energy_all']:13.3f} {q['latency_bit_pairs']:16.3f} "
-          f"{q['energy_bit_pairs']:19.3f}")
+    print(f"  {label:16s}" + "".join(f"{q[key]:12.3f}" for key, _ in columns))
+  print("  (all: every entry; conv/dw: entries of that kind; bits: mean over layers of the rank of their bit pairs)")
 
 
 if __name__ == "__main__":

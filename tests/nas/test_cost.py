@@ -229,17 +229,20 @@ def test_fit_to_budget_moves_nothing_when_argmax_fits(seed, riscv_model):
   assert moves == 0 and choices == argmax
 
 
-@pytest.mark.parametrize("seed,fraction,metrics", [
-    (0, 0.3, ("latency_s",)), (1, 0.6, ("latency_s",)), (2, 0.1, ("energy_j",)),
-    (3, 0.4, ("latency_s", "weight_bytes")), (4, 0.0, ("weight_bytes",)),
+@pytest.mark.parametrize("seed,fractions", [
+    (0, {"latency_s": 0.3}), (1, {"latency_s": 0.6}), (2, {"energy_j": 0.1}), (4, {"weight_bytes": 0.0}),
+    (3, {"latency_s": 0.4, "weight_bytes": 0.4}),
+    # The second budget is the binding one: a projection that only looked at the first would stop early.
+    (5, {"latency_s": 0.9, "weight_bytes": 0.05}),
 ])
-def test_fit_to_budget_result_is_within_budget(seed, fraction, metrics, riscv_model):
+def test_fit_to_budget_result_is_within_budget(seed, fractions, riscv_model):
   model, probs, tables, costs = _tiny_with_tables(riscv_model, seed, bias=2.0)
   argmax = _argmax(model, probs)
   own = ref_cost(digits_layers(argmax, (8, 8, 1), (1, 2)), riscv_model)
-  cheapest = {m: min(c[m] for _, c in costs) for m in metrics}
+  cheapest = {m: min(c[m] for _, c in costs) for m in fractions}
   # Limits between the cheapest network (fraction 0: exactly at it, up to 1e-9) and the argmax network.
-  limits = [search.Constraint(m, (cheapest[m] + fraction * (own[m] - cheapest[m])) * (1 + 1e-9)) for m in metrics]
+  limits = [search.Constraint(m, (cheapest[m] + f * (own[m] - cheapest[m])) * (1 + 1e-9))
+            for m, f in fractions.items()]
   assert all(own[c.metric] > c.limit for c in limits)  # the argmax really is over budget
   choices, moves = search.fit_to_budget(model, tables, limits, probs)
   got = ref_cost(digits_layers(choices, (8, 8, 1), (1, 2)), riscv_model)

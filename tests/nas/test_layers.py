@@ -118,6 +118,14 @@ def test_mixing_one_side_is_linear_in_the_weights(searched):
   mixed = out(jnp.asarray([0.3, 0.7], jnp.float32))
   out2, out4 = out(_onehot(0)), out(_onehot(1))
   assert np.abs(out2 - out4).max() > 0.05 * np.abs(out4).max()  # the two precisions really differ
+  # Each one-hot output is the reference convolution at that candidate's bits and step.
+  kernel, xn = np.asarray(layer.kernel[...]), np.asarray(x)
+  for i, (bits, got) in enumerate(((2, out2), (4, out4))):
+    if searched == "w":
+      ref = ref_conv(xn, ref_quantize(kernel, np.asarray(layer.wq.step[...])[i], bits, True), 1)
+    else:
+      ref = ref_conv(ref_quantize(xn, np.asarray(layer.aq.step[...])[i], bits, False), kernel, 1)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
   np.testing.assert_allclose(mixed, 0.3 * out2 + 0.7 * out4, rtol=1e-5, atol=1e-5 * np.abs(mixed).max())
 
 

@@ -31,6 +31,15 @@ CASES = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def cheap_weight_init():
+  """QLayer draws its init with jax.random.normal, compiled once per kernel shape; the partitionable
+  threefry (JAX's default) costs ~1 s of compile per shape on 2 cores, the classic one ~4x less. The
+  values differ, which none of these tests depend on."""
+  with jax.threefry_partitionable(False):
+    yield
+
+
 # ---------------------------------------------------------------------------------------------- topology
 def resnet_graph(n_stages, blocks_per_stage):
   """(layer -> the layer whose output it reads (None: the image), residual sums as pairs of layers).
@@ -160,46 +169,37 @@ def test_resnet20_reference_macs_by_hand():
   assert cost.architecture_metrics(ref)["macs"] == by_hand
 
 
+@pytest.fixture(scope="module")
+def supernets():
+  """One quantised supernet per model, built once: construction compiles the weight init per kernel shape."""
+  return {name: cls(SPACE, rngs=nnx.Rngs(0), **kwargs) for name, (cls, kwargs) in CASES.items()}
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_forward_in_every_mode(name):
-  cls, kwargs = CASES[name]
-  model = cls(SPACE, rngs=nnx.Rngs(0), **kwargs)
+def test_forward_in_every_mode(name, supernets):
+  _, kwargs = CASES[name]
   x = jax.random.normal(jax.random.key(1), (2, *kwargs["input_shape"]))
   for mode in ("sample", "expected", "argmax"):
-    y = model(x, mode=mode, key=jax.random.key(2), tau=1.0)
+    y = supernets[name](x, mode=mode, key=jax.random.key(2), tau=1.0)
     assert y.shape == (2, kwargs["num_classes"]) and bool(jnp.all(jnp.isfinite(y))), mode
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_derived_network_runs_and_has_the_architectures_layers(name):
-  cls, kwargs = CASES[name]
-  model = abstract(cls, **kwargs)
-  arch = model.architecture(random_choices(model, seed=3))
-  derived = cls(SPACE, rngs=nnx.Rngs(0), arch=arch, **kwargs)
-  assert all(c.fixed for c in derived.choices.values())
-  assert derived.architecture() == arch
-  assert [l.spec for l in derived.qlayers()] == [l.spec for l in arch.layers]
-  y = derived(jnp.ones((2, *kwargs["input_shape"])), mode="argmax")
-  assert y.shape == (2, kwargs["num_classes"]) and bool(jnp.all(jnp.isfinite(y)))
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_cost_tables_give_the_architecture_cost_at_one_hot_choices(name):
+def test_cost_tables_give_the_architecture_cost_at_one_hot_choices(name, supernets):
   hw = instantiate(OmegaConf.load(RISCV_YAML), _convert_="all")
-  cls, kwargs = CASES[name]
-  model = cls(SPACE, rngs=nnx.Rngs(0), **kwargs)
+  model = supernets[name]
   tables = cost.build_cost_tables(model, hw)
   arrays = cost.table_arrays(tables, cost.METRICS)
   uniform = cost.expected_costs(tables, arrays, model.probs())
   assert all(np.isfinite(float(v)) and float(v) > 0 for v in uniform.values())
-  choices = random_choices(model, seed=4)
-  for n, c in model.choices.items():  # softmax of these logits is one-hot in float32
-    c.logits[...] = jnp.where(jnp.asarray(c.values) == choices[n], 0.0, -1e4)
-  expected = cost.expected_costs(tables, arrays, model.probs())
-  arch = model.architecture(choices)
-  true = {**cost.architecture_cost(arch, hw), "weight_bytes": cost.architecture_metrics(arch)["weight_bytes"]}
-  for m in cost.METRICS:
-    assert float(expected[m]) == pytest.approx(true[m], rel=1e-5), m
+  for seed in range(3):
+    choices = random_choices(model, seed)
+    one_hot = {n: jnp.asarray(np.asarray(c.values) == choices[n], jnp.float32) for n, c in model.choices.items()}
+    expected = cost.expected_costs(tables, arrays, one_hot)
+    arch = model.architecture(choices)
+    true = {**cost.architecture_cost(arch, hw), "weight_bytes": cost.architecture_metrics(arch)["weight_bytes"]}
+    for m in cost.METRICS:
+      assert float(expected[m]) == pytest.approx(true[m], rel=1e-5), (m, seed)
 
 
 def randomize_batchnorm(model, seed):
@@ -229,14 +229,18 @@ def copy_chosen_steps(derived, supernet, choices):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("quantize,pick", [(False, "smallest"), (True, "random")])
-def test_inherited_derived_network_gives_the_supernets_argmax_logits(name, quantize, pick):
-  """Pruned channels reach the output only through the kept ones: the derived network (weights, BN
-  statistics and, when quantised, the chosen LSQ steps copied and sliced) reproduces the supernet's
-  argmax-mode logits in eval mode. Float: the smallest width everywhere (the most pruning). Quantised: random
-  bits and widths, expansions (1.5x) included, after an LSQ calibration of the supernet."""
+def test_derived_network_with_inherited_weights_gives_the_supernets_argmax_logits(name, quantize, pick, supernets):
+  """The derived network (``arch=``) has the architecture's layers, and pruned channels reach the output only
+  through the kept ones: with the supernet's weights, BN statistics and (quantised) the chosen LSQ steps,
+  sliced, it reproduces the supernet's argmax-mode logits in eval mode. Float: the smallest width everywhere
+  (the most pruning). Quantised: random bits and widths, expansions (1.5x) included, after an LSQ
+  calibration of the supernet."""
   cls, kwargs = CASES[name]
-  space = SPACE if quantize else SearchSpace(quantize=False, width_mults=SPACE.width_mults)
-  supernet = cls(space, rngs=nnx.Rngs(0), **kwargs)
+  if quantize:
+    space, supernet = SPACE, nnx.clone(supernets[name])
+  else:
+    space = SearchSpace(quantize=False, width_mults=SPACE.width_mults)
+    supernet = cls(space, rngs=nnx.Rngs(0), **kwargs)
   x = jax.random.normal(jax.random.key(5), (4, *kwargs["input_shape"]))
   choices = (random_choices(supernet, seed=6) if pick == "random"
              else {n: c.values[0] for n, c in supernet.choices.items()})
@@ -246,7 +250,11 @@ def test_inherited_derived_network_gives_the_supernets_argmax_logits(name, quant
   if quantize:
     calibrate(supernet, x, mode="argmax")
   randomize_batchnorm(supernet, seed=7)
-  derived = cls(space, rngs=nnx.Rngs(1), arch=supernet.architecture(choices), **kwargs)
+  arch = supernet.architecture(choices)
+  derived = cls(space, rngs=nnx.Rngs(1), arch=arch, **kwargs)
+  assert all(c.fixed for c in derived.choices.values())
+  assert derived.architecture() == arch
+  assert [l.spec for l in derived.qlayers()] == [l.spec for l in arch.layers]
   inherit_weights(derived, supernet)
   if quantize:
     copy_chosen_steps(derived, supernet, choices)
@@ -254,5 +262,6 @@ def test_inherited_derived_network_gives_the_supernets_argmax_logits(name, quant
   derived.eval()
   want = supernet(x, mode="argmax")
   got = derived(x, mode="argmax")
+  assert got.shape == (4, kwargs["num_classes"])
   assert float(jnp.std(want)) > 1e-3  # not a degenerate (all-zero) network
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,58 @@
+"""Calibration recovers known constants from synthetic measurements made by the model itself plus noise."""
+import json
+
+import hydra.utils
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from hardware import calibrate
+from hardware.measure import default_grid
+
+TRUE = {"rate_conv": 2.0e11, "rate_dwconv": 5.0e9, "rate_dense": 5.0e9, "mem_bw": 2.0e10,
+        "overhead_conv": 2.0e-6, "overhead_dwconv": 1.0e-6, "overhead_dense": 5.0e-7,
+        "cin_multiple": 4, "cout_multiple": 16}
+
+
+def synthetic(noise=0.05, seed=1):
+  layers = default_grid()[::2]
+  t = calibrate.predict(TRUE, layers)
+  return layers, t * np.exp(np.random.default_rng(seed).normal(0.0, noise, len(t)))
+
+
+def test_fit_recovers_known_constants_and_multiples():
+  layers, t = synthetic()
+  p = calibrate.fit(layers, t, candidates=((1, 1), (4, 16), (64, 1)))
+  assert (p["cin_multiple"], p["cout_multiple"]) == (4, 16)
+  for k in ("rate_conv", "rate_dwconv", "rate_dense", "mem_bw"):
+    assert p[k] == pytest.approx(TRUE[k], rel=0.1), k
+  for k in ("overhead_conv", "overhead_dwconv", "overhead_dense"):
+    assert p[k] == pytest.approx(TRUE[k], rel=0.3), k
+  q = calibrate.fit_quality(t, calibrate.predict(p, layers))
+  assert q["spearman"] > 0.98 and q["median_rel_err"] < 0.06
+
+
+def test_split_is_seeded_and_disjoint():
+  a, b = calibrate.split(100)
+  assert len(a) == 75 and len(b) == 25 and not set(a) & set(b)
+  np.testing.assert_array_equal(calibrate.split(100)[1], b)
+
+
+def test_main_writes_a_preset_hydra_instantiates(tmp_path):
+  layers, t = synthetic()
+  records = [{"kind": l.kind, "cin": l.cin, "cout": l.cout, "kernel": l.kernel, "stride": l.stride,
+              "in_h": l.in_h, "in_w": l.in_w, "name": l.name, "median_s": float(s)} for l, s in zip(layers, t)]
+  data = tmp_path / "m.json"
+  data.write_text(json.dumps({"host": {"cpu": "synthetic", "cores": 2, "date": "today"}, "records": records}))
+  out = tmp_path / "cpu_host.yaml"
+  calibrate.main(["--measurements", str(data), "--out", str(out)])
+  text = out.read_text()
+  assert "Held out" in text and "Spearman" in text
+  model = hydra.utils.instantiate(OmegaConf.load(out))
+  assert model.name == "cpu_host"
+  assert model.mac_rate["conv"] == pytest.approx(TRUE["rate_conv"], rel=0.1)
+
+
+def test_fit_rejects_too_few_layers():
+  with pytest.raises(ValueError, match="at least"):
+    calibrate.fit_constants(default_grid()[:3], [1e-5] * 3)
