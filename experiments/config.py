@@ -21,6 +21,7 @@ class DatasetConfig:
   test_fraction: float = 0.3            # digits: held-out share
   split_seed: int = 0                   # digits: the split is fixed across a sweep
   limit: Optional[int] = None           # keep only this many train/test images
+  augment: bool = False                 # random crop (pad 4) + horizontal flip on the device (CIFAR)
 
 
 @dataclasses.dataclass
@@ -75,6 +76,11 @@ class FinetuneConfig:
   lr: float = 3e-3
   weight_decay: float = 1e-4
   inherit: bool = True                  # start from the supernet's weights (searched networks only)
+  optimizer: str = "adamw"              # adamw | sgd (Nesterov momentum 0.9, the ResNet-20 CIFAR recipe)
+  kd_alpha: float = 0.0                 # > 0: distil from a float teacher (Hinton et al. 2015)
+  kd_temperature: float = 4.0
+  teacher_steps: int = 1000             # training steps of the float teacher (base width), if one is trained
+  teacher_lr: Optional[float] = None    # None: finetune.lr
 
 
 @dataclasses.dataclass
@@ -83,6 +89,12 @@ class BaselineConfig:
   w_bits: int = 8                       # uniform: weight bits of every searchable layer
   a_bits: int = 8                       # uniform: activation bits
   width_mult: float = 1.0               # uniform: width multiple of every layer
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+  dir: Optional[str] = "checkpoints"    # root; each job's folder is named by a hash of its config. None: off
+  every: int = 200                      # save every this many steps
 
 
 @dataclasses.dataclass
@@ -95,6 +107,7 @@ class AppConfig:
   finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
   baseline: BaselineConfig = dataclasses.field(default_factory=BaselineConfig)
   wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
   seed: int = 0
   debug: bool = False                   # shrink to a seconds-long run (tests)
   # What the job returns to a sweeper (Optuna): e.g. [accuracy, latency_s]; costs are on the searched target.
@@ -128,5 +141,9 @@ def validate(cfg) -> None:
   for field in ("steps", "batch_size"):
     if getattr(cfg.finetune, field) < 1:
       raise ValueError(f"finetune.{field}={getattr(cfg.finetune, field)} must be >= 1.")
+  if not 0.0 <= cfg.finetune.kd_alpha <= 1.0:
+    raise ValueError(f"finetune.kd_alpha={cfg.finetune.kd_alpha} must be in [0, 1] (0 turns distillation off).")
+  if cfg.finetune.optimizer not in ("adamw", "sgd"):
+    raise ValueError(f"finetune.optimizer={cfg.finetune.optimizer!r}; use 'adamw' or 'sgd'.")
   if cfg.search.batch_size < 1:
     raise ValueError(f"search.batch_size={cfg.search.batch_size} must be >= 1.")

@@ -52,6 +52,7 @@ def apply_debug(cfg: DictConfig) -> None:
     cfg.search.steps = min(cfg.search.steps, 30)
     cfg.search.warmup_steps = min(cfg.search.warmup_steps, 10)
     cfg.finetune.steps = min(cfg.finetune.steps, 20)
+    cfg.finetune.teacher_steps = min(cfg.finetune.teacher_steps, 20)
     cfg.dataset.limit = min(cfg.dataset.limit or 10**9, 256)
 
 
@@ -75,12 +76,36 @@ def search_space(cfg: DictConfig) -> SearchSpace:
                      per_channel_w=s.per_channel_w)
 
 
+def config_hash(node) -> str:
+  """A short stable hash of a config subtree: names the checkpoint folder of a job (same command, same folder)."""
+  import hashlib
+  text = json.dumps(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node,
+                    sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def checkpoint_dirs(cfg: DictConfig) -> dict:
+  """Checkpoint folders of this job's loops, keyed by what determines their results (None: off)."""
+  if cfg.checkpoint.dir is None:
+    return {"search": None, "finetune": None, "teacher": None}
+  root = pathlib.Path(cfg.checkpoint.dir)
+  job = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in
+         ("dataset", "model", "hardware", "search", "budget", "finetune", "baseline")}
+  job.update(seed=cfg.seed, debug=cfg.debug)
+  teacher = {"dataset": job["dataset"], "model": job["model"], "seed": cfg.seed, "debug": cfg.debug,
+             "steps": cfg.finetune.teacher_steps, "lr": cfg.finetune.teacher_lr or cfg.finetune.lr,
+             "optimizer": cfg.finetune.optimizer, "batch": cfg.finetune.batch_size}
+  h = config_hash(job)
+  return {"search": root / h / "search", "finetune": root / h / "finetune",
+          "teacher": root / "teachers" / config_hash(teacher)}
+
+
 def search_config(cfg: DictConfig) -> SearchConfig:
   s = cfg.search
   return SearchConfig(steps=s.steps, warmup_steps=s.warmup_steps, batch_size=s.batch_size, lr=s.lr,
                       weight_decay=s.weight_decay, arch_lr=s.arch_lr, tau_start=s.tau_start, tau_end=s.tau_end,
                       dual_lr=s.dual_lr, penalty=s.penalty, penalty_strength=s.penalty_strength,
-                      entropy_weight=s.entropy_weight, seed=cfg.seed)
+                      entropy_weight=s.entropy_weight, augment=cfg.dataset.augment, seed=cfg.seed)
 
 
 def instantiate_hardware(node) -> object:
@@ -171,8 +196,10 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
   appconfig.validate(cfg)
   space = search_space(cfg)
   scfg = search_config(cfg)
-  tcfg = TrainConfig(steps=cfg.finetune.steps, batch_size=cfg.finetune.batch_size, lr=cfg.finetune.lr,
-                     weight_decay=cfg.finetune.weight_decay, seed=cfg.seed)
+  f = cfg.finetune
+  tcfg = TrainConfig(steps=f.steps, batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
+                     optimizer=f.optimizer, kd_alpha=f.kd_alpha, kd_temperature=f.kd_temperature,
+                     augment=cfg.dataset.augment, seed=cfg.seed)
   target = instantiate_hardware(cfg.hardware)
   target.check_bits(np.asarray(space.w_bits), np.asarray(space.a_bits))
   data = load_dataset(cfg)
@@ -225,14 +252,29 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
     raise
 
 
+def train_teacher(cfg, data, tcfg: TrainConfig, tracker, checkpoint_dir) -> tuple[object, float]:
+  """The float network at base width, trained with the fine-tuning recipe (resumed or reused from its
+  checkpoint folder, which is shared by every job of a sweep with the same data, model and seed)."""
+  space = SearchSpace(quantize=False, width_mults=(1.0,))
+  teacher = build_model(cfg.model.name, space, seed=cfg.seed + 7, **_model_args(cfg, data))
+  teacher_cfg = TrainConfig(**{**tcfg.__dict__, "steps": cfg.finetune.teacher_steps, "kd_alpha": 0.0,
+                               "lr": cfg.finetune.teacher_lr or tcfg.lr})
+  with _Progress(teacher_cfg.steps, "teacher", tracker) as progress:
+    out = finetune(teacher, data, teacher_cfg, callback=progress, checkpoint_dir=checkpoint_dir,
+                   checkpoint_every=cfg.checkpoint.every)
+  return teacher, out["test_accuracy"]
+
+
 def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, tcfg, space, tracker) -> dict:
   times = {}
   search_info = None
   expected = None
+  dirs = checkpoint_dirs(cfg)
   if kind == "searched":
     t0 = time.time()
     with _Progress(scfg.steps, "search", tracker) as progress:
-      res = search(supernet, data, target, constraints, scfg, callback=progress)
+      res = search(supernet, data, target, constraints, scfg, callback=progress,
+                   checkpoint_dir=dirs["search"], checkpoint_every=cfg.checkpoint.every)
     times["search"] = time.time() - t0
     choices = res.choices
     expected = res.expected_cost
@@ -242,6 +284,11 @@ def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, t
     choices = baseline_choices(supernet, cfg)
     # Same total training as a searched network (search + fine-tune steps), from scratch.
     tcfg = TrainConfig(**{**tcfg.__dict__, "steps": tcfg.steps + scfg.steps})
+  teacher, teacher_acc = None, None
+  if tcfg.kd_alpha > 0:
+    t0 = time.time()
+    teacher, teacher_acc = train_teacher(cfg, data, tcfg, tracker, dirs["teacher"])
+    times["teacher"] = time.time() - t0
   arch = supernet.architecture(choices)
   derived = build_model(cfg.model.name, space, seed=cfg.seed, arch=arch, **_model_args(cfg, data))
   if kind == "searched" and cfg.finetune.inherit:
@@ -249,10 +296,11 @@ def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, t
   calibrate(derived, data.x_train[:tcfg.batch_size], mode="argmax")
   t0 = time.time()
   with _Progress(tcfg.steps, "finetune", tracker) as progress:
-    ft = finetune(derived, data, tcfg, callback=progress)
+    ft = finetune(derived, data, tcfg, callback=progress, teacher=teacher, checkpoint_dir=dirs["finetune"],
+                  checkpoint_every=cfg.checkpoint.every)
   times["finetune"] = time.time() - t0
   return {"accuracy": ft["test_accuracy"], "expected_cost": expected, "search": search_info,
-          "time_s": times, "_arch": arch}
+          "teacher_accuracy": teacher_acc, "time_s": times, "_arch": arch}
 
 
 def _model_args(cfg, data) -> dict:
@@ -265,6 +313,7 @@ def _model_args(cfg, data) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict | None:
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" noise on every start
+  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax INFO lines on every checkpoint
   hc = HydraConfig.get()
   out_dir = pathlib.Path(hc.runtime.output_dir)
   multirun = hc.mode == RunMode.MULTIRUN

@@ -126,11 +126,19 @@ def _fmt(x: float) -> str:
   return f"{x:.4e}"  # always has a dot, so YAML reads it as a float
 
 
+def _bound(overhead: float) -> str:
+  return " (at the fit's 1 ns lower bound: no overhead visible)" if overhead < 1.01e-9 else ""
+
+
+def _load(value) -> str:
+  return "unknown" if value is None else f"{value:.2f}"
+
+
 def preset_yaml(p: Dict[str, float], host: Dict, fit_q: Dict, held_q: Dict, measurements_path: str) -> str:
   """The preset's text; every constant's comment says where it came from."""
   return f"""# THIS HOST's CPU as seen by XLA, calibrated: written by `python -m hardware.calibrate --measure --out ...`.
 # Measured on: {host.get('cpu')} ({host.get('cores')} cores), {host.get('platform')}, jax {host.get('jax')},
-#   {host.get('date')}, 1-min load average {host.get('load_avg_1min_before')} before / {host.get('load_avg_1min')} after
+#   {host.get('date')}, 1-min load average {_load(host.get('load_avg_1min_before'))} before / {_load(host.get('load_avg_1min'))} after
 #   (other processes on a shared machine scatter the timings); {host.get('dtype')}.
 # Measurements: {measurements_path} (per layer: median of repeats of an in-program loop; see measure.py).
 # Fit: soft-L1 least squares on log latency, {fit_q['n']} layers. Held out {held_q['n']} layers:
@@ -146,9 +154,9 @@ mac_rate:
   dense: {_fmt(p['rate_dense'])}     # fitted; batch-1 GEMV
 mem_bw: {_fmt(p['mem_bw'])}          # fitted effective bytes/s (data mostly cache-resident when a layer is timed in a loop)
 layer_overhead_s:               # fitted fixed time per layer inside a compiled program
-  conv: {_fmt(p['overhead_conv'])}      # library convolution call, thread-pool dispatch
-  dwconv: {_fmt(p['overhead_dwconv'])}    # fitted (1.0e-09 is the fit's lower bound: no overhead visible)
-  dense: {_fmt(p['overhead_dense'])}     # fitted (XLA inlines small GEMVs)
+  conv: {_fmt(p['overhead_conv'])}      # fitted{_bound(p['overhead_conv'])}
+  dwconv: {_fmt(p['overhead_dwconv'])}    # fitted{_bound(p['overhead_dwconv'])}
+  dense: {_fmt(p['overhead_dense'])}     # fitted{_bound(p['overhead_dense'])}
 cin_multiple: {int(p['cin_multiple'])}                 # chosen by fit loss among (cin, cout) multiples {list(MULTIPLES)}
 cout_multiple: {int(p['cout_multiple'])}                # (64 int8 = one AMX tile row; 4 = one VNNI dot product)
 fallback_channels: {int(p['fallback_channels'])}            # chosen by fit loss among {list(FALLBACKS)}: convs with max(cin, cout) <= it

@@ -32,7 +32,7 @@ _REQUANT_SHIFT = 6  # arbitrary: keeps the requantisation a real op without chan
 
 def default_grid(seed: int = 0, per_kind: Tuple[int, int, int] = (200, 60, 60),
                  few_channel_convs: int = 40) -> List[LayerSpec]:
-  """A seeded sample of layer shapes, spread evenly over log-MACs within each kind (about 1 minute on 2 cores).
+  """A seeded sample of layer shapes, spread evenly over log-MACs within each kind (1-2 minutes on 2 cores).
 
   Candidates come from the product of the channel counts, kernels, strides and map sizes that supernets use
   (non-powers of two included, since width search produces them); within each kind the sample takes the
@@ -48,7 +48,8 @@ def default_grid(seed: int = 0, per_kind: Tuple[int, int, int] = (200, 60, 60),
       for stride in (1, 2):
         for kernel in (1, 3, 5):
           if kernel <= h:
-            candidates["dwconv"].append(LayerSpec("dwconv", cin, cin, kernel, stride, h, h))
+            if kernel > 1:  # a 1x1 depthwise "convolution" is a per-channel scale, not a layer networks use
+              candidates["dwconv"].append(LayerSpec("dwconv", cin, cin, kernel, stride, h, h))
             candidates["conv"].extend(LayerSpec("conv", cin, cout, kernel, stride, h, h) for cout in channels)
     candidates["dense"].extend(LayerSpec("dense", cin, cout) for cout in channels + [1000, 1024, 2048])
   # MAC limits keep each timed call under ~15 ms (XLA's depthwise path runs ~0.3 GMAC/s here).
@@ -124,12 +125,14 @@ def check_int8(layer: LayerSpec) -> bool:
   return bool(np.array_equal(got, ref))
 
 
-def _looped(fn):
+def _looped(fn, out_shape):
   """``run(n, x, w)``: the layer applied ``n`` times inside one XLA program (n is traced: one compile).
 
-  Each iteration writes the previous result's first element into the input (an in-place one-element
-  update of the loop-carried input), so XLA can neither hoist the layer out of the loop nor skip repeats.
-  Timing inside the program leaves out Python dispatch, which a layer of a compiled network does not pay.
+  The whole output is loop-carried and returned, so XLA must compute all of it every iteration (carrying
+  one element would let it slice the elementwise requantisation, or a whole 1x1 depthwise layer, down to
+  one value). The previous output's first element is written into the input (an in-place one-element
+  update), so the layer cannot be hoisted out of the loop. Timing inside one program leaves out Python
+  dispatch, which a layer of a compiled network does not pay.
   """
   import jax
   import jax.numpy as jnp
@@ -137,10 +140,11 @@ def _looped(fn):
 
   def run(n, x, w):
     def body(_, carry):
-      x, last = carry
-      x = lax.dynamic_update_slice(x, jnp.reshape(last, (1,) * x.ndim), (0,) * x.ndim)
-      return x, fn(x, w).reshape(-1)[0]
-    return lax.fori_loop(0, n, body, (x, jnp.int8(0)))[1]
+      x, out = carry
+      first = jnp.reshape(out, (-1,))[0]
+      x = lax.dynamic_update_slice(x, jnp.reshape(first, (1,) * x.ndim), (0,) * x.ndim)
+      return x, fn(x, w)
+    return lax.fori_loop(0, n, body, (x, jnp.zeros(out_shape, jnp.int8)))[1]
   return jax.jit(run)
 
 
@@ -150,7 +154,7 @@ class _Prepared:
   def __init__(self, layer: LayerSpec, target_s: float):
     self.layer = layer
     fn, self.args = _layer_fn(layer)
-    self.run = _looped(fn)
+    self.run = _looped(fn, fn.eval_shape(*self.args).shape)
     t0 = time.perf_counter()
     self.run(1, *self.args).block_until_ready()  # compiles
     self.compile_s = time.perf_counter() - t0

@@ -27,7 +27,10 @@ from flax import nnx
 
 from nas import cost as costlib
 from nas.choices import ArchParam
+from nas.augment import random_crop_flip
+from nas.checkpoint import LoopCheckpointer
 from nas.data import Dataset, batches
+from nas.parallel import DataParallel
 from nas.train import calibrate, cross_entropy, weights_optimizer
 
 
@@ -63,6 +66,7 @@ class SearchConfig:
     entropy_weight: final weight of the mean choice entropy in the loss, ramped up linearly from zero over
       the search phase so that the choices end close to one-hot and the argmax network is the one whose
       expected cost met the budget.
+    augment: random crop (pad 4) and horizontal flip of each batch, on the device (CIFAR-style data).
     seed: batch order and Gumbel noise.
   """
   steps: int = 800
@@ -77,6 +81,7 @@ class SearchConfig:
   penalty: str = "lagrange"
   penalty_strength: float = 1.0
   entropy_weight: float = 0.3
+  augment: bool = False
   seed: int = 0
 
   def __post_init__(self):
@@ -98,9 +103,13 @@ class SearchConfig:
     return self.entropy_weight * min(max(step - self.warmup_steps, 0) / span, 1.0)
 
 
-@nnx.jit(static_argnames=("tables", "metrics", "penalty"))
+@nnx.jit(static_argnames=("tables", "metrics", "penalty", "augment"))
 def _search_step(model, w_opt, a_opt, x, y, key, tau, lam, arch_on, arrays, limits, tables, metrics, penalty,
-                 strength, dual_lr, entropy_weight):
+                 strength, dual_lr, entropy_weight, augment=False):
+  if augment:
+    key, aug_key = jax.random.split(key)
+    x = random_crop_flip(aug_key, x)
+
   def loss_fn(model):
     logits = model(x, mode="sample", key=key, tau=tau)
     ce = cross_entropy(logits, y)
@@ -135,8 +144,12 @@ class SearchResult:
 
 
 def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], cfg: SearchConfig,
-           callback: Callable[[int, dict], None] | None = None) -> SearchResult:
+           callback: Callable[[int, dict], None] | None = None, checkpoint_dir=None,
+           checkpoint_every: int = 100) -> SearchResult:
   """Trains the supernet's weights and architecture under ``constraints`` on ``cost_model``; derives.
+
+  With ``checkpoint_dir`` the loop saves its state every ``checkpoint_every`` steps and, if a checkpoint is
+  there, resumes from it (same trajectory as an uninterrupted run).
 
   Raises:
     ValueError: if even the cheapest network of the space exceeds a budget (before any training).
@@ -146,27 +159,36 @@ def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], 
   metrics = tuple(c.metric for c in constraints)
   limits = np.asarray([c.limit for c in constraints], np.float32)
   check_feasible(model, tables, constraints)
-  arrays = costlib.table_arrays(tables, metrics)
+  dp = DataParallel(cfg.batch_size, "search.batch_size")
+  arrays = dp.value(costlib.table_arrays(tables, metrics))
   hashable_tables = _HashableTables(tables)
 
   stream = batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed)
   x0, _ = next(stream)
-  calibrate(model, x0, mode="expected")
+  ckpt = LoopCheckpointer(checkpoint_dir, checkpoint_every)
   schedule = optax.cosine_decay_schedule(cfg.lr, cfg.steps)
   w_opt = weights_optimizer(model, schedule, cfg.weight_decay)
   a_opt = nnx.Optimizer(model, optax.adam(cfg.arch_lr), wrt=ArchParam)
-  lam = jnp.zeros((len(constraints),), jnp.float32)
+  state = {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lam": jnp.zeros((len(constraints),), jnp.float32)}
+  start = ckpt.restore(state)
+  if start == 0:
+    calibrate(model, x0, mode="expected")
+  for _ in range(start):  # the batch stream is a function of (seed, step): skip what was consumed
+    next(stream)
+  lam = dp.value(state["lam"])
+  dp.replicate(model, w_opt, a_opt)
   base_key = jax.random.key(cfg.seed)
   model.train()
   history = []
-  for step in range(cfg.steps):
-    x, y = next(stream)
+  for step in range(start, cfg.steps):
+    x, y = dp.batch(*next(stream))
     arch_on = jnp.float32(step >= cfg.warmup_steps)
     tau = jnp.float32(cfg.tau(step))
     ce, acc, expected, excess, lam = _search_step(
-        model, w_opt, a_opt, jnp.asarray(x), jnp.asarray(y), jax.random.fold_in(base_key, step), tau, lam,
-        arch_on, arrays, jnp.asarray(limits), hashable_tables, metrics, cfg.penalty, cfg.penalty_strength,
-        jnp.float32(cfg.dual_lr), jnp.float32(cfg.entropy_ramp(step)))
+        model, w_opt, a_opt, x, y, jax.random.fold_in(base_key, step), tau, lam,
+        arch_on, arrays, dp.value(jnp.asarray(limits)), hashable_tables, metrics, cfg.penalty,
+        cfg.penalty_strength, jnp.float32(cfg.dual_lr), jnp.float32(cfg.entropy_ramp(step)), cfg.augment)
+    ckpt.maybe_save(step, {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lam": lam}, last=step == cfg.steps - 1)
     if step % 25 == 0 or step == cfg.steps - 1:
       ce = float(ce)
       if not math.isfinite(ce):
@@ -181,6 +203,7 @@ def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], 
       history.append(record)
       if callback is not None:
         callback(step, record)
+  ckpt.close()
   probs = {k: np.asarray(v) for k, v in model.probs().items()}
   expected = costlib.expected_costs(tables, costlib.table_arrays(tables, costlib.METRICS), model.probs())
   choices, repairs = fit_to_budget(model, tables, constraints, probs)

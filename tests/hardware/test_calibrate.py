@@ -9,22 +9,22 @@ from omegaconf import OmegaConf
 from hardware import calibrate
 from hardware.measure import default_grid
 
-TRUE = {"rate_conv": 2.0e11, "rate_dwconv": 5.0e9, "rate_dense": 5.0e9, "mem_bw": 2.0e10,
+TRUE = {"rate_conv": 2.0e11, "rate_dwconv": 5.0e9, "rate_dense": 5.0e9, "rate_fallback": 4.0e9, "mem_bw": 2.0e10,
         "overhead_conv": 2.0e-6, "overhead_dwconv": 1.0e-6, "overhead_dense": 5.0e-7,
-        "cin_multiple": 4, "cout_multiple": 16}
+        "cin_multiple": 4, "cout_multiple": 16, "fallback_channels": 16}
 
 
-def synthetic(noise=0.05, seed=1):
-  layers = default_grid()[::2]
+def synthetic(noise=0.05, seed=1, every=2):
+  layers = default_grid()[::every]  # a subset for speed; still every kind and the few-channel stratum
   t = calibrate.predict(TRUE, layers)
   return layers, t * np.exp(np.random.default_rng(seed).normal(0.0, noise, len(t)))
 
 
 def test_fit_recovers_known_constants_and_multiples():
   layers, t = synthetic()
-  p = calibrate.fit(layers, t, candidates=((1, 1), (4, 16), (64, 1)))
-  assert (p["cin_multiple"], p["cout_multiple"]) == (4, 16)
-  for k in ("rate_conv", "rate_dwconv", "rate_dense", "mem_bw"):
+  p = calibrate.fit(layers, t, multiples=((1, 1), (4, 16), (64, 1)), fallbacks=(0, 16, 32))
+  assert (p["cin_multiple"], p["cout_multiple"], p["fallback_channels"]) == (4, 16, 16)
+  for k in ("rate_conv", "rate_dwconv", "rate_dense", "rate_fallback", "mem_bw"):
     assert p[k] == pytest.approx(TRUE[k], rel=0.1), k
   for k in ("overhead_conv", "overhead_dwconv", "overhead_dense"):
     assert p[k] == pytest.approx(TRUE[k], rel=0.3), k
@@ -39,7 +39,7 @@ def test_split_is_seeded_and_disjoint():
 
 
 def test_main_writes_a_preset_hydra_instantiates(tmp_path):
-  layers, t = synthetic()
+  layers, t = synthetic(every=3)
   records = [{"kind": l.kind, "cin": l.cin, "cout": l.cout, "kernel": l.kernel, "stride": l.stride,
               "in_h": l.in_h, "in_w": l.in_w, "name": l.name, "median_s": float(s)} for l, s in zip(layers, t)]
   data = tmp_path / "m.json"

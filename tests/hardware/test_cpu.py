@@ -50,3 +50,14 @@ def test_bad_constants_raise():
     SIMDCPU("t", {"conv": 1e9}, 1e9, 0.0, 0.0, 0.0, 0.0)
   with pytest.raises(ValueError, match="mem_bw"):
     SIMDCPU("t", 1e9, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def test_few_channel_convolutions_take_the_fallback_rate():
+  model = SIMDCPU("t", {"conv": 1e11, "dwconv": 1e9, "dense": 1e9}, 1e15, 0.0, 0.0, 0.0, 0.0,
+                  cin_multiple=64, fallback_channels=16, fallback_mac_rate=4e9)
+  layer = LayerSpec("conv", 16, 16, 3, 1, 8, 8)
+  macs16 = 64 * 9 * 16 * 16
+  assert float(model.cost(layer, 8, 8, 16, 16).latency_s) == pytest.approx(macs16 / 4e9)  # no lane padding
+  assert float(model.cost(layer, 8, 8, 16, 24).latency_s) == pytest.approx(64 * 9 * 64 * 24 / 1e11)
+  with pytest.raises(ValueError, match="fallback_mac_rate"):
+    SIMDCPU("t", 1e9, 1e9, 0.0, 0.0, 0.0, 0.0, fallback_channels=16)

@@ -24,5 +24,6 @@ def test_default_grid_is_seeded_and_covers_every_kind():
   grid = measure.default_grid()
   assert grid == measure.default_grid()
   kinds = [l.kind for l in grid]
-  assert {k: kinds.count(k) for k in set(kinds)} == {"conv": 200, "dwconv": 60, "dense": 59} or len(grid) > 300
+  assert kinds.count("conv") == 240 and kinds.count("dwconv") == 60 and kinds.count("dense") > 50
   assert all(l.kernel <= l.in_h for l in grid if l.kind != "dense")
+  assert sum(l.kind == "conv" and max(l.cin, l.cout) <= 16 for l in grid) >= 15  # the few-channel path

@@ -7,6 +7,7 @@ model directly on it, and weight by the product of the softmax probabilities of 
 The grid contraction in nas.cost must reproduce that sum (the choices are independent, so the product of
 marginals is the exact joint).
 """
+import functools
 import itertools
 import math
 
@@ -20,6 +21,7 @@ from flax import nnx
 from hardware import riscv
 from hardware.base import LayerSpec
 from nas import cost, models, search
+from nas.choices import SDQChoice
 from nas.models.base import Supernet
 from nas.space import SearchSpace
 
@@ -100,7 +102,12 @@ CASES = {
         space=SearchSpace(w_bits=(2, 4, 8), a_bits=(2, 4, 8), width_mults=(0.5, 1.0), first_layer_bits=8,
                           last_layer_bits=None),
         kwargs=dict(widths=(64, 128), strides=(1, 2), input_shape=(16, 16, 3))),
-    # Depthwise layer: its output width follows its input width choice. 3*3*3*2*2*3 ... = 1296 networks.
+    # SDQ bit-width choices (beta between adjacent candidates; Gumbel widths): 3*2*2 * 3*2*2 = 144 networks.
+    "digits_sdq": dict(
+        space=SearchSpace(w_bits=(2, 4, 8), a_bits=(4, 8), width_mults=(0.5, 1.0), first_layer_bits=None,
+                          last_layer_bits=8, method="sdq"),
+        kwargs=dict(widths=(4, 8), strides=(1, 2))),
+    # Depthwise layer: its output width follows its input width choice. 3 widths x 3 widths x 2^6 bits = 576.
     "depthwise": dict(
         space=SearchSpace(w_bits=(2, 8), a_bits=(4, 8), width_mults=(0.5, 0.75, 1.0), first_layer_bits=None,
                           last_layer_bits=8),
@@ -108,7 +115,10 @@ CASES = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def build(case):
+  """The supernet of ``case`` and its hand topology, built once per session (building is the slow part:
+  every eager op compiles once per shape). Tests that read probabilities overwrite every logit first."""
   c = CASES[case]
   if c["kwargs"] is None:
     return DepthwiseNet(c["space"], rngs=nnx.Rngs(0)), dw_layers
@@ -117,22 +127,60 @@ def build(case):
   return model, lambda ch: digits_layers(ch, kw.get("input_shape", (8, 8, 1)), kw["strides"])
 
 
+def sdq_probs(values, beta):
+  """SDQ (METHODS.md section 5): p = (beta - b_lo) / (b_hi - b_lo) on b_hi, 1 - p on b_lo, the adjacent pair."""
+  v = np.asarray(values, np.float64)
+  j = min(int(np.searchsorted(v, beta, side="right")) - 1, len(v) - 2)  # v[j] <= beta <= v[j + 1]
+  out = np.zeros(len(v))
+  out[j + 1] = (beta - v[j]) / (v[j + 1] - v[j])
+  out[j] = 1.0 - out[j + 1]
+  return out
+
+
 def set_random_logits(model, seed, bias=0.0):
-  """Random logits on every choice (bias > 0 favours larger values); returns name -> NumPy probabilities."""
+  """Random logits on every choice (bias > 0 favours larger values), random beta on SDQ choices.
+
+  Returns name -> NumPy probabilities, (channels, candidates) for per-channel choices.
+  """
   rng = np.random.default_rng(seed)
   probs = {}
   for name, choice in model.choices.items():
-    logits = rng.normal(size=len(choice.values)) + bias * np.arange(len(choice.values))
+    if isinstance(choice, SDQChoice):
+      if choice.fixed:
+        probs[name] = np.ones(1)
+        continue
+      beta = np.float32(rng.uniform(choice.values[0], choice.values[-1]))
+      choice.logits[...] = jnp.asarray(beta)
+      probs[name] = sdq_probs(choice.values, float(beta))
+      continue
+    shape = choice.logits[...].shape
+    logits = rng.normal(size=shape) + bias * np.arange(shape[-1])
     choice.logits[...] = jnp.asarray(logits, jnp.float32)
-    e = np.exp(logits - logits.max())
-    probs[name] = e / e.sum()
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    probs[name] = e / e.sum(-1, keepdims=True)
   return probs
 
 
 def all_assignments(model):
+  """Every discrete assignment: (name -> candidate index (a tuple per channel), name -> value)."""
   names = list(model.choices.keys())
-  for idx in itertools.product(*(range(len(model.choices[n].values)) for n in names)):
-    yield {n: i for n, i in zip(names, idx)}, {n: model.choices[n].values[i] for n, i in zip(names, idx)}
+  axes = []
+  for n in names:
+    c = model.choices[n]
+    idx = range(len(c.values))
+    per_channel = getattr(c, "per_channel", False) and not c.fixed
+    axes.append(list(itertools.product(idx, repeat=c.logits[...].shape[0])) if per_channel else list(idx))
+  for combo in itertools.product(*axes):
+    values = {n: (tuple(model.choices[n].values[i] for i in ix) if isinstance(ix, tuple)
+                  else model.choices[n].values[ix]) for n, ix in zip(names, combo)}
+    yield dict(zip(names, combo)), values
+
+
+def assignment_prob(probs, idx):
+  p = 1.0
+  for name, ix in idx.items():
+    p *= math.prod(probs[name][c, i] for c, i in enumerate(ix)) if isinstance(ix, tuple) else probs[name][ix]
+  return p
 
 
 # ---------------------------------------------------------------------------------------------- tests
@@ -144,7 +192,7 @@ def test_expected_cost_equals_brute_force_enumeration(case, riscv_model):
   brute = {m: 0.0 for m in cost.METRICS}
   n, total_p = 0, 0.0
   for idx, ch in all_assignments(model):
-    p = math.prod(probs[name][i] for name, i in idx.items())
+    p = assignment_prob(probs, idx)
     c = ref_cost(layers_of(ch), riscv_model)
     for m in cost.METRICS:
       brute[m] += p * c[m]
@@ -156,6 +204,46 @@ def test_expected_cost_equals_brute_force_enumeration(case, riscv_model):
         assert d[m] == pytest.approx(c[m], rel=1e-9), (m, ch)
   assert n == math.prod(len(c.values) for c in model.choices.values()) and n >= 64
   assert total_p == pytest.approx(1.0, rel=1e-12)
+  expected = cost.expected_costs(tables, cost.table_arrays(tables, cost.METRICS), model.probs())
+  for m in cost.METRICS:
+    assert float(expected[m]) == pytest.approx(brute[m], rel=1e-5), m
+
+
+def per_channel_groups(layers):
+  """A layer with per-channel weight bits runs as one sub-layer per distinct bit-width among its kept
+  channels (the first ``cout``), each with that many output channels (depthwise: input channels too)."""
+  out = []
+  for spec, w, a in layers:
+    if not isinstance(w, tuple):
+      out.append((spec, w, a))
+      continue
+    kept = w[:spec.cout]
+    for b in sorted(set(kept)):
+      n = kept.count(b)
+      out.append((LayerSpec(spec.kind, n if spec.kind == "dwconv" else spec.cin, n, spec.kernel, spec.stride,
+                            spec.in_h, spec.in_w, spec.name), b, a))
+  return out
+
+
+def test_per_channel_expected_cost_equals_brute_force_on_a_linear_model():
+  """Per-channel weight bits: nas.cost reads each bit-width's sub-layer cost at the EXPECTED channel count,
+  which is exact when cost is linear in the output channels with C(0) = 0: true of the compute-only MPIC
+  model (MACs / table, no DMA, no overhead) and of weight bytes. (2 widths * 2^2 bits * 2) * (2 * 2^4 * 2) = 1024 networks."""
+  space = SearchSpace(w_bits=(2, 4), a_bits=(4, 8), width_mults=(0.5, 1.0), first_layer_bits=None,
+                      last_layer_bits=8, per_channel_w=True)
+  model = models.build_model("digits_cnn", space, widths=(2, 4), strides=(1, 2))
+  assert model.choices["convs.1.w_bits"].logits[...].shape == (4, 2)
+  probs = set_random_logits(model, seed=3)
+  hw = compute_only_mpic()
+  tables = cost.build_cost_tables(model, hw)
+  brute = {m: 0.0 for m in cost.METRICS}
+  n = 0
+  for idx, ch in all_assignments(model):
+    c = ref_cost(per_channel_groups(digits_layers(ch, (8, 8, 1), (1, 2))), hw)
+    for m in cost.METRICS:
+      brute[m] += assignment_prob(probs, idx) * c[m]
+    n += 1
+  assert n == 1024
   expected = cost.expected_costs(tables, cost.table_arrays(tables, cost.METRICS), model.probs())
   for m in cost.METRICS:
     assert float(expected[m]) == pytest.approx(brute[m], rel=1e-5), m
@@ -178,7 +266,7 @@ def compute_only_mpic():
 
 
 def test_reference_architecture_cost_by_hand():
-  model = models.build_model("digits_cnn", CASES["digits_tiny"]["space"], **CASES["digits_tiny"]["kwargs"])
+  model, _ = build("digits_tiny")
   # Reference: every layer W8A8 at base width. Input 8x8x1, 'SAME' padding.
   #   convs.0: 3x3, 1 -> 4, stride 1, out 8x8:  8*8 * 9 * 1 * 4 = 2304 MACs
   #   convs.1: 3x3, 4 -> 8, stride 2, out 4x4:  4*4 * 9 * 4 * 8 = 4608 MACs
@@ -193,7 +281,7 @@ def test_reference_architecture_cost_by_hand():
 
 def test_mixed_architecture_cost_by_hand():
   """Distinct table cells per layer, so a transposed table (rows weight bits) would not pass."""
-  model = models.build_model("digits_cnn", CASES["digits_tiny"]["space"], **CASES["digits_tiny"]["kwargs"])
+  model, _ = build("digits_tiny")
   ch = {"convs.0.width": 2, "convs.0.w_bits": 2, "convs.0.a_bits": 4,
         "convs.1.width": 4, "convs.1.w_bits": 4, "convs.1.a_bits": 8, "head.w_bits": 8, "head.a_bits": 8}
   #   convs.0: 8*8 * 9 * 1 * 2 = 1152 MACs at table[a=4][w=2] = 3.9
@@ -207,7 +295,7 @@ def test_mixed_architecture_cost_by_hand():
 
 
 def _tiny_with_tables(riscv_model, seed, bias):
-  model = models.build_model("digits_cnn", CASES["digits_tiny"]["space"], **CASES["digits_tiny"]["kwargs"])
+  model, _ = build("digits_tiny")
   probs = set_random_logits(model, seed=seed, bias=bias)
   tables = cost.build_cost_tables(model, riscv_model)
   costs = [(ch, ref_cost(digits_layers(ch, (8, 8, 1), (1, 2)), riscv_model)) for _, ch in all_assignments(model)]

@@ -6,6 +6,8 @@ the architecture's channel counts, resolutions, signedness and choice keys are c
 strongest check is weight inheritance: the derived network, sliced from the supernet, must give the
 supernet's argmax logits, which holds only if every width mask sits where the slicing cuts.
 """
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,15 +22,23 @@ from nas.models.resnet import ResNet20
 from nas.space import SearchSpace
 from nas.train import calibrate, inherit_weights
 
-RISCV_YAML = "/work/main/conf/hardware/riscv.yaml"
+CONF = pathlib.Path(__file__).resolve().parents[2] / "conf"
+RISCV_YAML = CONF / "hardware" / "riscv.yaml"
 SPACE = SearchSpace(w_bits=(2, 4, 8), a_bits=(4, 8), width_mults=(0.5, 1.0, 1.5))
 MOBILENET_DEFAULT_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2))  # the class defaults
-SMALL_STAGES = ((1, 4, 1, 1), (6, 8, 2, 2), (6, 8, 1, 1))  # a residual tied to the stem and one across stages
+# Small enough for eager CPU runs, large enough for every kind of edge: identity residuals tied to the stem
+# and within a stage, a projection shortcut, a t = 1 block, a stride-2 block.
+SMALL_STAGES = ((1, 4, 1, 1), (6, 8, 2, 2))
 CASES = {
-    "resnet20": (ResNet20, dict(num_classes=7, input_shape=(8, 8, 1), widths=(4, 8, 8), blocks_per_stage=2)),
+    "resnet20": (ResNet20, dict(num_classes=7, input_shape=(8, 8, 1), widths=(4, 8), blocks_per_stage=2)),
     "mobilenetv2": (MobileNetV2, dict(num_classes=7, input_shape=(16, 16, 3), stages=SMALL_STAGES,
                                       stem_width=4, last_width=8)),
 }
+# Structure-only cases (never run forward): a residual tied across stages (a stride-1 stage of equal width);
+# t = 1 after a linear bottleneck, so the depthwise layer reads a signed tensor; a stride-1 width change.
+STRUCTURE_CASES = {**CASES, "mobilenetv2_late_t1": (MobileNetV2, dict(
+    num_classes=7, input_shape=(16, 16, 3), stages=((6, 4, 1, 1), (1, 4, 2, 1), (6, 8, 1, 2), (1, 12, 1, 1)),
+    stem_width=8, last_width=8))}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -80,8 +90,8 @@ def mobilenet_graph(stages, stem_width):
   return reads, sums
 
 
-def graph_of(name, model_kwargs):
-  if name == "resnet20":
+def graph_of(cls, model_kwargs):
+  if cls is ResNet20:
     return resnet_graph(len(model_kwargs.get("widths", (16, 32, 64))), model_kwargs.get("blocks_per_stage", 3))
   return mobilenet_graph(model_kwargs.get("stages", MOBILENET_DEFAULT_STAGES), model_kwargs.get("stem_width", 32))
 
@@ -117,13 +127,12 @@ def check_chain(arch, reads, sums, input_channels):
 
 
 # ---------------------------------------------------------------------------------------------- tests
-@pytest.mark.parametrize("name", sorted(CASES))
-@pytest.mark.parametrize("full_size", [False, True])
-def test_residual_sums_share_one_width_choice_and_channels_chain(name, full_size):
-  cls, kwargs = CASES[name]
-  kwargs = {} if full_size else kwargs
+@pytest.mark.parametrize("name", sorted(STRUCTURE_CASES) + ["resnet20_default", "mobilenetv2_default"])
+def test_residual_sums_share_one_width_choice_and_channels_chain(name):
+  cls, kwargs = STRUCTURE_CASES[name] if name in STRUCTURE_CASES else (CASES[name.split("_")[0]][0], {})
   model = abstract(cls, **kwargs)
-  reads, sums = graph_of(name, kwargs)
+  reads, sums = graph_of(cls, kwargs)
+  assert sums
   layers = {l.spec.name: l for l in model.qlayers()}
   assert list(layers) == list(reads)
   for a, b in sums:
@@ -135,13 +144,13 @@ def test_residual_sums_share_one_width_choice_and_channels_chain(name, full_size
     check_chain(model.architecture(random_choices(model, seed)), reads, sums, channels)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(STRUCTURE_CASES))
 def test_signed_inputs_exactly_where_the_producer_has_no_relu(name):
   """MobileNetV2's projections are linear (signed output); every other layer ends in ReLU/ReLU6."""
-  cls, kwargs = CASES[name]
+  cls, kwargs = STRUCTURE_CASES[name]
   for input_signed in (False, True):
     model = abstract(cls, input_signed=input_signed, **kwargs)
-    reads, _ = graph_of(name, kwargs)
+    reads, _ = graph_of(cls, kwargs)
     for layer in model.qlayers():
       src = reads[layer.spec.name]
       want = input_signed if src is None else src.endswith(".project")
@@ -167,6 +176,34 @@ def test_resnet20_reference_macs_by_hand():
   ref = abstract(ResNet20).reference_architecture()
   assert len(ref.layers) == 22  # 19 convs + 2 projections + the dense head ("20" counts convs + head)
   assert cost.architecture_metrics(ref)["macs"] == by_hand
+
+
+def test_mobilenetv2_reference_macs_by_hand():
+  # Defaults at 32x32x3: stem 32, stages (t, c, n, s) (1,16,1,1) (6,24,2,2) (6,32,2,2) (6,64,2,2), last 256.
+  # Pointwise/dense: out_h*out_w*cin*cout; depthwise: out_h*out_w*9*channels.
+  by_hand = [
+      32 * 32 * 9 * 3 * 32,                                                # stem
+      32 * 32 * 9 * 32, 32 * 32 * 32 * 16,                                 # block 0 (t=1): dw, project
+      32 * 32 * 16 * 96, 16 * 16 * 9 * 96, 16 * 16 * 96 * 24,             # block 1: stride 2
+      16 * 16 * 24 * 144, 16 * 16 * 9 * 144, 16 * 16 * 144 * 24,          # block 2: residual
+      16 * 16 * 24 * 144, 8 * 8 * 9 * 144, 8 * 8 * 144 * 32,              # block 3: stride 2
+      8 * 8 * 32 * 192, 8 * 8 * 9 * 192, 8 * 8 * 192 * 32,                # block 4: residual
+      8 * 8 * 32 * 192, 4 * 4 * 9 * 192, 4 * 4 * 192 * 64,                # block 5: stride 2
+      4 * 4 * 64 * 384, 4 * 4 * 9 * 384, 4 * 4 * 384 * 64,                # block 6: residual
+      4 * 4 * 64 * 256, 256 * 10]                                          # last 1x1, head
+  ref = abstract(MobileNetV2).reference_architecture()
+  assert [float(l.spec.macs()) for l in ref.layers] == by_hand
+  assert cost.architecture_metrics(ref)["macs"] == sum(by_hand) == 10_072_576
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_model_config_builds_the_class_it_names(name):
+  """conf/model/<name>.yaml: its args are the class's keyword arguments, passed as the app passes them."""
+  cfg = OmegaConf.load(CONF / "model" / f"{name}.yaml")
+  cls, _ = CASES[name]
+  assert cfg.name == cls.name == name
+  model = abstract(cls, **dict(cfg.args), num_classes=10, input_shape=(8, 8, 1))
+  assert model.qlayers()[-1].spec.cout == 10
 
 
 @pytest.fixture(scope="module")
