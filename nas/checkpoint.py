@@ -61,7 +61,11 @@ class LoopCheckpointer:
     step = self.manager.latest_step()
     target = _pure(objects)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _str_keys(target))
-    restored = _like(self.manager.restore(step, args=ocp.args.StandardRestore(abstract)), target)
+    try:
+      restored = _like(self.manager.restore(step, args=ocp.args.StandardRestore(abstract)), target)
+    except Exception as e:  # a checkpoint of another network or an older version of the code
+      raise ValueError(f"the checkpoint {self.manager.directory}/{step} does not match this run ({e}); delete "
+                       f"that folder to start over, or set checkpoint.dir elsewhere.") from e
     for k, v in objects.items():
       if isinstance(v, nnx.Pytree):
         state = nnx.state(v)

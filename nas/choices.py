@@ -79,6 +79,8 @@ class CategoricalChoice(nnx.Module):
       mode: ``"sample"`` (Gumbel-softmax, needs ``key``), ``"expected"`` (softmax), ``"argmax"`` (one-hot).
     """
     n = len(self.values)
+    if mode not in ("sample", "expected", "argmax"):
+      raise ValueError(f"mode={mode!r}; use 'sample', 'expected' or 'argmax'.")
     if self.fixed:
       return jnp.ones(self.logits[...].shape[:-1] + (1,), jnp.float32)
     if mode == "sample":
@@ -130,7 +132,10 @@ class SDQChoice(nnx.Module):
 
   def _pair(self):
     v = jnp.asarray(self.values, jnp.float32)
-    beta = jnp.clip(self.logits[...], v[0], v[-1])
+    raw = self.logits[...]
+    # Clipped forward, straight-through backward: jnp.clip would halve the gradient at the range ends,
+    # where every beta starts (b_max); project() keeps beta in range between steps.
+    beta = raw + jax.lax.stop_gradient(jnp.clip(raw, v[0], v[-1]) - raw)
     hi = jnp.clip(jnp.searchsorted(v, beta, side="left"), 1, len(self.values) - 1)
     lo = hi - 1
     p = (beta - v[lo]) / (v[hi] - v[lo])
@@ -145,6 +150,8 @@ class SDQChoice(nnx.Module):
 
   def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0) -> jax.Array:
     del tau  # SDQ's draw has no temperature
+    if mode not in ("sample", "expected", "argmax"):
+      raise ValueError(f"mode={mode!r}; use 'sample', 'expected' or 'argmax'.")
     if self.fixed:
       return jnp.ones(self.logits[...].shape + (1,), jnp.float32)
     expected = self.probs()

@@ -42,8 +42,15 @@ def round_ste(v: jax.Array) -> jax.Array:
 
 
 def scale_grad(x: jax.Array, scale) -> jax.Array:
-  """x forward; gradient multiplied by ``scale`` backward."""
-  return x * scale + jax.lax.stop_gradient(x - x * scale)
+  """x forward (exactly); gradient multiplied by ``scale`` backward."""
+  x_const = jax.lax.stop_gradient(x)
+  return x_const + (x - x_const) * scale
+
+
+def floor_ste(x: jax.Array, floor: float) -> jax.Array:
+  """max(x, floor) forward, identity backward: a step pushed below the floor still gets a gradient back up."""
+  x_const = jax.lax.stop_gradient(x)
+  return jnp.maximum(x_const, floor) + (x - x_const)  # exact forward (x + (floor - x) can round to 0)
 
 
 def lsq_quantize(x: jax.Array, step: jax.Array, bits: int, signed: bool, grad_scale) -> jax.Array:
@@ -60,7 +67,7 @@ def lsq_quantize(x: jax.Array, step: jax.Array, bits: int, signed: bool, grad_sc
     grad_scale: LSQ gradient scale of the step.
   """
   qn, qp = qrange(bits, signed)
-  s = scale_grad(jnp.maximum(step, _STEP_FLOOR), grad_scale)
+  s = scale_grad(floor_ste(step, _STEP_FLOOR), grad_scale)
   v = jnp.clip(x / s, -qn, qp)
   return round_ste(v) * s
 

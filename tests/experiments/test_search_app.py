@@ -16,9 +16,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONF = str(ROOT / "conf")
 
 
-def _compose(overrides):
+def _compose(overrides, checkpoint_dir=None):
+  extra = [f"checkpoint.dir={checkpoint_dir}"] if checkpoint_dir else ["checkpoint.dir=null"]
   with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-    return compose(config_name="config", overrides=list(overrides))
+    return compose(config_name="config", overrides=[*extra, *overrides])
 
 
 def _run_cli(args, cwd, timeout=300):
@@ -29,7 +30,8 @@ def _run_cli(args, cwd, timeout=300):
 
 def test_cli_debug_run_writes_result(tmp_path):
   out = tmp_path / "run"
-  p = _run_cli(["debug=true", f"hydra.run.dir={out}", "budget.fraction=0.5"], cwd=ROOT)
+  p = _run_cli(["debug=true", f"hydra.run.dir={out}", "budget.fraction=0.5", f"checkpoint.dir={tmp_path / 'ck'}"],
+               cwd=ROOT)
   assert p.returncode == 0, p.stderr[-2000:]
   r = json.loads((out / "result.json").read_text())
   assert r["target"] == "riscv" and r["kind"] == "searched"
@@ -54,7 +56,7 @@ def test_cli_debug_run_writes_result(tmp_path):
 def test_cli_bad_input_exits_with_one_sentence(tmp_path):
   out = tmp_path / "run"
   t0 = time.time()
-  p = _run_cli([f"hydra.run.dir={out}", "budget.fraction=0", "wandb.mode=disabled"], cwd=ROOT)
+  p = _run_cli([f"hydra.run.dir={out}", "budget.fraction=0", "wandb.mode=disabled", "checkpoint.dir=null"], cwd=ROOT)
   assert p.returncode == 2
   lines = [l for l in p.stderr.strip().splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and "budget.fraction" in lines[0], p.stderr[-2000:]

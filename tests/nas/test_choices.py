@@ -129,10 +129,6 @@ def test_bad_mode_raises():
     CategoricalChoice((2, 4)).mixing_weights("soft")
 
 
-@pytest.mark.xfail(strict=True, reason="nas/choices.py CategoricalChoice.mixing_weights (and SDQChoice's) return "
-                   "ones for a fixed choice before validating mode, so a misspelt mode is silently accepted by a "
-                   "fully fixed (derived) network")
-@pytest.mark.parametrize("cls", [CategoricalChoice, SDQChoice])
 def test_bad_mode_raises_for_fixed_choice(cls):
   with pytest.raises(ValueError, match="mode='soft'"):
     cls((8,)).mixing_weights("soft")

@@ -3,13 +3,15 @@ the budget projection / feasibility check of nas/search.py against independently
 
 Brute force: for every assignment of choice values, build each layer's LayerSpec BY HAND at its chosen
 channels (from the model's topology written out below, not from nas.cost's grids), call the RISC-V cost
-model directly on it, and weight by the product of the softmax probabilities of the logits we set.
+model directly on it, and weight by the product of the probabilities of the parameters we set (softmax of
+the logits; SDQ's interpolation weights for a bit-width parameter beta, computed here in NumPy).
 The grid contraction in nas.cost must reproduce that sum (the choices are independent, so the product of
 marginals is the exact joint).
 """
 import functools
 import itertools
 import math
+import pathlib
 
 import hydra
 import jax.numpy as jnp
@@ -25,7 +27,7 @@ from nas.choices import SDQChoice
 from nas.models.base import Supernet
 from nas.space import SearchSpace
 
-RISCV_YAML = "/work/main/conf/hardware/riscv.yaml"
+RISCV_YAML = pathlib.Path(__file__).resolve().parents[2] / "conf" / "hardware" / "riscv.yaml"
 # MPIC MACs per cycle, rows activation bits 2/4/8, columns weight bits 2/4/8 (Ottavi et al. 2020, via PLiNIO).
 MPIC_TABLE = [[6.5, 4.0, 2.2], [3.9, 3.5, 2.1], [2.5, 2.3, 2.1]]
 

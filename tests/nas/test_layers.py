@@ -6,7 +6,6 @@ weights (signed, one step per output channel) and inputs (one step per tensor) i
 """
 import itertools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

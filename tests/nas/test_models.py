@@ -44,8 +44,8 @@ STRUCTURE_CASES = {**CASES, "mobilenetv2_late_t1": (MobileNetV2, dict(
 @pytest.fixture(autouse=True, scope="module")
 def cheap_weight_init():
   """QLayer draws its init with jax.random.normal, compiled once per kernel shape; the partitionable
-  threefry (JAX's default) costs ~1 s of compile per shape on 2 cores, the classic one ~4x less. The
-  values differ, which none of these tests depend on."""
+  threefry (JAX's default) costs ~1 s of compile per shape on a busy 2-core machine, the classic one ~4x
+  less. The values differ, which none of these tests depend on."""
   with jax.threefry_partitionable(False):
     yield
 
@@ -159,14 +159,14 @@ def test_signed_inputs_exactly_where_the_producer_has_no_relu(name):
 
 def test_resnet20_reference_macs_by_hand():
   # ResNet-20 at 32x32x3, base widths 16/32/64, 'SAME' padding; MACs = out_h * out_w * k * k * cin * cout.
-  #   stem:                         32*32*9*3*16           =    442,368
-  #   stage 1: 6 convs              6 * 32*32*9*16*16      = 14,155,776
-  #   stage 2: first conv (stride 2) 16*16*9*16*32         =  1,179,648
-  #            5 convs              5 * 16*16*9*32*32      = 11,796,480
-  #            1x1 projection       16*16*16*32            =    131,072
-  #   stage 3: first conv           8*8*9*32*64            =  1,179,648
-  #            5 convs              5 * 8*8*9*64*64        = 11,796,480
-  #            1x1 projection       8*8*32*64              =    131,072
+  #   stem:                             32*32*9*3*16       =    442,368
+  #   stage 1: 6 convs                  6 * 32*32*9*16*16  = 14,155,776
+  #   stage 2: first conv (stride 2)    16*16*9*16*32      =  1,179,648
+  #            5 convs                  5 * 16*16*9*32*32  = 11,796,480
+  #            1x1 projection (stride 2) 16*16*16*32       =    131,072
+  #   stage 3: first conv (stride 2)    8*8*9*32*64        =  1,179,648
+  #            5 convs                  5 * 8*8*9*64*64    = 11,796,480
+  #            1x1 projection (stride 2) 8*8*32*64         =    131,072
   #   head:    dense 64 -> 10                              =        640
   # Total 40,813,184. Without the two projections (option A, zero-padded identity) it is 40,551,040: the
   # well-known "~40.55 M" / "41 M" figure for ResNet-20, which this option-B network exceeds by 262,144.

@@ -1,0 +1,51 @@
+"""Kill -9 a search mid-run, run the same command again: it resumes and ends where an uninterrupted run ends."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _cmd(run_dir, ckpt_dir):
+  return [sys.executable, "-m", "experiments.search", f"hydra.run.dir={run_dir}", f"checkpoint.dir={ckpt_dir}",
+          "checkpoint.every=20", "search.steps=300", "search.warmup_steps=60", "finetune.steps=30",
+          "dataset.limit=300", "wandb.mode=disabled", "model.args.widths=[8,16]", "model.args.strides=[1,2]"]
+
+
+def _env():
+  return dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="disabled")
+
+
+def test_killed_search_resumes_to_the_uninterrupted_result(tmp_path):
+  ckpt = tmp_path / "ckpt"
+  proc = subprocess.Popen(_cmd(tmp_path / "killed", ckpt), cwd=ROOT, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  saved = []
+  while time.time() < deadline and proc.poll() is None:
+    saved = [p for p in ckpt.glob("*/search/*") if p.name.isdigit()]
+    if saved:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert saved, "no search checkpoint appeared before the deadline"
+  steps_at_kill = sorted(int(p.name) for p in ckpt.glob("*/search/*") if p.name.isdigit())
+  assert max(steps_at_kill) < 299, steps_at_kill  # killed during the search, not after it
+  assert not (tmp_path / "killed" / "result.json").exists()
+
+  resumed = subprocess.run(_cmd(tmp_path / "resumed", ckpt), cwd=ROOT, env=_env(), capture_output=True, text=True)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  fresh = subprocess.run(_cmd(tmp_path / "fresh", tmp_path / "ckpt2"), cwd=ROOT, env=_env(), capture_output=True,
+                         text=True)
+  assert fresh.returncode == 0, fresh.stderr[-2000:]
+  a = json.loads((tmp_path / "resumed" / "result.json").read_text())
+  b = json.loads((tmp_path / "fresh" / "result.json").read_text())
+  assert a["architecture"] == b["architecture"]
+  assert a["accuracy"] == b["accuracy"]
+  assert a["search"]["multipliers"] == b["search"]["multipliers"]
+  assert a["cost"] == b["cost"]
