@@ -129,6 +129,7 @@ def test_bad_mode_raises():
     CategoricalChoice((2, 4)).mixing_weights("soft")
 
 
+@pytest.mark.parametrize("cls", [CategoricalChoice, SDQChoice])
 def test_bad_mode_raises_for_fixed_choice(cls):
   with pytest.raises(ValueError, match="mode='soft'"):
     cls((8,)).mixing_weights("soft")
