@@ -320,8 +320,13 @@ def main(cfg: DictConfig) -> dict | None:
   group = pathlib.Path(hc.sweep.dir).name if multirun else None
   try:
     result = run(cfg, out_dir, group)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    write_json_atomic(out_dir / "error.json", {"error": str(e), "type": type(e).__name__})
+  except Exception as e:
+    import traceback
+    user_error = isinstance(e, (ValueError, FileNotFoundError, FloatingPointError))
+    write_json_atomic(out_dir / "error.json", {"error": str(e), "type": type(e).__name__,
+                                               "traceback": None if user_error else traceback.format_exc()})
+    if not multirun and not user_error:
+      raise  # a bug: the full traceback, not one sentence
     if multirun:  # a failed job does not sink the sweep; the aggregator lists it
       log.error("job %s failed: %s", OmegaConf.select(hc, "job.num", default="?"), e)
       if cfg.objectives:  # Optuna needs a value: the worst possible one

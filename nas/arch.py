@@ -52,7 +52,8 @@ class Architecture:
     return {
         "model": self.model,
         "choices": {k: list(v) if isinstance(v, tuple) else v for k, v in self.choices.items()},
-        "layers": [dict(dataclasses.asdict(l.spec), w_bits=l.w_bits, a_bits=l.a_bits) for l in self.layers],
+        "layers": [dict(dataclasses.asdict(l.spec), w_bits=list(l.w_bits) if isinstance(l.w_bits, tuple) else l.w_bits,
+                        a_bits=l.a_bits) for l in self.layers],
     }
 
   @classmethod
@@ -73,7 +74,15 @@ class Architecture:
     return cls.from_dict(json.loads(text))
 
   def table(self) -> list[dict]:
-    """One row per layer for reports: name, kind, channels, bits."""
+    """One row per layer for reports: name, kind, channels, bits. ``w_bits`` is text, so that per-channel
+    layers ("2x10 4x14": 10 channels at 2 bits, 14 at 4) and per-layer ones ("8") share one column type."""
     return [{"layer": l.spec.name, "kind": l.spec.kind, "cin": l.spec.cin, "cout": l.spec.cout,
-             "kernel": l.spec.kernel, "stride": l.spec.stride, "w_bits": l.w_bits, "a_bits": l.a_bits}
+             "kernel": l.spec.kernel, "stride": l.spec.stride, "w_bits": bits_text(l.w_bits), "a_bits": l.a_bits}
             for l in self.layers]
+
+
+def bits_text(w_bits) -> str:
+  """'8' for a per-layer bit-width; '2x10 4x14' (bits x channels) for per-channel bit-widths."""
+  if not isinstance(w_bits, tuple):
+    return str(w_bits)
+  return " ".join(f"{b}x{w_bits.count(b)}" for b in sorted(set(w_bits)))

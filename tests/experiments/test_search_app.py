@@ -105,3 +105,17 @@ def test_baselines_run_in_process(tmp_path):
     if kind == "uniform":
       searchable = [l for l in r["architecture"]["layers"] if l["name"] not in ("convs.0", "head")]
       assert all(l["w_bits"] == 4 and l["a_bits"] == 4 for l in searchable)
+
+
+def test_per_channel_search_is_tracked_in_wandb(tmp_path):
+  cfg = _compose(["debug=true", "wandb.mode=offline", "search.per_channel_w=true", "budget.fraction=0.6"],
+                 checkpoint_dir=tmp_path / "ck")
+  r = app.run(cfg, tmp_path / "run")
+  per_channel = [l for l in r["architecture"]["layers"] if isinstance(l["w_bits"], list)]
+  assert per_channel, "per-channel layers record one bit-width per output channel"
+  for l in per_channel:
+    assert len(l["w_bits"]) == l["cout"]
+  assert r["cost"]["riscv"]["latency_s"] <= r["budget"]["value"] * (1 + 1e-9)
+  records = [json.loads(l) for l in (tmp_path / "run" / "tracking.jsonl").read_text().splitlines()]
+  table = next(rec for rec in records if rec["event"] == "table" and rec["key"] == "architecture")
+  assert all(isinstance(row[table["columns"].index("w_bits")], str) for row in table["rows"])

@@ -181,3 +181,16 @@ def test_optuna_preset_runs_a_two_trial_study(tmp_path):
   written = {(r["accuracy"], r["cost"][r["target"]]["latency_s"]) for r in results}
   for s in study["solutions"]:
     assert tuple(s["values"]) in written
+
+
+@needs_optuna
+def test_optuna_study_goes_on_when_trials_fail(tmp_path):
+  # Budgets far below the cheapest network: every job fails before training and returns the worst values.
+  sweep = tmp_path / "sweep"
+  p = _run_sweep(["+sweep=optuna", "hydra.sweeper.n_trials=2", "budget.fraction=interval(0.0001, 0.001)",
+                  f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+  assert p.returncode == 0, p.stderr[-3000:]
+  for job in ("0", "1"):
+    assert json.loads((sweep / job / "error.json").read_text())["type"] == "ValueError"
+  study = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+  assert all(s["values"] == [0.0, float("inf")] for s in study["solutions"])
