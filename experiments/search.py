@@ -255,11 +255,20 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
 def train_teacher(cfg, data, tcfg: TrainConfig, tracker, checkpoint_dir) -> tuple[object, float]:
   """The float network at base width, trained with the fine-tuning recipe (resumed or reused from its
   checkpoint folder, which is shared by every job of a sweep with the same data, model and seed)."""
+  import contextlib
+  import fcntl
+
   space = SearchSpace(quantize=False, width_mults=(1.0,))
   teacher = build_model(cfg.model.name, space, seed=cfg.seed + 7, **_model_args(cfg, data))
   teacher_cfg = TrainConfig(**{**tcfg.__dict__, "steps": cfg.finetune.teacher_steps, "kd_alpha": 0.0,
                                "lr": cfg.finetune.teacher_lr or tcfg.lr})
-  with _Progress(teacher_cfg.steps, "teacher", tracker) as progress:
+  lock = contextlib.nullcontext()
+  if checkpoint_dir is not None:  # parallel jobs of a sweep share the teacher: one trains, the others wait
+    pathlib.Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    lock_file = open(pathlib.Path(checkpoint_dir) / ".lock", "w")
+    fcntl.flock(lock_file, fcntl.LOCK_EX)
+    lock = lock_file
+  with lock, _Progress(teacher_cfg.steps, "teacher", tracker) as progress:
     out = finetune(teacher, data, teacher_cfg, callback=progress, checkpoint_dir=checkpoint_dir,
                    checkpoint_every=cfg.checkpoint.every)
   return teacher, out["test_accuracy"]
