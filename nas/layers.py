@@ -122,9 +122,13 @@ class QLayer(nnx.Module):
       shape, fan_in = (spec.kernel, spec.kernel, cin_group, spec.cout), spec.kernel ** 2 * cin_group
     # He et al. 2015 init, drawn with NumPy from a seed taken off the NNX key: an eager jax.random draw
     # compiles once per kernel shape (about a second each on a small CPU, 15 s for a ResNet-20).
-    seed = np.asarray(jax.random.key_data(rngs.params())).astype(np.uint64).ravel()
-    draw = np.random.default_rng(seed.tolist()).standard_normal(shape).astype(np.float32)
-    init = jnp.asarray(draw * np.float32((2.0 / fan_in) ** 0.5))
+    key = rngs.params()
+    scale = np.float32((2.0 / fan_in) ** 0.5)
+    if isinstance(key, jax.core.Tracer):  # abstract construction (nnx.eval_shape): no values needed
+      init = jax.random.normal(key, shape, jnp.float32) * scale
+    else:
+      seed = np.asarray(jax.random.key_data(key)).astype(np.uint64).ravel()
+      init = jnp.asarray(np.random.default_rng(seed.tolist()).standard_normal(shape).astype(np.float32) * scale)
     self.kernel = nnx.Param(init)
     self.bias = nnx.Param(jnp.zeros((spec.cout,), jnp.float32)) if spec.kind == "dense" else None
     self.wq = WeightQuantizer(w_bits, init)
