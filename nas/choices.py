@@ -11,7 +11,7 @@ References:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -21,6 +21,17 @@ from flax import nnx
 
 class ArchParam(nnx.Variable):
   """An architecture parameter: trained by its own optimiser, never by the weights' one."""
+
+
+class Pair(NamedTuple):
+  """Mixing weights that are non-zero at two candidates only (SDQ): indices and weights, scalars or per channel.
+
+  A quantiser given a Pair quantises at those two bit-widths only, not at every candidate.
+  """
+  lo: jax.Array
+  hi: jax.Array
+  w_lo: jax.Array
+  w_hi: jax.Array
 
 
 def gumbel_softmax(key: jax.Array, logits: jax.Array, tau, hard: bool = False) -> jax.Array:
@@ -167,6 +178,16 @@ class SDQChoice(nnx.Module):
       raise ValueError(f"mode={mode!r}; use 'sample', 'expected' or 'argmax'.")
     drawn = jnp.where(z[..., None], jax.nn.one_hot(hi, n), jax.nn.one_hot(lo, n))
     return expected + jax.lax.stop_gradient(drawn - expected)
+
+  def pair_weights(self, mode: str, key: jax.Array | None = None, tau=1.0) -> "Pair | jax.Array":
+    """``mixing_weights`` as a ``Pair`` (the two adjacent candidates and their weights); same values and
+    gradients, but a quantiser then needs two quantisations instead of one per candidate."""
+    if self.fixed:
+      return self.mixing_weights(mode, key, tau)
+    full = self.mixing_weights(mode, key, tau)
+    lo, hi, _ = self._pair()
+    take = lambda idx: jnp.take_along_axis(full, idx[..., None], axis=-1)[..., 0]
+    return Pair(lo, hi, take(lo), take(hi))
 
   def derive(self):
     """The nearest candidate to beta (p >= 0.5 -> b_hi); a tuple per channel for per-channel choices."""

@@ -21,10 +21,31 @@ from flax import nnx
 
 from hardware.base import LayerSpec
 from nas import quant
+from nas.choices import Pair
 
 
 class QuantStep(nnx.Param):
   """A learned LSQ step size (a Param, trained with the weights, but excluded from weight decay)."""
+
+
+def _pair_quantize(x: jax.Array, steps: jax.Array, bits: tuple[int, ...], signed: bool, n_elements: int,
+                   pair: Pair) -> jax.Array:
+  """w_lo Q_lo(x) + w_hi Q_hi(x) with the two candidates picked inside the jitted step (SDQ).
+
+  ``steps`` is (n,) per tensor or (n, C) per channel; the pair's indices are scalars or (C,) per channel.
+  """
+  b = jnp.asarray(bits, jnp.float32)
+  qn = 2.0 ** (b - 1) if signed else jnp.zeros_like(b)
+  qp = 2.0 ** (b - 1) - 1 if signed else 2.0 ** b - 1
+  out = 0.0
+  for idx, w in ((pair.lo, pair.w_lo), (pair.hi, pair.w_hi)):
+    if steps.ndim == 1 or idx.ndim == 0:
+      step = steps[idx]
+    else:
+      step = jnp.take_along_axis(steps, idx[None, :], axis=0)[0]
+    grad_scale = 1.0 / jnp.sqrt(n_elements * qp[idx])
+    out = out + w * quant.lsq_quantize_range(x, step, qn[idx], qp[idx], grad_scale)
+  return out
 
 
 def mix(candidates: list[jax.Array], weights: jax.Array) -> jax.Array:
@@ -62,6 +83,8 @@ class WeightQuantizer(nnx.Module):
   def __call__(self, kernel: jax.Array, weights: jax.Array) -> jax.Array:
     if self.bits is None:
       return kernel
+    if isinstance(weights, Pair):
+      return _pair_quantize(kernel, self.step[...], self.bits, True, self.fan, weights)
     qs = [quant.lsq_quantize(kernel, self.step[i], b, True, quant.lsq_grad_scale(self.fan, b, True))
           for i, b in enumerate(self.bits)]
     return mix(qs, weights)
@@ -86,6 +109,8 @@ class ActQuantizer(nnx.Module):
     if self.calibrating:
       self.step[...] = jnp.stack([quant.lsq_init_step(x, b, self.signed) for b in self.bits])
     n_features = int(np.prod(x.shape[1:]))  # per example: LSQ's N_F must not depend on the batch size
+    if isinstance(weights, Pair):
+      return _pair_quantize(x, self.step[...], self.bits, self.signed, n_features, weights)
     qs = [quant.lsq_quantize(x, self.step[i], b, self.signed, quant.lsq_grad_scale(n_features, b, self.signed))
           for i, b in enumerate(self.bits)]
     return mix(qs, weights)

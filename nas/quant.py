@@ -67,6 +67,12 @@ def lsq_quantize(x: jax.Array, step: jax.Array, bits: int, signed: bool, grad_sc
     grad_scale: LSQ gradient scale of the step.
   """
   qn, qp = qrange(bits, signed)
+  return lsq_quantize_range(x, step, qn, qp, grad_scale)
+
+
+def lsq_quantize_range(x: jax.Array, step: jax.Array, qn, qp, grad_scale) -> jax.Array:
+  """``lsq_quantize`` with the integer range [-qn, qp] and the gradient scale given directly; they may be
+  traced arrays (broadcastable to ``x``), so the bit-width can be chosen inside a jitted step (SDQ)."""
   s = scale_grad(floor_ste(step, _STEP_FLOOR), grad_scale)
   v = jnp.clip(x / s, -qn, qp)
   return round_ste(v) * s

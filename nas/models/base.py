@@ -108,7 +108,12 @@ class Supernet(nnx.Module):
   def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0) -> dict[str, jax.Array]:
     names = list(self.choices.keys())
     keys = jax.random.split(key, len(names)) if key is not None else [None] * len(names)
-    return {n: self.choices[n].mixing_weights(mode, k, tau) for n, k in zip(names, keys)}
+    out = {}
+    for n, k in zip(names, keys):
+      choice = self.choices[n]
+      weights = getattr(choice, "pair_weights", choice.mixing_weights)  # SDQ: two candidates only
+      out[n] = weights(mode, k, tau)
+    return out
 
   def project(self) -> None:
     """Keeps constrained architecture parameters in their range (SDQ's beta) after an update."""
