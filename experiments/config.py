@@ -54,6 +54,7 @@ class SearchGroupConfig:
   penalty: str = "lagrange"
   penalty_strength: float = 1.0
   entropy_weight: float = 0.3
+  fill_budget: bool = False             # move choices up after the argmax while every budget still holds
 
 
 @dataclasses.dataclass

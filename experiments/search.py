@@ -105,7 +105,8 @@ def search_config(cfg: DictConfig) -> SearchConfig:
   return SearchConfig(steps=s.steps, warmup_steps=s.warmup_steps, batch_size=s.batch_size, lr=s.lr,
                       weight_decay=s.weight_decay, arch_lr=s.arch_lr, tau_start=s.tau_start, tau_end=s.tau_end,
                       dual_lr=s.dual_lr, penalty=s.penalty, penalty_strength=s.penalty_strength,
-                      entropy_weight=s.entropy_weight, augment=cfg.dataset.augment, seed=cfg.seed)
+                      entropy_weight=s.entropy_weight, fill_budget=s.fill_budget, augment=cfg.dataset.augment,
+                      seed=cfg.seed)
 
 
 def instantiate_hardware(node) -> object:
@@ -287,7 +288,8 @@ def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, t
     times["search"] = time.time() - t0
     choices = res.choices
     expected = res.expected_cost
-    search_info = {"mean_max_prob": res.mean_max_prob, "repairs": res.repairs, "multipliers": res.multipliers,
+    search_info = {"mean_max_prob": res.mean_max_prob, "repairs": res.repairs, "fills": res.fills,
+                   "multipliers": res.multipliers,
                    "supernet_argmax_accuracy": evaluate(supernet, data.x_test, data.y_test)}
   else:
     choices = baseline_choices(supernet, cfg)

@@ -66,6 +66,8 @@ class SearchConfig:
     entropy_weight: final weight of the mean choice entropy in the loss, ramped up linearly from zero over
       the search phase so that the choices end close to one-hot and the argmax network is the one whose
       expected cost met the budget.
+    fill_budget: after the argmax (and the projection onto the budget), move choices up while every budget
+      holds (``fill_budget``), so that the derived network spends the budget it was given.
     augment: random crop (pad 4) and horizontal flip of each batch, on the device (CIFAR-style data).
     seed: batch order and Gumbel noise.
   """
@@ -81,6 +83,7 @@ class SearchConfig:
   penalty: str = "lagrange"
   penalty_strength: float = 1.0
   entropy_weight: float = 0.3
+  fill_budget: bool = False
   augment: bool = False
   seed: int = 0
 
@@ -140,6 +143,7 @@ class SearchResult:
   multipliers: dict            # final lambda per constrained metric
   mean_max_prob: float         # 1.0 = every choice one-hot
   repairs: int                 # choices moved by the budget projection after the argmax
+  fills: int = 0               # choices moved up by the budget filling (SearchConfig.fill_budget)
   history: list = dataclasses.field(default_factory=list)
 
 
@@ -207,9 +211,12 @@ def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], 
   probs = {k: np.asarray(v) for k, v in model.probs().items()}
   expected = costlib.expected_costs(tables, costlib.table_arrays(tables, costlib.METRICS), model.probs())
   choices, repairs = fit_to_budget(model, tables, constraints, probs)
+  fills = 0
+  if cfg.fill_budget:
+    choices, fills = fill_budget(model, tables, constraints, probs, choices)
   return SearchResult(choices=choices, expected_cost={k: float(v) for k, v in expected.items()},
                       multipliers={m: float(lam[i]) for i, m in enumerate(metrics)},
-                      mean_max_prob=model.mean_max_prob(), repairs=repairs, history=history)
+                      mean_max_prob=model.mean_max_prob(), repairs=repairs, fills=fills, history=history)
 
 
 class _HashableTables(tuple):
@@ -301,6 +308,63 @@ def _down_moves(model, choices, probs):
       if i > 0:
         yield dict(choices, **{name: choice.values[i - 1]}), (
             math.log(max(p[i], 1e-12)) - math.log(max(p[i - 1], 1e-12)))
+
+
+def _up_moves(model, choices, probs):
+  """Candidate moves one step up: (trial choices, log-probability given up). Per-channel choices offer, per
+  current bit-width, the one channel that gives up least probability."""
+  for name, choice in model.choices.items():
+    value = choices[name]
+    p = probs[name]
+    n = len(choice.values)
+    if isinstance(value, tuple):
+      best = {}
+      for ch, v in enumerate(value):
+        i = choice.values.index(v)
+        if i == n - 1:
+          continue
+        lost = math.log(max(p[ch, i], 1e-12)) - math.log(max(p[ch, i + 1], 1e-12))
+        if v not in best or lost < best[v][1]:
+          best[v] = (ch, lost)
+      for v, (ch, lost) in best.items():
+        new = list(value)
+        new[ch] = choice.values[choice.values.index(v) + 1]
+        yield dict(choices, **{name: tuple(new)}), lost
+    else:
+      i = choice.values.index(value)
+      if i < n - 1:
+        yield dict(choices, **{name: choice.values[i + 1]}), (
+            math.log(max(p[i], 1e-12)) - math.log(max(p[i + 1], 1e-12)))
+
+
+def fill_budget(model, tables, constraints: Sequence[Constraint], probs: Mapping[str, np.ndarray],
+                choices: Mapping) -> tuple[dict, int]:
+  """Greedy moves to costlier candidates while every budget still holds.
+
+  The argmax network is often well under budget: the expected cost that met the budget is pulled up by the
+  costly tail of each distribution. Each move takes one choice (or one channel) one candidate up; among the
+  moves that keep every budget, it takes the one the search rated closest to the current choice (least
+  log-probability given up), so the network grows where the search was least sure it should be small.
+
+  Returns:
+    (choices, number of moves).
+  """
+  metrics = [c.metric for c in constraints]
+  limits = {c.metric: c.limit for c in constraints}
+  choices = dict(choices)
+  moves = 0
+  while True:
+    best, best_lost = None, math.inf
+    for trial, lost in _up_moves(model, choices, probs):
+      if lost >= best_lost:
+        continue
+      tc = discrete_costs(tables, trial, model, metrics)
+      if all(tc[m] <= limits[m] for m in metrics):
+        best, best_lost = trial, lost
+    if best is None:
+      return choices, moves
+    choices = best
+    moves += 1
 
 
 def fit_to_budget(model, tables, constraints: Sequence[Constraint], probs: Mapping[str, np.ndarray]):

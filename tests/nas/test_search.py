@@ -57,3 +57,25 @@ def test_nan_loss_is_reported_with_the_field_to_change(digits):
   bad = type(digits)(digits.name, digits.x_train * np.nan, digits.y_train, digits.x_test, digits.y_test, 10)
   with pytest.raises(FloatingPointError, match="search.lr"):
     search(model, bad, hw, [Constraint("latency_s", 1.0)], SearchConfig(steps=30, warmup_steps=5))
+
+
+def test_fill_budget_spends_budget_without_breaking_it():
+  from nas.search import cheapest_choices, discrete_costs, fill_budget, _up_moves
+  hw = instantiate(OmegaConf.load(RISCV), _convert_="all")
+  model = build_model("digits_cnn", SearchSpace(), seed=0, widths=(8, 16), strides=(1, 2))
+  tables = costlib.build_cost_tables(model, hw)
+  ref = costlib.architecture_cost(model.reference_architecture(), hw)["latency_s"]
+  constraints = [Constraint("latency_s", 0.6 * ref)]
+  rng = np.random.default_rng(0)
+  probs = {n: rng.dirichlet(np.ones(len(c.values))) for n, c in model.choices.items()}
+  start = cheapest_choices(model)
+  filled, moves = fill_budget(model, tables, constraints, probs, start)
+  before = discrete_costs(tables, start, model, ["latency_s"])["latency_s"]
+  after = discrete_costs(tables, filled, model, ["latency_s"])["latency_s"]
+  # Independent check: the true cost of the filled network, layer by layer on the cost model.
+  true = costlib.architecture_cost(model.architecture(filled), hw)["latency_s"]
+  assert true == pytest.approx(after, rel=1e-9)
+  assert moves > 0 and before < after <= constraints[0].limit
+  # Maximal: no single further move up fits the budget.
+  for trial, _ in _up_moves(model, filled, probs):
+    assert discrete_costs(tables, trial, model, ["latency_s"])["latency_s"] > constraints[0].limit
