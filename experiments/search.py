@@ -204,10 +204,7 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
   target = instantiate_hardware(cfg.hardware)
   target.check_bits(np.asarray(space.w_bits), np.asarray(space.a_bits))
   data = load_dataset(cfg)
-  model_args = dict(cfg.model.args)
-  model_args.setdefault("num_classes", data.num_classes)
-  model_args.setdefault("input_shape", data.input_shape)
-  supernet = build_model(cfg.model.name, space, seed=cfg.seed, **model_args)
+  supernet = build_model(cfg.model.name, space, seed=cfg.seed, **_model_args(cfg, data))
   reference = supernet.reference_architecture()
   ref_cost = {**costlib.architecture_cost(reference, target), **costlib.architecture_metrics(reference)}
   metric = appconfig.BUDGET_METRICS[cfg.budget.metric]

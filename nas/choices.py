@@ -19,6 +19,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+MODES = ("sample", "expected", "argmax")
+
+
+def _check_mode(mode: str) -> None:
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r}; use 'sample', 'expected' or 'argmax'.")
+
+
 class ArchParam(nnx.Variable):
   """An architecture parameter: trained by its own optimiser, never by the weights' one."""
 
@@ -90,17 +98,14 @@ class CategoricalChoice(nnx.Module):
       mode: ``"sample"`` (Gumbel-softmax, needs ``key``), ``"expected"`` (softmax), ``"argmax"`` (one-hot).
     """
     n = len(self.values)
-    if mode not in ("sample", "expected", "argmax"):
-      raise ValueError(f"mode={mode!r}; use 'sample', 'expected' or 'argmax'.")
+    _check_mode(mode)
     if self.fixed:
       return jnp.ones(self.logits[...].shape[:-1] + (1,), jnp.float32)
     if mode == "sample":
       return gumbel_softmax(key, self.logits[...], tau, self.hard)
     if mode == "expected":
       return self.probs()
-    if mode == "argmax":
-      return jax.nn.one_hot(jnp.argmax(self.logits[...], axis=-1), n)
-    raise ValueError(f"mode={mode!r}; use 'sample', 'expected' or 'argmax'.")
+    return jax.nn.one_hot(jnp.argmax(self.logits[...], axis=-1), n)  # argmax
 
   def derive(self):
     """The chosen candidate: the most probable one (a tuple, one per channel, for per-channel choices)."""
@@ -161,8 +166,7 @@ class SDQChoice(nnx.Module):
 
   def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0) -> jax.Array:
     del tau  # SDQ's draw has no temperature
-    if mode not in ("sample", "expected", "argmax"):
-      raise ValueError(f"mode={mode!r}; use 'sample', 'expected' or 'argmax'.")
+    _check_mode(mode)
     if self.fixed:
       return jnp.ones(self.logits[...].shape + (1,), jnp.float32)
     expected = self.probs()
@@ -170,12 +174,7 @@ class SDQChoice(nnx.Module):
       return expected
     lo, hi, p = self._pair()
     n = len(self.values)
-    if mode == "sample":
-      z = jax.random.bernoulli(key, p)
-    elif mode == "argmax":
-      z = p >= 0.5
-    else:
-      raise ValueError(f"mode={mode!r}; use 'sample', 'expected' or 'argmax'.")
+    z = jax.random.bernoulli(key, p) if mode == "sample" else p >= 0.5  # argmax: the nearer candidate
     drawn = jnp.where(z[..., None], jax.nn.one_hot(hi, n), jax.nn.one_hot(lo, n))
     return expected + jax.lax.stop_gradient(drawn - expected)
 

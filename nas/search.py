@@ -180,6 +180,7 @@ def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], 
   for _ in range(start):  # the batch stream is a function of (seed, step): skip what was consumed
     next(stream)
   lam = dp.value(state["lam"])
+  limits_device = dp.value(jnp.asarray(limits))
   dp.replicate(model, w_opt, a_opt)
   base_key = jax.random.key(cfg.seed)
   model.train()
@@ -190,7 +191,7 @@ def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], 
     tau = jnp.float32(cfg.tau(step))
     ce, acc, expected, excess, lam = _search_step(
         model, w_opt, a_opt, x, y, jax.random.fold_in(base_key, step), tau, lam,
-        arch_on, arrays, dp.value(jnp.asarray(limits)), hashable_tables, metrics, cfg.penalty,
+        arch_on, arrays, limits_device, hashable_tables, metrics, cfg.penalty,
         cfg.penalty_strength, jnp.float32(cfg.dual_lr), jnp.float32(cfg.entropy_ramp(step)), cfg.augment)
     ckpt.maybe_save(step, {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lam": lam}, last=step == cfg.steps - 1)
     if step % 25 == 0 or step == cfg.steps - 1:
@@ -284,57 +285,34 @@ def _argmax_choices(model, probs) -> dict:
   return out
 
 
-def _down_moves(model, choices, probs):
-  """Candidate moves one step down: (trial choices, log-probability given up). Per-channel choices offer the
-  one channel (per current bit-width) that gives up least probability: channels at one bit-width cost the same."""
+def _moves(model, choices, probs, step: int):
+  """Candidate moves one candidate down (step=-1) or up (step=+1): (trial choices, log-probability given up).
+
+  Per-channel choices offer, per current bit-width, the one channel that gives up least probability:
+  channels at one bit-width cost the same.
+  """
   for name, choice in model.choices.items():
     value = choices[name]
     p = probs[name]
+    last = len(choice.values) - 1
     if isinstance(value, tuple):
       best = {}
       for ch, v in enumerate(value):
         i = choice.values.index(v)
-        if i == 0:
+        if not 0 <= i + step <= last:
           continue
-        lost = math.log(max(p[ch, i], 1e-12)) - math.log(max(p[ch, i - 1], 1e-12))
+        lost = math.log(max(p[ch, i], 1e-12)) - math.log(max(p[ch, i + step], 1e-12))
         if v not in best or lost < best[v][1]:
           best[v] = (ch, lost)
       for v, (ch, lost) in best.items():
         new = list(value)
-        new[ch] = choice.values[choice.values.index(v) - 1]
+        new[ch] = choice.values[choice.values.index(v) + step]
         yield dict(choices, **{name: tuple(new)}), lost
     else:
       i = choice.values.index(value)
-      if i > 0:
-        yield dict(choices, **{name: choice.values[i - 1]}), (
-            math.log(max(p[i], 1e-12)) - math.log(max(p[i - 1], 1e-12)))
-
-
-def _up_moves(model, choices, probs):
-  """Candidate moves one step up: (trial choices, log-probability given up). Per-channel choices offer, per
-  current bit-width, the one channel that gives up least probability."""
-  for name, choice in model.choices.items():
-    value = choices[name]
-    p = probs[name]
-    n = len(choice.values)
-    if isinstance(value, tuple):
-      best = {}
-      for ch, v in enumerate(value):
-        i = choice.values.index(v)
-        if i == n - 1:
-          continue
-        lost = math.log(max(p[ch, i], 1e-12)) - math.log(max(p[ch, i + 1], 1e-12))
-        if v not in best or lost < best[v][1]:
-          best[v] = (ch, lost)
-      for v, (ch, lost) in best.items():
-        new = list(value)
-        new[ch] = choice.values[choice.values.index(v) + 1]
-        yield dict(choices, **{name: tuple(new)}), lost
-    else:
-      i = choice.values.index(value)
-      if i < n - 1:
-        yield dict(choices, **{name: choice.values[i + 1]}), (
-            math.log(max(p[i], 1e-12)) - math.log(max(p[i + 1], 1e-12)))
+      if 0 <= i + step <= last:
+        yield dict(choices, **{name: choice.values[i + step]}), (
+            math.log(max(p[i], 1e-12)) - math.log(max(p[i + step], 1e-12)))
 
 
 def fill_budget(model, tables, constraints: Sequence[Constraint], probs: Mapping[str, np.ndarray],
@@ -355,7 +333,7 @@ def fill_budget(model, tables, constraints: Sequence[Constraint], probs: Mapping
   moves = 0
   while True:
     best, best_lost = None, math.inf
-    for trial, lost in _up_moves(model, choices, probs):
+    for trial, lost in _moves(model, choices, probs, +1):
       if lost >= best_lost:
         continue
       tc = discrete_costs(tables, trial, model, metrics)
@@ -387,7 +365,7 @@ def fit_to_budget(model, tables, constraints: Sequence[Constraint], probs: Mappi
     if not over:
       return choices, moves
     best, best_score = None, math.inf
-    for trial, lost in _down_moves(model, choices, probs):
+    for trial, lost in _moves(model, choices, probs, -1):
       tc = discrete_costs(tables, trial, model, metrics)
       saved = sum((costs[m] - tc[m]) / limits[m] for m in over)
       if saved <= 0:

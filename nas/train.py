@@ -191,9 +191,8 @@ def inherit_weights(derived: nnx.Module, supernet: nnx.Module) -> None:
   """
   src = nnx.state(supernet, nnx.Not(nnx.Any(layers.QuantStep, nnx.RngState)))
   dst = nnx.state(derived, nnx.Not(nnx.Any(layers.QuantStep, nnx.RngState)))
-  src_flat = dict(nnx.to_flat_state(src)) if hasattr(nnx, "to_flat_state") else dict(src.flat_state())
-  updated = {}
-  for path, var in (nnx.to_flat_state(dst) if hasattr(nnx, "to_flat_state") else dst.flat_state()):
+  src_flat = dict(nnx.to_flat_state(src))
+  for path, var in nnx.to_flat_state(dst):
     if path not in src_flat or not isinstance(var, (nnx.Param, nnx.BatchStat)):
       continue
     s = src_flat[path][...]
@@ -201,7 +200,6 @@ def inherit_weights(derived: nnx.Module, supernet: nnx.Module) -> None:
     if s.ndim != d.ndim or any(a < b for a, b in zip(s.shape, d.shape)):
       raise ValueError(f"cannot inherit {path}: supernet shape {s.shape}, derived {d.shape}.")
     var[...] = s[tuple(slice(0, n) for n in d.shape)]
-    updated[path] = var
   for _, m in derived.iter_modules():
     if isinstance(m, layers.QLayer):
       m.wq.init_from(m.kernel[...])

@@ -60,7 +60,7 @@ def test_nan_loss_is_reported_with_the_field_to_change(digits):
 
 
 def test_fill_budget_spends_budget_without_breaking_it():
-  from nas.search import cheapest_choices, discrete_costs, fill_budget, _up_moves
+  from nas.search import _moves, cheapest_choices, discrete_costs, fill_budget
   hw = instantiate(OmegaConf.load(RISCV), _convert_="all")
   model = build_model("digits_cnn", SearchSpace(), seed=0, widths=(8, 16), strides=(1, 2))
   tables = costlib.build_cost_tables(model, hw)
@@ -77,5 +77,5 @@ def test_fill_budget_spends_budget_without_breaking_it():
   assert true == pytest.approx(after, rel=1e-9)
   assert moves > 0 and before < after <= constraints[0].limit
   # Maximal: no single further move up fits the budget.
-  for trial, _ in _up_moves(model, filled, probs):
+  for trial, _ in _moves(model, filled, probs, +1):
     assert discrete_costs(tables, trial, model, ["latency_s"])["latency_s"] > constraints[0].limit
