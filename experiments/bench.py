@@ -5,7 +5,9 @@
 
 "Plain" is the widest network of the space at 8 bits (one candidate per choice: one quantisation per tensor,
 no sampling, no cost term), trained with the same optimiser on the same batch. The supernet step samples
-every choice, quantises at every candidate bit-width, applies the width masks, and adds the budget term.
+every choice, quantises at the drawn bit-widths (forward) while every candidate's weight gets its gradient
+(backward), applies the width masks, adds the budget term and steps the architecture optimiser. Both steps
+run as the training loops run them (``nnx.cached_partial``) and are timed alternately.
 Also reported: the time of the expected-cost contraction alone, as a share of the supernet step.
 """
 from __future__ import annotations
@@ -34,16 +36,31 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHAPES = {"digits_cnn": (8, 8, 1), "resnet20": (32, 32, 3), "mobilenetv2": (32, 32, 3)}
 
 
-def _time(fn, iters: int) -> float:
-  """Median seconds per call after two warm-up calls (compilation excluded)."""
+def _time_pair(fn_a, fn_b, iters: int, block: int = 10) -> tuple[float, float, float]:
+  """Seconds per call of two functions and the ratio a / b of their times.
+
+  The calls run in alternating blocks of ``block``, each block dispatched back to back and waited for once at
+  its end, as the training loops run their steps (they wait only to log). Times are medians over blocks; the
+  ratio is the median of the ratios of adjacent blocks, so a change in the machine's load hits both alike.
+  Compilation is excluded (two warm-up calls each).
+  """
   for _ in range(2):
-    jax.block_until_ready(fn())
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+    jax.block_until_ready(fn_a())
+    jax.block_until_ready(fn_b())
+  times_a, times_b = [], []
+  for _ in range(max(1, -(-iters // block))):
+    for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+      jax.block_until_ready(fn())
+      t0 = time.perf_counter()
+      out = [fn() for _ in range(block)]
+      jax.block_until_ready(out)
+      times.append((time.perf_counter() - t0) / block)
+  ratio = float(np.median(np.asarray(times_a) / np.asarray(times_b)))
+  return float(np.median(times_a)), float(np.median(times_b)), ratio
+
+
+def _time(fn, iters: int) -> float:
+  return _time_pair(fn, fn, iters)[0]
 
 
 def bench_model(name: str, batch: int, iters: int, method: str, hardware: str) -> dict:
@@ -67,10 +84,12 @@ def bench_model(name: str, batch: int, iters: int, method: str, hardware: str) -
   lam = jnp.zeros((1,), jnp.float32)
   key = jax.random.key(0)
 
+  supernet.train()
+  search_step = nnx.cached_partial(searchlib._search_step, supernet, w_opt, a_opt)  # as nas.search.search runs it
+
   def supernet_step():
-    return searchlib._search_step(supernet, w_opt, a_opt, x, y, key, jnp.float32(1.0), lam, jnp.float32(1.0),
-                                  arrays, limits, hashable, metrics, "lagrange", jnp.float32(1.0),
-                                  jnp.float32(0.05), jnp.float32(0.1))[0]
+    return search_step(x, y, key, jnp.float32(1.0), lam, jnp.float32(1.0), arrays, limits, hashable, metrics,
+                       "lagrange", jnp.float32(1.0), jnp.float32(0.05), jnp.float32(0.1))[0]
 
   widest = {n: max(c.values) if n.endswith(".width") else (8 if 8 in c.values else max(c.values))
             for n, c in supernet.choices.items()}
@@ -78,17 +97,19 @@ def bench_model(name: str, batch: int, iters: int, method: str, hardware: str) -
   trainlib.calibrate(plain, x, mode="argmax")
   p_opt = trainlib.weights_optimizer(plain, 1e-3, 1e-4)
 
+  plain.train()
+  train_step = nnx.cached_partial(trainlib._train_step, plain, p_opt)  # as nas.train.finetune runs it
+
   def plain_step():
-    return trainlib._train_step(plain, p_opt, x, y)[0]
+    return train_step(x, y)[0]
 
   probs = supernet.probs()
   cost_fn = jax.jit(lambda arrays, probs: costlib.expected_costs(tables, arrays, probs)["latency_s"])
 
-  t_super = _time(supernet_step, iters)
-  t_plain = _time(plain_step, iters)
+  t_super, t_plain, ratio = _time_pair(supernet_step, plain_step, iters)
   t_cost = _time(lambda: cost_fn(arrays, probs), iters * 5)
   return {"model": name, "method": method, "batch": batch, "device": jax.devices()[0].device_kind,
-          "supernet_step_s": t_super, "plain_step_s": t_plain, "ratio": t_super / t_plain,
+          "supernet_step_s": t_super, "plain_step_s": t_plain, "ratio": ratio,
           "expected_cost_s": t_cost, "expected_cost_share": t_cost / t_super}
 
 
@@ -97,7 +118,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--models", nargs="+", default=["digits_cnn", "resnet20"])
   parser.add_argument("--methods", nargs="+", default=["gumbel", "sdq"])
   parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--iters", type=int, default=20)
+  parser.add_argument("--iters", type=int, default=30)
   parser.add_argument("--hardware", default="riscv")
   parser.add_argument("--out", default=None, help="write the rows as JSON here")
   args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ from flax import nnx
 MODES = ("sample", "expected", "argmax")
 
 
-def _check_mode(mode: str) -> None:
+def check_mode(mode: str) -> None:
   if mode not in MODES:
     raise ValueError(f"mode={mode!r}; use 'sample', 'expected' or 'argmax'.")
 
@@ -31,24 +31,45 @@ class ArchParam(nnx.Variable):
   """An architecture parameter: trained by its own optimiser, never by the weights' one."""
 
 
-class Pair(NamedTuple):
-  """Mixing weights that are non-zero at two candidates only (SDQ): indices and weights, scalars or per channel.
+class OneHot(NamedTuple):
+  """Mixing weights whose forward value is one-hot (a hard Gumbel sample, an SDQ draw, an argmax).
 
-  A quantiser given a Pair quantises at those two bit-widths only, not at every candidate.
+  ``weights[..., j]`` belongs to candidate ``cands[..., j]``; only the one at position ``drawn`` is non-zero
+  forward. A quantiser given a OneHot quantises at the drawn candidate only; backward, every weight still
+  gets the gradient it has in the full mix, <dL/dout, Q_j(x)> (``nas.layers``). Shapes: (k,) and () per
+  tensor, (C, k) and (C,) per output channel.
   """
-  lo: jax.Array
-  hi: jax.Array
-  w_lo: jax.Array
-  w_hi: jax.Array
+  cands: jax.Array
+  drawn: jax.Array
+  weights: jax.Array
+
+  def dense(self, n: int) -> jax.Array:
+    """The same weights over all ``n`` candidates (zeros elsewhere), with the same gradients."""
+    return jnp.sum(jax.nn.one_hot(self.cands, n, dtype=self.weights.dtype) * self.weights[..., None], axis=-2)
 
 
-def gumbel_softmax(key: jax.Array, logits: jax.Array, tau, hard: bool = False) -> jax.Array:
+def uniform_noise(key: jax.Array, shape) -> jax.Array:
+  """Uniform samples in [tiny, 1) (as ``jax.random.gumbel`` draws them): the noise every choice's sample is
+  a function of, so that a supernet can draw all its choices' noise in one call."""
+  return jax.random.uniform(key, shape, jnp.float32, minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
+
+
+def _noise(key: jax.Array | None, uniform: jax.Array | None, shape) -> jax.Array:
+  if uniform is not None:
+    return jnp.reshape(uniform, shape)
+  if key is None:
+    raise ValueError("mode='sample' needs a random key (or uniform noise).")
+  return uniform_noise(key, shape)
+
+
+def gumbel_softmax(key: jax.Array | None, logits: jax.Array, tau, hard: bool = False,
+                   uniform: jax.Array | None = None) -> jax.Array:
   """A relaxed one-hot sample over the last axis: ``softmax((logits + G) / tau)``, G ~ Gumbel(0, 1).
 
   With ``hard=True`` the forward value is the one-hot argmax of the relaxed sample and the gradient is the
-  relaxed one's (straight-through).
+  relaxed one's (straight-through). G = -log(-log(U)) with U from ``key``, or ``uniform`` if given.
   """
-  g = jax.random.gumbel(key, logits.shape, dtype=logits.dtype)
+  g = -jnp.log(-jnp.log(_noise(key, uniform, logits.shape)))
   y = jax.nn.softmax((logits + g) / tau, axis=-1)
   if not hard:
     return y
@@ -91,21 +112,42 @@ class CategoricalChoice(nnx.Module):
     """The categorical distribution the derived choice and the expected cost are read from."""
     return jax.nn.softmax(self.logits[...], axis=-1)
 
-  def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0) -> jax.Array:
-    """Weights of the candidates in the forward pass.
+  @property
+  def noise_shape(self) -> tuple[int, ...]:
+    """Shape of the uniform noise one sample takes (nothing for a fixed choice)."""
+    return () if self.fixed else tuple(self.logits[...].shape)
+
+  def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0,
+                     uniform: jax.Array | None = None) -> jax.Array:
+    """Weights of the candidates in the forward pass, over the last axis.
 
     Args:
-      mode: ``"sample"`` (Gumbel-softmax, needs ``key``), ``"expected"`` (softmax), ``"argmax"`` (one-hot).
+      mode: ``"sample"`` (Gumbel-softmax from ``key`` or the ``uniform`` noise of ``noise_shape``),
+        ``"expected"`` (softmax), ``"argmax"`` (one-hot).
     """
+    w = self.quantizer_weights(mode, key, tau, uniform)
+    return w.dense(len(self.values)) if isinstance(w, OneHot) else w
+
+  def quantizer_weights(self, mode: str, key: jax.Array | None = None, tau=1.0,
+                        uniform: jax.Array | None = None) -> "OneHot | jax.Array":
+    """``mixing_weights`` as a quantiser takes them: a ``OneHot`` where the forward value is one-hot (hard
+    samples, argmax), so that the quantiser computes one candidate instead of all; same values and gradients."""
     n = len(self.values)
-    _check_mode(mode)
+    check_mode(mode)
     if self.fixed:
       return jnp.ones(self.logits[...].shape[:-1] + (1,), jnp.float32)
+    logits = self.logits[...]
+    cands = jnp.broadcast_to(jnp.arange(n), logits.shape)
     if mode == "sample":
-      return gumbel_softmax(key, self.logits[...], tau, self.hard)
+      y = gumbel_softmax(key, logits, tau, hard=False, uniform=uniform)
+      if not self.hard:
+        return y
+      drawn = jnp.argmax(y, axis=-1)
+      return OneHot(cands, drawn, y + jax.lax.stop_gradient(jax.nn.one_hot(drawn, n, dtype=y.dtype) - y))
     if mode == "expected":
       return self.probs()
-    return jax.nn.one_hot(jnp.argmax(self.logits[...], axis=-1), n)  # argmax
+    drawn = jnp.argmax(logits, axis=-1)
+    return OneHot(cands, drawn, jax.nn.one_hot(drawn, n))
 
   def derive(self):
     """The chosen candidate: the most probable one (a tuple, one per channel, for per-channel choices)."""
@@ -164,29 +206,37 @@ class SDQChoice(nnx.Module):
     n = len(self.values)
     return jax.nn.one_hot(hi, n) * p[..., None] + jax.nn.one_hot(lo, n) * (1.0 - p)[..., None]
 
-  def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0) -> jax.Array:
+  @property
+  def noise_shape(self) -> tuple[int, ...]:
+    """Shape of the uniform noise one draw takes (nothing for a fixed choice)."""
+    return () if self.fixed else tuple(self.logits[...].shape)
+
+  def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0,
+                     uniform: jax.Array | None = None) -> jax.Array:
+    """Weights of all candidates, over the last axis: one-hot at the drawn candidate forward (``"sample"``:
+    z ~ Bernoulli(p) from ``key`` or ``uniform``; ``"argmax"``: the nearer one), ``probs`` backward;
+    ``"expected"``: ``probs``."""
+    w = self.quantizer_weights(mode, key, tau, uniform)
+    return w.dense(len(self.values)) if isinstance(w, OneHot) else w
+
+  def quantizer_weights(self, mode: str, key: jax.Array | None = None, tau=1.0,
+                        uniform: jax.Array | None = None) -> "OneHot | jax.Array":
+    """``mixing_weights`` as a quantiser takes them: a ``OneHot`` over the two adjacent candidates when the
+    forward value is one-hot, so that the quantiser computes one candidate instead of all."""
     del tau  # SDQ's draw has no temperature
-    _check_mode(mode)
+    check_mode(mode)
     if self.fixed:
       return jnp.ones(self.logits[...].shape + (1,), jnp.float32)
-    expected = self.probs()
     if mode == "expected":
-      return expected
+      return self.probs()
     lo, hi, p = self._pair()
-    n = len(self.values)
-    z = jax.random.bernoulli(key, p) if mode == "sample" else p >= 0.5  # argmax: the nearer candidate
-    drawn = jnp.where(z[..., None], jax.nn.one_hot(hi, n), jax.nn.one_hot(lo, n))
-    return expected + jax.lax.stop_gradient(drawn - expected)
-
-  def pair_weights(self, mode: str, key: jax.Array | None = None, tau=1.0) -> "Pair | jax.Array":
-    """``mixing_weights`` as a ``Pair`` (the two adjacent candidates and their weights); same values and
-    gradients, but a quantiser then needs two quantisations instead of one per candidate."""
-    if self.fixed:
-      return self.mixing_weights(mode, key, tau)
-    full = self.mixing_weights(mode, key, tau)
-    lo, hi, _ = self._pair()
-    take = lambda idx: jnp.take_along_axis(full, idx[..., None], axis=-1)[..., 0]
-    return Pair(lo, hi, take(lo), take(hi))
+    if mode == "sample":
+      z = _noise(key, uniform, p.shape) < p  # Bernoulli(p), as jax.random.bernoulli draws it
+    else:
+      z = p >= 0.5  # argmax: the nearer candidate
+    w_hi = p + jax.lax.stop_gradient(z.astype(p.dtype) - p)
+    w_lo = (1.0 - p) + jax.lax.stop_gradient((~z).astype(p.dtype) - (1.0 - p))
+    return OneHot(jnp.stack([lo, hi], -1), z.astype(jnp.int32), jnp.stack([w_lo, w_hi], -1))
 
   def derive(self):
     """The nearest candidate to beta (p >= 0.5 -> b_hi); a tuple per channel for per-channel choices."""

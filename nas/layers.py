@@ -6,6 +6,10 @@ convolution runs (EdMIPS's weight sharing; by bilinearity this equals mixing the
 activations are mixed the same way. Width candidates are masks over output channels, applied by the model
 after the nonlinearity (FBNetV2 channel masking).
 
+When the weights are one-hot forward (hard Gumbel samples, SDQ draws, argmax: a ``OneHot``), only the drawn
+candidate is quantised; a custom VJP gives the weights the gradients of the full mix with one pass over the
+tensor per other candidate. Values and gradients equal the full mix (tests/nas/test_onehot.py).
+
 References:
   Cai & Vasconcelos, EdMIPS, CVPR 2020. Wan et al., FBNetV2, CVPR 2020. Esser et al., LSQ, ICLR 2020.
 """
@@ -21,31 +25,87 @@ from flax import nnx
 
 from hardware.base import LayerSpec
 from nas import quant
-from nas.choices import Pair
+from nas.choices import OneHot
 
 
 class QuantStep(nnx.Param):
   """A learned LSQ step size (a Param, trained with the weights, but excluded from weight decay)."""
 
 
-def _pair_quantize(x: jax.Array, steps: jax.Array, bits: tuple[int, ...], signed: bool, n_elements: int,
-                   pair: Pair) -> jax.Array:
-  """w_lo Q_lo(x) + w_hi Q_hi(x) with the two candidates picked inside the jitted step (SDQ).
+def _lsq_value(x: jax.Array, step: jax.Array, qn, qp) -> jax.Array:
+  """The forward value of ``quant.lsq_quantize_range`` (no gradient paths)."""
+  s = jnp.maximum(step, quant.STEP_FLOOR)
+  return jnp.round(jnp.clip(x / s, -qn, qp)) * s
 
-  ``steps`` is (n,) per tensor or (n, C) per channel; the pair's indices are scalars or (C,) per channel.
+
+@jax.custom_vjp
+def _weights_tap(weights: jax.Array, out: jax.Array, x: jax.Array, steps: jax.Array, qn: jax.Array,
+                 qp: jax.Array, place: jax.Array) -> jax.Array:
+  """``out`` unchanged; backward, the mixing weights get their gradients without Q_j(x) in the forward pass.
+
+  In the full mix sum_j w_j Q_j(x), weight j's gradient is a_j = <g, Q_j(x)>. Weights that sum to one
+  (softmax, Bernoulli) give every parameter the same gradient from a_j - c as from a_j, for any c; with c the
+  drawn candidate's a_d the tap needs one pass over x per candidate other than the drawn one (k - 1 in all),
+  each computing <g, Q_j(x) - Q_d(x)>. Row 0 of ``steps``, ``qn`` and ``qp`` is the drawn candidate, rows
+  1.. the others; ``place[i - 1]`` one-hot encodes where row i's candidate sits in ``weights``' last axis.
+  Per-channel weights (C, k) sum over all axes of x but the last. Only ``weights`` and ``out`` get gradients.
   """
-  b = jnp.asarray(bits, jnp.float32)
-  qn = 2.0 ** (b - 1) if signed else jnp.zeros_like(b)
-  qp = 2.0 ** (b - 1) - 1 if signed else 2.0 ** b - 1
-  out = 0.0
-  for idx, w in ((pair.lo, pair.w_lo), (pair.hi, pair.w_hi)):
-    if steps.ndim == 1 or idx.ndim == 0:
-      step = steps[idx]
-    else:
-      step = jnp.take_along_axis(steps, idx[None, :], axis=0)[0]
-    grad_scale = 1.0 / jnp.sqrt(n_elements * qp[idx])
-    out = out + w * quant.lsq_quantize_range(x, step, qn[idx], qp[idx], grad_scale)
+  del weights, x, steps, qn, qp, place
   return out
+
+
+def _weights_tap_fwd(weights, out, x, steps, qn, qp, place):
+  return out, (weights, x, steps, qn, qp, place)
+
+
+def _weights_tap_bwd(res, g):
+  weights, x, steps, qn, qp, place = res
+  axes = tuple(range(x.ndim - 1)) if weights.ndim == 2 else None
+  q_drawn = _lsq_value(x, steps[0], qn[0], qp[0])
+  diffs = jnp.stack([jnp.sum(g * (_lsq_value(x, steps[i], qn[i], qp[i]) - q_drawn), axis=axes)  # a pass each
+                     for i in range(1, steps.shape[0])])
+  # The barrier keeps XLA from sinking the placement below into the reductions (k times the work).
+  diffs = jax.lax.optimization_barrier(diffs)
+  grads = jnp.sum(place * diffs[..., None], axis=0)
+  zeros = jax.tree.map(jnp.zeros_like, (x, steps, qn, qp, place))
+  return (grads, g) + zeros
+
+
+_weights_tap.defvjp(_weights_tap_fwd, _weights_tap_bwd)
+
+
+def _onehot_quantize(x: jax.Array, steps: jax.Array, bits: tuple[int, ...], signed: bool, n_elements: int,
+                     w: OneHot) -> jax.Array:
+  """sum_j w_j Q_j(x) for mixing weights that are one-hot forward: the drawn candidate's quantisation only.
+
+  Values equal the full mix exactly, and so do the gradients of x, of the steps and of every parameter the
+  weights are a function of: x and the drawn step get theirs through the drawn quantisation (the other
+  weights are zero forward), the weights get theirs from the tap. ``steps`` is (n,) per tensor or (n, C) per
+  output channel; ``w``'s shapes are OneHot's.
+  """
+  b = np.asarray(bits, np.float32)
+  qp = 2.0 ** (b - 1) - 1 if signed else 2.0 ** b - 1
+  qn_all = jnp.asarray(2.0 ** (b - 1) if signed else np.zeros_like(b))
+  qp_all = jnp.asarray(qp)
+  gs_all = jnp.asarray(1.0 / np.sqrt(max(n_elements, 1) * qp))
+  per_channel = w.weights.ndim == 2
+  k = w.weights.shape[-1]
+
+  def at(table, idx):  # table[idx]: a scalar or a (C,) row, per tensor; one entry per channel, per channel
+    if table.ndim == 1 or not per_channel:
+      return table[idx]
+    return jnp.take_along_axis(table, idx[None, :], axis=0)[0]
+
+  # Positions in the candidate axis: the drawn one first, then the others.
+  positions = [(w.drawn + i) % k for i in range(k)]
+  index = [jnp.take_along_axis(w.cands, p[..., None], axis=-1)[..., 0] for p in positions]
+  w_drawn = jnp.take_along_axis(w.weights, w.drawn[..., None], axis=-1)[..., 0]  # 1 forward
+  q = quant.lsq_quantize_range(x, at(steps, index[0]), qn_all[index[0]], qp_all[index[0]], gs_all[index[0]])
+  q = q * jax.lax.stop_gradient(w_drawn)
+  tap_steps = jax.lax.stop_gradient(jnp.stack([at(steps, i) for i in index]))
+  place = jnp.stack([jax.nn.one_hot(p, k, dtype=w.weights.dtype) for p in positions[1:]])
+  return _weights_tap(w.weights, q, jax.lax.stop_gradient(x), tap_steps, jnp.stack([qn_all[i] for i in index]),
+                      jnp.stack([qp_all[i] for i in index]), place)
 
 
 def mix(candidates: list[jax.Array], weights: jax.Array) -> jax.Array:
@@ -83,8 +143,8 @@ class WeightQuantizer(nnx.Module):
   def __call__(self, kernel: jax.Array, weights: jax.Array) -> jax.Array:
     if self.bits is None:
       return kernel
-    if isinstance(weights, Pair):
-      return _pair_quantize(kernel, self.step[...], self.bits, True, self.fan, weights)
+    if isinstance(weights, OneHot):
+      return _onehot_quantize(kernel, self.step[...], self.bits, True, self.fan, weights)
     qs = [quant.lsq_quantize(kernel, self.step[i], b, True, quant.lsq_grad_scale(self.fan, b, True))
           for i, b in enumerate(self.bits)]
     return mix(qs, weights)
@@ -109,8 +169,8 @@ class ActQuantizer(nnx.Module):
     if self.calibrating:
       self.step[...] = jnp.stack([quant.lsq_init_step(x, b, self.signed) for b in self.bits])
     n_features = int(np.prod(x.shape[1:]))  # per example: LSQ's N_F must not depend on the batch size
-    if isinstance(weights, Pair):
-      return _pair_quantize(x, self.step[...], self.bits, self.signed, n_features, weights)
+    if isinstance(weights, OneHot):
+      return _onehot_quantize(x, self.step[...], self.bits, self.signed, n_features, weights)
     qs = [quant.lsq_quantize(x, self.step[i], b, self.signed, quant.lsq_grad_scale(n_features, b, self.signed))
           for i, b in enumerate(self.bits)]
     return mix(qs, weights)

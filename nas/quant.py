@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 MIN_BITS, MAX_BITS = 2, 8
-_STEP_FLOOR = 1e-8  # keeps the step positive (LSQ's step can otherwise cross zero; ZouJiu1/LSQplus#12)
+STEP_FLOOR = 1e-8  # keeps the step positive (LSQ's step can otherwise cross zero; ZouJiu1/LSQplus#12)
 
 
 def check_bits(bits, field: str) -> tuple[int, ...]:
@@ -73,7 +73,7 @@ def lsq_quantize(x: jax.Array, step: jax.Array, bits: int, signed: bool, grad_sc
 def lsq_quantize_range(x: jax.Array, step: jax.Array, qn, qp, grad_scale) -> jax.Array:
   """``lsq_quantize`` with the integer range [-qn, qp] and the gradient scale given directly; they may be
   traced arrays (broadcastable to ``x``), so the bit-width can be chosen inside a jitted step (SDQ)."""
-  s = scale_grad(floor_ste(step, _STEP_FLOOR), grad_scale)
+  s = scale_grad(floor_ste(step, STEP_FLOOR), grad_scale)
   v = jnp.clip(x / s, -qn, qp)
   return round_ste(v) * s
 
@@ -87,4 +87,4 @@ def lsq_grad_scale(n_elements: int, bits: int, signed: bool) -> float:
 def lsq_init_step(x: jax.Array, bits: int, signed: bool, axis=None) -> jax.Array:
   """LSQ's initial step 2 mean|x| / sqrt(Q_P), over ``axis`` (None: the whole tensor)."""
   _, qp = qrange(bits, signed)
-  return 2.0 * jnp.mean(jnp.abs(x), axis=axis) / qp ** 0.5 + _STEP_FLOOR
+  return 2.0 * jnp.mean(jnp.abs(x), axis=axis) / qp ** 0.5 + STEP_FLOOR

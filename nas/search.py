@@ -184,13 +184,15 @@ def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], 
   dp.replicate(model, w_opt, a_opt)
   base_key = jax.random.key(cfg.seed)
   model.train()
+  # The graph traversal of model and optimisers is done once, not at every step (a third of a small step).
+  step_fn = nnx.cached_partial(_search_step, model, w_opt, a_opt)
   history = []
   for step in range(start, cfg.steps):
     x, y = dp.batch(*next(stream))
     arch_on = jnp.float32(step >= cfg.warmup_steps)
     tau = jnp.float32(cfg.tau(step))
-    ce, acc, expected, excess, lam = _search_step(
-        model, w_opt, a_opt, x, y, jax.random.fold_in(base_key, step), tau, lam,
+    ce, acc, expected, excess, lam = step_fn(
+        x, y, jax.random.fold_in(base_key, step), tau, lam,
         arch_on, arrays, limits_device, hashable_tables, metrics, cfg.penalty,
         cfg.penalty_strength, jnp.float32(cfg.dual_lr), jnp.float32(cfg.entropy_ramp(step)), cfg.augment)
     ckpt.maybe_save(step, {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lam": lam}, last=step == cfg.steps - 1)

@@ -162,15 +162,19 @@ def finetune(model: nnx.Module, data: Dataset, cfg: TrainConfig,
     teacher.eval()
   base_key = jax.random.key(cfg.seed + 1)
   model.train()
+  # The graph traversal of the networks and the optimiser is done once, not at every step.
+  if cfg.kd_alpha > 0:
+    distill_step = nnx.cached_partial(_distill_step, model, opt, teacher)
+  else:
+    train_step = nnx.cached_partial(_train_step, model, opt)
   loss = acc = float("nan")
   for step in range(start, cfg.steps):
     x, y = dp.batch(*next(stream))
     key = jax.random.fold_in(base_key, step)
     if cfg.kd_alpha > 0:
-      loss, acc = _distill_step(model, opt, teacher, x, y, key, jnp.float32(cfg.kd_alpha),
-                                jnp.float32(cfg.kd_temperature), cfg.augment)
+      loss, acc = distill_step(x, y, key, jnp.float32(cfg.kd_alpha), jnp.float32(cfg.kd_temperature), cfg.augment)
     else:
-      loss, acc = _train_step(model, opt, x, y, key, cfg.augment)
+      loss, acc = train_step(x, y, key, cfg.augment)
     ckpt.maybe_save(step, {"model": model, "opt": opt}, last=step == cfg.steps - 1)
     if step % 50 == 0 or step == cfg.steps - 1:
       loss, acc = float(loss), float(acc)

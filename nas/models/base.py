@@ -1,15 +1,17 @@
 """What every supernet shares: its named choices, sampling them once per step, deriving, and layer lists."""
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from hardware.base import LayerSpec
 from nas.arch import Architecture, LayerChoice
-from nas.choices import CategoricalChoice, SDQChoice
+from nas.choices import CategoricalChoice, SDQChoice, check_mode, uniform_noise
 from nas.layers import ChoiceKeys, QLayer, width_mask
 from nas.space import SearchSpace
 
@@ -32,6 +34,7 @@ class Supernet(nnx.Module):
     self.rngs = rngs
     self.choices = nnx.Dict()
     self.reference = {}  # choice name -> value of the reference network (W8A8 at base width)
+    self._bit_choices = ()  # names of the bit-width choices
     self._layer_names = []
 
   def add_choice(self, name: str, candidates, reference: int, bits: bool = False,
@@ -67,6 +70,8 @@ class Supernet(nnx.Module):
       return self.add_choice(name, (FLOAT_BITS,), FLOAT_BITS), None
     values = (fixed,) if fixed is not None else candidates
     key = self.add_choice(name, values, fixed if fixed is not None else 8, bits=True, channels=channels)
+    if key not in self._bit_choices:
+      self._bit_choices += (key,)
     return key, self.choices[key].values
 
   def width_choice(self, name: str, base: int) -> str:
@@ -106,13 +111,24 @@ class Supernet(nnx.Module):
     return x * width_mask(choice.values, arch[key], x.shape[-1])
 
   def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0) -> dict[str, jax.Array]:
+    """Every choice's mixing weights for one forward pass (one draw of noise for all of them in ``"sample"``
+    mode). Bit-width choices give theirs as quantisers take them (``OneHot`` where one-hot forward)."""
+    check_mode(mode)
     names = list(self.choices.keys())
-    keys = jax.random.split(key, len(names)) if key is not None else [None] * len(names)
+    noise = {}
+    if mode == "sample":
+      if key is None:
+        raise ValueError("mode='sample' needs a random key.")
+      shapes = {n: self.choices[n].noise_shape for n in names if not self.choices[n].fixed}
+      sizes = [math.prod(s) for s in shapes.values()]
+      flat = uniform_noise(key, (sum(sizes),))
+      offsets = np.cumsum([0] + sizes)
+      noise = {n: flat[offsets[i]:offsets[i + 1]].reshape(s) for i, (n, s) in enumerate(shapes.items())}
     out = {}
-    for n, k in zip(names, keys):
+    for n in names:
       choice = self.choices[n]
-      weights = getattr(choice, "pair_weights", choice.mixing_weights)  # SDQ: two candidates only
-      out[n] = weights(mode, k, tau)
+      weights = choice.quantizer_weights if n in self._bit_choices else choice.mixing_weights
+      out[n] = weights(mode, tau=tau, uniform=noise.get(n))
     return out
 
   def project(self) -> None:

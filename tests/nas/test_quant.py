@@ -241,5 +241,5 @@ def test_non_positive_step_is_floored_without_nan(step):
   for arr in (out, gx, gs):
     assert np.all(np.isfinite(np.asarray(arr)))
   # The floor replaces the step: the result is the reference quantisation at step = the floor.
-  np.testing.assert_allclose(np.asarray(out), ref_quantize(np.asarray(x), quant._STEP_FLOOR, 8, True),
+  np.testing.assert_allclose(np.asarray(out), ref_quantize(np.asarray(x), quant.STEP_FLOOR, 8, True),
                              rtol=1e-6, atol=0)
