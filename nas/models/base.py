@@ -164,6 +164,24 @@ class Supernet(nnx.Module):
     return self.architecture(self.reference)
 
   def mean_max_prob(self) -> float:
-    """Mean over searchable choices of the largest probability: 1.0 when every choice is one-hot."""
-    ps = [float(jnp.mean(jnp.max(c.probs(), axis=-1))) for c in self.choices.values() if not c.fixed]
+    """Mean over searchable choices of the largest probability: 1.0 when every choice is one-hot.
+
+    A per-channel choice counts only the channels the derived network keeps: a pruned channel's bit-width
+    choice gets no gradient (its output is masked) and stays where it started, but it is no part of the
+    network either.
+    """
+    derived = self.derive()
+    kept = {}
+    for layer in self.qlayers():
+      spec, k = layer.spec, layer.keys
+      cin = derived[k.cin] if k.cin else spec.cin
+      kept[k.w_bits] = cin if spec.kind == "dwconv" else (derived[k.cout] if k.cout else spec.cout)
+    ps = []
+    for n, c in self.choices.items():
+      if c.fixed:
+        continue
+      top = jnp.max(c.probs(), axis=-1)
+      if top.ndim == 1:
+        top = top[:kept.get(n, top.shape[0])]
+      ps.append(float(jnp.mean(top)))
     return sum(ps) / len(ps) if ps else 1.0
