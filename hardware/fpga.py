@@ -32,7 +32,12 @@ KINDS = ("conv", "dwconv", "dense")
 
 
 class _OnChipMemory:
-  """The BRAM/DDR part shared by both compute schemes; subclasses define ``macs_per_second``."""
+  """The BRAM/DDR part shared by both compute schemes; subclasses set ``precisions`` and define
+  ``macs_per_second``."""
+
+  def check_bits(self, w_bits, a_bits) -> None:
+    round_up_to_supported(w_bits, self.precisions, "w_bits", self.name)
+    round_up_to_supported(a_bits, self.precisions, "a_bits", self.name)
 
   def _init_memory(self, efficiency, weight_buffer_bytes, act_buffer_bytes, ddr_bw, layer_overhead_s,
                    power_w, e_ddr_byte_j):
@@ -100,10 +105,6 @@ class DSPPackedFPGA(_OnChipMemory):
     self._init_memory(efficiency, weight_buffer_bytes, act_buffer_bytes, ddr_bw, layer_overhead_s,
                       power_w, e_ddr_byte_j)
 
-  def check_bits(self, w_bits, a_bits) -> None:
-    round_up_to_supported(w_bits, self.precisions, "w_bits", self.name)
-    round_up_to_supported(a_bits, self.precisions, "a_bits", self.name)
-
   def macs_per_second(self, w, a):
     w_run = round_up_to_supported(w, self.precisions, "w_bits", self.name)
     a_run = round_up_to_supported(a, self.precisions, "a_bits", self.name)
@@ -133,10 +134,6 @@ class BitSerialFPGA(_OnChipMemory):
       raise ValueError(f"binary_macs_per_s and max_bits of {name!r} must be positive.")
     self._init_memory(efficiency, weight_buffer_bytes, act_buffer_bytes, ddr_bw, layer_overhead_s,
                       power_w, e_ddr_byte_j)
-
-  def check_bits(self, w_bits, a_bits) -> None:
-    round_up_to_supported(w_bits, self.precisions, "w_bits", self.name)
-    round_up_to_supported(a_bits, self.precisions, "a_bits", self.name)
 
   def macs_per_second(self, w, a):
     w_run = round_up_to_supported(w, self.precisions, "w_bits", self.name)

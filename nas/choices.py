@@ -77,7 +77,32 @@ def gumbel_softmax(key: jax.Array | None, logits: jax.Array, tau, hard: bool = F
   return y + jax.lax.stop_gradient(one_hot - y)
 
 
-class CategoricalChoice(nnx.Module):
+class _Choice(nnx.Module):
+  """What both kinds of choice share; a subclass sets ``values`` and ``logits`` and defines ``probs``,
+  ``quantizer_weights`` and ``derive``."""
+
+  @property
+  def fixed(self) -> bool:
+    return len(self.values) == 1
+
+  @property
+  def noise_shape(self) -> tuple[int, ...]:
+    """Shape of the uniform noise one sample takes (nothing for a fixed choice)."""
+    return () if self.fixed else tuple(self.logits[...].shape)
+
+  def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0,
+                     uniform: jax.Array | None = None) -> jax.Array:
+    """Weights of all candidates in the forward pass, over the last axis.
+
+    Args:
+      mode: ``"sample"`` (a draw from ``key``, or from the ``uniform`` noise of ``noise_shape``),
+        ``"expected"`` (``probs``) or ``"argmax"`` (one-hot at the derived candidate).
+    """
+    w = self.quantizer_weights(mode, key, tau, uniform)
+    return w.dense(len(self.values)) if isinstance(w, OneHot) else w
+
+
+class CategoricalChoice(_Choice):
   """A choice among ``values`` with one trainable logit each (all zero: uniform at the start).
 
   Args:
@@ -104,29 +129,9 @@ class CategoricalChoice(nnx.Module):
   def per_channel(self) -> bool:
     return self.logits[...].ndim == 2
 
-  @property
-  def fixed(self) -> bool:
-    return len(self.values) == 1
-
   def probs(self) -> jax.Array:
     """The categorical distribution the derived choice and the expected cost are read from."""
     return jax.nn.softmax(self.logits[...], axis=-1)
-
-  @property
-  def noise_shape(self) -> tuple[int, ...]:
-    """Shape of the uniform noise one sample takes (nothing for a fixed choice)."""
-    return () if self.fixed else tuple(self.logits[...].shape)
-
-  def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0,
-                     uniform: jax.Array | None = None) -> jax.Array:
-    """Weights of the candidates in the forward pass, over the last axis.
-
-    Args:
-      mode: ``"sample"`` (Gumbel-softmax from ``key`` or the ``uniform`` noise of ``noise_shape``),
-        ``"expected"`` (softmax), ``"argmax"`` (one-hot).
-    """
-    w = self.quantizer_weights(mode, key, tau, uniform)
-    return w.dense(len(self.values)) if isinstance(w, OneHot) else w
 
   def quantizer_weights(self, mode: str, key: jax.Array | None = None, tau=1.0,
                         uniform: jax.Array | None = None) -> "OneHot | jax.Array":
@@ -139,11 +144,8 @@ class CategoricalChoice(nnx.Module):
     logits = self.logits[...]
     cands = jnp.broadcast_to(jnp.arange(n), logits.shape)
     if mode == "sample":
-      y = gumbel_softmax(key, logits, tau, hard=False, uniform=uniform)
-      if not self.hard:
-        return y
-      drawn = jnp.argmax(y, axis=-1)
-      return OneHot(cands, drawn, y + jax.lax.stop_gradient(jax.nn.one_hot(drawn, n, dtype=y.dtype) - y))
+      y = gumbel_softmax(key, logits, tau, self.hard, uniform)
+      return OneHot(cands, jnp.argmax(y, axis=-1), y) if self.hard else y  # hard: y is one-hot forward
     if mode == "expected":
       return self.probs()
     drawn = jnp.argmax(logits, axis=-1)
@@ -155,7 +157,7 @@ class CategoricalChoice(nnx.Module):
     return self.values[int(idx)] if idx.ndim == 0 else tuple(self.values[int(i)] for i in idx)
 
 
-class SDQChoice(nnx.Module):
+class SDQChoice(_Choice):
   """A bit-width chosen by a differentiable bit-width parameter (DBP), this project's reading of SDQ.
 
   One real parameter beta per tensor (or per output channel, ``channels``), kept in [b_min, b_max] and
@@ -180,10 +182,6 @@ class SDQChoice(nnx.Module):
   def per_channel(self) -> bool:
     return self.logits[...].ndim == 1
 
-  @property
-  def fixed(self) -> bool:
-    return len(self.values) == 1
-
   def project(self) -> None:
     """Keeps beta within [b_min, b_max] (called after each architecture update)."""
     self.logits[...] = jnp.clip(self.logits[...], self.values[0], self.values[-1])
@@ -205,19 +203,6 @@ class SDQChoice(nnx.Module):
     lo, hi, p = self._pair()
     n = len(self.values)
     return jax.nn.one_hot(hi, n) * p[..., None] + jax.nn.one_hot(lo, n) * (1.0 - p)[..., None]
-
-  @property
-  def noise_shape(self) -> tuple[int, ...]:
-    """Shape of the uniform noise one draw takes (nothing for a fixed choice)."""
-    return () if self.fixed else tuple(self.logits[...].shape)
-
-  def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0,
-                     uniform: jax.Array | None = None) -> jax.Array:
-    """Weights of all candidates, over the last axis: one-hot at the drawn candidate forward (``"sample"``:
-    z ~ Bernoulli(p) from ``key`` or ``uniform``; ``"argmax"``: the nearer one), ``probs`` backward;
-    ``"expected"``: ``probs``."""
-    w = self.quantizer_weights(mode, key, tau, uniform)
-    return w.dense(len(self.values)) if isinstance(w, OneHot) else w
 
   def quantizer_weights(self, mode: str, key: jax.Array | None = None, tau=1.0,
                         uniform: jax.Array | None = None) -> "OneHot | jax.Array":

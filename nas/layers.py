@@ -32,12 +32,6 @@ class QuantStep(nnx.Param):
   """A learned LSQ step size (a Param, trained with the weights, but excluded from weight decay)."""
 
 
-def _lsq_value(x: jax.Array, step: jax.Array, qn, qp) -> jax.Array:
-  """The forward value of ``quant.lsq_quantize_range`` (no gradient paths)."""
-  s = jnp.maximum(step, quant.STEP_FLOOR)
-  return jnp.round(jnp.clip(x / s, -qn, qp)) * s
-
-
 @jax.custom_vjp
 def _weights_tap(weights: jax.Array, out: jax.Array, x: jax.Array, steps: jax.Array, qn: jax.Array,
                  qp: jax.Array, place: jax.Array) -> jax.Array:
@@ -61,9 +55,9 @@ def _weights_tap_fwd(weights, out, x, steps, qn, qp, place):
 def _weights_tap_bwd(res, g):
   weights, x, steps, qn, qp, place = res
   axes = tuple(range(x.ndim - 1)) if weights.ndim == 2 else None
-  q_drawn = _lsq_value(x, steps[0], qn[0], qp[0])
-  diffs = jnp.stack([jnp.sum(g * (_lsq_value(x, steps[i], qn[i], qp[i]) - q_drawn), axis=axes)  # a pass each
-                     for i in range(1, steps.shape[0])])
+  q_drawn = quant.lsq_value(x, steps[0], qn[0], qp[0])
+  diffs = jnp.stack([jnp.sum(g * (quant.lsq_value(x, steps[i], qn[i], qp[i]) - q_drawn), axis=axes)
+                     for i in range(1, steps.shape[0])])  # one pass over x each
   # The barrier keeps XLA from sinking the placement below into the reductions (k times the work).
   diffs = jax.lax.optimization_barrier(diffs)
   grads = jnp.sum(place * diffs[..., None], axis=0)

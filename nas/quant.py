@@ -78,6 +78,12 @@ def lsq_quantize_range(x: jax.Array, step: jax.Array, qn, qp, grad_scale) -> jax
   return round_ste(v) * s
 
 
+def lsq_value(x: jax.Array, step: jax.Array, qn, qp) -> jax.Array:
+  """The forward value of ``lsq_quantize_range``, with no gradient paths (for hand-written backward passes)."""
+  s = jnp.maximum(step, STEP_FLOOR)
+  return jnp.round(jnp.clip(x / s, -qn, qp)) * s
+
+
 def lsq_grad_scale(n_elements: int, bits: int, signed: bool) -> float:
   """LSQ's step-gradient scale 1/sqrt(N * Q_P); N counts the elements one step quantises (per example)."""
   _, qp = qrange(bits, signed)
