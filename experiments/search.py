@@ -9,6 +9,8 @@ Each job writes ``result.json`` in its run folder (see README, "result.json"); a
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +25,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import hardware
+import nas
 from experiments import config as appconfig
 from experiments.tracking import Tracker, WandbConfig
 from nas import cost as costlib
@@ -78,21 +82,42 @@ def search_space(cfg: DictConfig) -> SearchSpace:
 
 def config_hash(node) -> str:
   """A short stable hash of a config subtree: names the checkpoint folder of a job (same command, same folder)."""
-  import hashlib
   text = json.dumps(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node,
                     sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def source_hash(roots) -> str:
+  """A short hash of the ``.py`` files under ``roots`` (their paths and contents)."""
+  h = hashlib.sha256()
+  for root in map(pathlib.Path, roots):
+    for f in sorted(root.rglob("*.py")):
+      h.update(str(f.relative_to(root.parent)).encode())
+      h.update(f.read_bytes())
+  return h.hexdigest()[:16]
+
+
+@functools.cache
+def code_fingerprint() -> str:
+  """The hash of the packages that compute a job's results (nas, hardware).
+
+  Part of every checkpoint folder's key: after a change of the code (a pull, an edit) the same command starts
+  afresh instead of resuming, or returning at once, the state the old code left.
+  """
+  return source_hash([pathlib.Path(pkg.__file__).parent for pkg in (nas, hardware)])
+
+
 def checkpoint_dirs(cfg: DictConfig) -> dict:
-  """Checkpoint folders of this job's loops, keyed by what determines their results (None: off)."""
+  """Checkpoint folders of this job's loops, keyed by what determines their results: the config and the code
+  (None: off)."""
   if cfg.checkpoint.dir is None:
     return {"search": None, "finetune": None, "teacher": None}
   root = pathlib.Path(cfg.checkpoint.dir)
   job = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in
          ("dataset", "model", "hardware", "search", "budget", "finetune", "baseline")}
-  job.update(seed=cfg.seed, debug=cfg.debug)
+  job.update(seed=cfg.seed, debug=cfg.debug, code=code_fingerprint())
   teacher = {"dataset": job["dataset"], "model": job["model"], "seed": cfg.seed, "debug": cfg.debug,
+             "code": job["code"],
              "steps": cfg.finetune.teacher_steps, "lr": cfg.finetune.teacher_lr or cfg.finetune.lr,
              "optimizer": cfg.finetune.optimizer, "batch": cfg.finetune.batch_size}
   h = config_hash(job)
@@ -285,7 +310,7 @@ def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, t
     times["search"] = time.time() - t0
     choices = res.choices
     expected = res.expected_cost
-    search_info = {"mean_max_prob": res.mean_max_prob, "repairs": res.repairs, "fills": res.fills,
+    search_info = {"mean_max_prob": res.mean_max_prob, "max_prob": res.max_probs, "repairs": res.repairs, "fills": res.fills,
                    "multipliers": res.multipliers,
                    "supernet_argmax_accuracy": evaluate(supernet, data.x_test, data.y_test)}
   else:

@@ -142,6 +142,7 @@ class SearchResult:
   expected_cost: dict          # at the end of the search, under the soft probabilities
   multipliers: dict            # final lambda per constrained metric
   mean_max_prob: float         # 1.0 = every choice one-hot
+  max_probs: dict              # per choice: its largest probability (which choices stayed undecided)
   repairs: int                 # choices moved by the budget projection after the argmax
   fills: int = 0               # choices moved up by the budget filling (SearchConfig.fill_budget)
   history: list = dataclasses.field(default_factory=list)
@@ -219,7 +220,7 @@ def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], 
     choices, fills = fill_budget(model, tables, constraints, probs, choices)
   return SearchResult(choices=choices, expected_cost={k: float(v) for k, v in expected.items()},
                       multipliers={m: float(lam[i]) for i, m in enumerate(metrics)},
-                      mean_max_prob=model.mean_max_prob(), repairs=repairs, fills=fills, history=history)
+                      mean_max_prob=model.mean_max_prob(), max_probs=model.max_probs(), repairs=repairs, fills=fills, history=history)
 
 
 class _HashableTables(tuple):

@@ -163,8 +163,9 @@ class Supernet(nnx.Module):
     """All layers at 8 bits (or their fixed bits) and base width: what budget fractions are relative to."""
     return self.architecture(self.reference)
 
-  def mean_max_prob(self) -> float:
-    """Mean over searchable choices of the largest probability: 1.0 when every choice is one-hot.
+  def max_probs(self) -> dict[str, float]:
+    """Each searchable choice's largest probability (mean over channels for a per-channel choice): which
+    choices the search left undecided. 1.0 when a choice is one-hot.
 
     A per-channel choice counts only the channels the derived network keeps: a pruned channel's bit-width
     choice gets no gradient (its output is masked) and stays where it started, but it is no part of the
@@ -176,12 +177,17 @@ class Supernet(nnx.Module):
       spec, k = layer.spec, layer.keys
       cin = derived[k.cin] if k.cin else spec.cin
       kept[k.w_bits] = cin if spec.kind == "dwconv" else (derived[k.cout] if k.cout else spec.cout)
-    ps = []
+    out = {}
     for n, c in self.choices.items():
       if c.fixed:
         continue
       top = jnp.max(c.probs(), axis=-1)
       if top.ndim == 1:
         top = top[:kept.get(n, top.shape[0])]
-      ps.append(float(jnp.mean(top)))
+      out[n] = float(jnp.mean(top))
+    return out
+
+  def mean_max_prob(self) -> float:
+    """Mean over searchable choices of ``max_probs``: 1.0 when every choice is one-hot."""
+    ps = list(self.max_probs().values())
     return sum(ps) / len(ps) if ps else 1.0

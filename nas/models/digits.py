@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nas.arch import Architecture
+from nas.layers import batch_norm
 from nas.models.base import Supernet
 from nas.space import SearchSpace
 
@@ -44,7 +45,7 @@ class DigitsCNN(Supernet):
       layer = self.qlayer(name, "conv", cin_key, cin, wkey, 0, 3, stride, (h, w), first=(i == 0),
                           a_signed=(i == 0 and input_signed))
       convs.append(layer)
-      bns.append(nnx.BatchNorm(layer.spec.cout, momentum=0.9, rngs=rngs))
+      bns.append(batch_norm(layer.spec.cout, rngs))
       self.width_keys.append(wkey)
       h, w = layer.spec.out_h, layer.spec.out_w
       cin_key, cin = wkey, layer.spec.cout

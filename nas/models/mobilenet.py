@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nas.arch import Architecture
+from nas.layers import batch_norm
 from nas.models.base import Supernet
 from nas.space import SearchSpace
 
@@ -47,15 +48,15 @@ class InvertedResidual(nnx.Module):
       self.hidden_key = net.width_choice(f"{name}.expand.width", int(round(in_base * expansion)))
       self.expand = net.qlayer(f"{name}.expand", "conv", in_key, 0, self.hidden_key, 0, 1, 1, in_hw,
                                a_signed=in_signed)
-      self.expand_bn = nnx.BatchNorm(self.expand.spec.cout, momentum=0.9, rngs=rngs)
+      self.expand_bn = batch_norm(self.expand.spec.cout, rngs)
       dw_signed = False  # after ReLU6
     else:
       self.hidden_key, self.expand, self.expand_bn, dw_signed = in_key, None, None, in_signed
     self.dw = net.qlayer(f"{name}.dw", "dwconv", self.hidden_key, 0, None, 0, 3, stride, in_hw, a_signed=dw_signed)
-    self.dw_bn = nnx.BatchNorm(self.dw.spec.cout, momentum=0.9, rngs=rngs)
+    self.dw_bn = batch_norm(self.dw.spec.cout, rngs)
     self.out_hw = (self.dw.spec.out_h, self.dw.spec.out_w)
     self.project = net.qlayer(f"{name}.project", "conv", self.hidden_key, 0, out_key, 0, 1, 1, self.out_hw)
-    self.project_bn = nnx.BatchNorm(self.project.spec.cout, momentum=0.9, rngs=rngs)
+    self.project_bn = batch_norm(self.project.spec.cout, rngs)
     self.out_key = out_key
     self.residual = stride == 1 and in_key == out_key
 
@@ -110,7 +111,7 @@ class MobileNetV2(Supernet):
     key = self.width_choice("stem.width", stem_width)
     self.stem = self.qlayer("stem", "conv", None, c, key, 0, 3, stem_stride, (h, w), first=True,
                             a_signed=input_signed)
-    self.stem_bn = nnx.BatchNorm(self.stem.spec.cout, momentum=0.9, rngs=rngs)
+    self.stem_bn = batch_norm(self.stem.spec.cout, rngs)
     self.stem_key = key
     h, w = self.stem.spec.out_h, self.stem.spec.out_w
     base, signed, blocks = stem_width, False, []
@@ -125,7 +126,7 @@ class MobileNetV2(Supernet):
     self.blocks = nnx.List(blocks)
     self.last_key = self.width_choice("last.width", last_width)
     self.last = self.qlayer("last", "conv", key, 0, self.last_key, 0, 1, 1, (h, w), a_signed=True)
-    self.last_bn = nnx.BatchNorm(self.last.spec.cout, momentum=0.9, rngs=rngs)
+    self.last_bn = batch_norm(self.last.spec.cout, rngs)
     self.head = self.qlayer("head", "dense", self.last_key, 0, None, num_classes, 1, 1, (1, 1), last=True)
 
   def __call__(self, x: jax.Array, *, mode: str = "sample", key: jax.Array | None = None, tau=1.0) -> jax.Array:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nas.arch import Architecture
+from nas.layers import batch_norm
 from nas.models.base import Supernet
 from nas.space import SearchSpace
 
@@ -41,13 +42,13 @@ class BasicBlock(nnx.Module):
     self.inner_key = net.width_choice(f"{name}.conv1.width", inner)
     self.out_key = out_key
     self.conv1 = net.qlayer(f"{name}.conv1", "conv", in_key, 0, self.inner_key, 0, 3, stride, in_hw)
-    self.bn1 = nnx.BatchNorm(self.conv1.spec.cout, momentum=0.9, rngs=rngs)
+    self.bn1 = batch_norm(self.conv1.spec.cout, rngs)
     out_hw = (self.conv1.spec.out_h, self.conv1.spec.out_w)
     self.conv2 = net.qlayer(f"{name}.conv2", "conv", self.inner_key, 0, out_key, 0, 3, 1, out_hw)
-    self.bn2 = nnx.BatchNorm(self.conv2.spec.cout, momentum=0.9, rngs=rngs)
+    self.bn2 = batch_norm(self.conv2.spec.cout, rngs)
     if stride != 1 or in_key != out_key:
       self.shortcut = net.qlayer(f"{name}.shortcut", "conv", in_key, 0, out_key, 0, 1, stride, in_hw)
-      self.shortcut_bn = nnx.BatchNorm(self.shortcut.spec.cout, momentum=0.9, rngs=rngs)
+      self.shortcut_bn = batch_norm(self.shortcut.spec.cout, rngs)
     else:
       self.shortcut = self.shortcut_bn = None
     self.out_hw = out_hw
@@ -93,7 +94,7 @@ class ResNet20(Supernet):
     h, w, c = input_shape
     key = self.width_choice("stage1.width", widths[0])
     self.stem = self.qlayer("stem", "conv", None, c, key, 0, 3, 1, (h, w), first=True, a_signed=input_signed)
-    self.stem_bn = nnx.BatchNorm(self.stem.spec.cout, momentum=0.9, rngs=rngs)
+    self.stem_bn = batch_norm(self.stem.spec.cout, rngs)
     self.stem_key = key
     blocks = []
     for s, base in enumerate(widths):

@@ -119,3 +119,26 @@ def test_per_channel_search_is_tracked_in_wandb(tmp_path):
   records = [json.loads(l) for l in (tmp_path / "run" / "tracking.jsonl").read_text().splitlines()]
   table = next(rec for rec in records if rec["event"] == "table" and rec["key"] == "architecture")
   assert all(isinstance(row[table["columns"].index("w_bits")], str) for row in table["rows"])
+
+
+def test_checkpoint_folders_change_with_the_code(monkeypatch):
+  """A job's checkpoints are keyed by config and code: after a code change the same command starts afresh."""
+  cfg = _compose(["debug=true"], checkpoint_dir="ck")
+  first = app.checkpoint_dirs(cfg)
+  assert app.checkpoint_dirs(cfg) == first
+  monkeypatch.setattr(app, "code_fingerprint", lambda: "another-version")
+  second = app.checkpoint_dirs(cfg)
+  assert all(second[k] != first[k] for k in ("search", "finetune", "teacher"))
+
+
+def test_source_hash_follows_the_sources(tmp_path):
+  pkg = tmp_path / "pkg"
+  (pkg / "sub").mkdir(parents=True)
+  (pkg / "a.py").write_text("x = 1\n")
+  (pkg / "sub" / "b.py").write_text("y = 2\n")
+  (pkg / "notes.txt").write_text("not code")
+  first = app.source_hash([pkg])
+  (pkg / "notes.txt").write_text("edited")
+  assert app.source_hash([pkg]) == first
+  (pkg / "sub" / "b.py").write_text("y = 3\n")
+  assert app.source_hash([pkg]) != first

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from hardware.base import LayerSpec
-from nas.layers import ChoiceKeys, QLayer, width_mask
+from nas.layers import BN_EPSILON, ChoiceKeys, QLayer, batch_norm, width_mask
 from nas.space import SearchSpace
 
 KEYS = ChoiceKeys(w_bits="w", a_bits="a", cin=None, cout=None)
@@ -200,3 +200,23 @@ def test_search_space_channels_rounding(base, mults, multiple, expected):
 def test_search_space_base_channels(base, multiple, expected):
   # 20 / 8 = 2.5 rounds half to even -> 2 -> 16.
   assert SearchSpace(channel_multiple=multiple).base_channels(base) == expected
+
+
+def test_batch_norm_gradient_of_a_batch_constant_channel_is_bounded_by_its_epsilon():
+  """Train-mode BatchNorm backward against the NumPy formula dx = (dy - mean dy - xh mean(dy xh)) / sigma.
+
+  A channel constant over the batch (xh = 0) gets (dy - mean dy) / sqrt(eps): the supernets' epsilon bounds
+  that factor to 1/sqrt(1e-3) = 31.6 (316 at PyTorch's 1e-5, which let such channels freeze choices).
+  """
+  rng = np.random.default_rng(0)
+  x = np.stack([rng.normal(1.0, 2.0, (6, 3, 3)), np.full((6, 3, 3), 0.7)], axis=-1).astype(np.float32)
+  dy = rng.normal(size=x.shape).astype(np.float32)
+  bn = batch_norm(2, nnx.Rngs(0))
+  dx = nnx.grad(lambda m, v: jnp.sum(m(v) * dy), argnums=1)(bn, jnp.asarray(x))
+  axes = (0, 1, 2)
+  xd, gd = x.astype(np.float64), dy.astype(np.float64)
+  sigma = np.sqrt(xd.var(axes) + BN_EPSILON)
+  xh = (xd - xd.mean(axes)) / sigma
+  ref = (gd - gd.mean(axes) - xh * (gd * xh).mean(axes)) / sigma
+  np.testing.assert_allclose(np.asarray(dx), ref, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dx)[..., 1], (gd - gd.mean(axes))[..., 1] / np.sqrt(1e-3), rtol=1e-4)
