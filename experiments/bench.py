@@ -1,7 +1,7 @@
 """Search cost benchmark: supernet step time / plain QAT step time, measured in one run on this machine.
 
   python -m experiments.bench                          # digits CNN and ResNet-20, batch 64
-  python -m experiments.bench --models digits_cnn --batch 128 --iters 50
+  python -m experiments.bench --models digits_cnn --batch 128 --iters 100
 
 "Plain" is the widest network of the space at 8 bits (one candidate per choice: one quantisation per tensor,
 no sampling, no cost term), trained with the same optimiser on the same batch. The supernet step samples
@@ -20,7 +20,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -28,12 +27,15 @@ from omegaconf import OmegaConf
 from nas import cost as costlib
 from nas import search as searchlib
 from nas import train as trainlib
-from nas.choices import ArchParam
 from nas.models import build_model
 from nas.space import SearchSpace
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHAPES = {"digits_cnn": (8, 8, 1), "resnet20": (32, 32, 3), "mobilenetv2": (32, 32, 3)}
+# Steps timed per network: a digits step takes a few ms and the ratio of 60 steps varied by +-0.04 between
+# runs on 2 cores (by +-0.02 with 400); a ResNet-20 step takes most of a second on a CPU.
+DEFAULT_ITERS = {"digits_cnn": 400}
+FALLBACK_ITERS = 20
 
 
 def _time_pair(fn_a, fn_b, iters: int, block: int = 10) -> tuple[float, float, float]:
@@ -79,7 +81,7 @@ def bench_model(name: str, batch: int, iters: int, method: str, hardware: str) -
   limits = jnp.asarray([1e9], jnp.float32)
   trainlib.calibrate(supernet, x, mode="expected")
   w_opt = trainlib.weights_optimizer(supernet, 1e-3, 1e-4)
-  a_opt = nnx.Optimizer(supernet, optax.adam(1e-2), wrt=ArchParam)
+  a_opt = searchlib.arch_optimizer(supernet, 1e-2)  # as nas.search.search builds it
   hashable = searchlib._HashableTables(tables)
   lam = jnp.zeros((1,), jnp.float32)
   key = jax.random.key(0)
@@ -118,7 +120,8 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--models", nargs="+", default=["digits_cnn", "resnet20"])
   parser.add_argument("--methods", nargs="+", default=["gumbel", "sdq"])
   parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--iters", type=int, default=30)
+  parser.add_argument("--iters", type=int, default=None,
+                      help=f"steps timed per network (default: {DEFAULT_ITERS}, else {FALLBACK_ITERS})")
   parser.add_argument("--hardware", default="riscv")
   parser.add_argument("--out", default=None, help="write the rows as JSON here")
   args = parser.parse_args(argv)
@@ -127,7 +130,8 @@ def main(argv=None) -> list[dict]:
         f"{'E[cost] us':>11} {'share':>7}")
   for name in args.models:
     for method in args.methods:
-      r = bench_model(name, args.batch, args.iters, method, args.hardware)
+      r = bench_model(name, args.batch, args.iters or DEFAULT_ITERS.get(name, FALLBACK_ITERS), method,
+                      args.hardware)
       rows.append(r)
       print(f"{r['model']:<12} {r['method']:<7} {r['batch']:>5} {r['supernet_step_s'] * 1e3:>12.2f} "
             f"{r['plain_step_s'] * 1e3:>9.2f} {r['ratio']:>6.2f} {r['expected_cost_s'] * 1e6:>11.1f} "

@@ -40,22 +40,23 @@ def _weights_tap(weights: jax.Array, out: jax.Array, x: jax.Array, steps: jax.Ar
   In the full mix sum_j w_j Q_j(x), weight j's gradient is a_j = <g, Q_j(x)>. Weights that sum to one
   (softmax, Bernoulli) give every parameter the same gradient from a_j - c as from a_j, for any c; with c the
   drawn candidate's a_d the tap needs one pass over x per candidate other than the drawn one (k - 1 in all),
-  each computing <g, Q_j(x) - Q_d(x)>. Row 0 of ``steps``, ``qn`` and ``qp`` is the drawn candidate, rows
-  1.. the others; ``place[i - 1]`` one-hot encodes where row i's candidate sits in ``weights``' last axis.
-  Per-channel weights (C, k) sum over all axes of x but the last. Only ``weights`` and ``out`` get gradients.
+  each computing <g, Q_j(x) - Q_d(x)>, with ``out`` standing for Q_d(x) (it is Q_d(x) times the drawn
+  weight, 1 to rounding; the convolution keeps it for its own backward pass anyway). Rows 1.. of ``steps``,
+  ``qn`` and ``qp`` are the other candidates (row 0, the drawn one, is not read); ``place[i - 1]`` one-hot
+  encodes where row i's candidate sits in ``weights``' last axis. Per-channel weights (C, k) sum over all
+  axes of x but the last. Only ``weights`` and ``out`` get gradients.
   """
   del weights, x, steps, qn, qp, place
   return out
 
 
 def _weights_tap_fwd(weights, out, x, steps, qn, qp, place):
-  return out, (weights, x, steps, qn, qp, place)
+  return out, (weights, out, x, steps, qn, qp, place)
 
 
 def _weights_tap_bwd(res, g):
-  weights, x, steps, qn, qp, place = res
+  weights, q_drawn, x, steps, qn, qp, place = res
   axes = tuple(range(x.ndim - 1)) if weights.ndim == 2 else None
-  q_drawn = quant.lsq_value(x, steps[0], qn[0], qp[0])
   diffs = jnp.stack([jnp.sum(g * (quant.lsq_value(x, steps[i], qn[i], qp[i]) - q_drawn), axis=axes)
                      for i in range(1, steps.shape[0])])  # one pass over x each
   # The barrier keeps XLA from sinking the placement below into the reductions (k times the work).
@@ -95,7 +96,7 @@ def _onehot_quantize(x: jax.Array, steps: jax.Array, bits: tuple[int, ...], sign
   index = [jnp.take_along_axis(w.cands, p[..., None], axis=-1)[..., 0] for p in positions]
   w_drawn = jnp.take_along_axis(w.weights, w.drawn[..., None], axis=-1)[..., 0]  # 1 forward
   q = quant.lsq_quantize_range(x, at(steps, index[0]), qn_all[index[0]], qp_all[index[0]], gs_all[index[0]])
-  q = q * jax.lax.stop_gradient(w_drawn)
+  q = q * jax.lax.stop_gradient(w_drawn)  # w_drawn is 1 (to rounding)
   tap_steps = jax.lax.stop_gradient(jnp.stack([at(steps, i) for i in index]))
   place = jnp.stack([jax.nn.one_hot(p, k, dtype=w.weights.dtype) for p in positions[1:]])
   return _weights_tap(w.weights, q, jax.lax.stop_gradient(x), tap_steps, jnp.stack([qn_all[i] for i in index]),
