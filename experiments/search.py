@@ -9,7 +9,6 @@ Each job writes ``result.json`` in its run folder (see README, "result.json"); a
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -25,11 +24,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import hardware
-import nas
 from experiments import config as appconfig
 from experiments.tracking import Tracker, WandbConfig
 from nas import cost as costlib
+from nas.checkpoint import code_fingerprint
 from nas.data import Dataset, load_cifar10, load_digits, load_mnist
 from nas.models import build_model
 from nas.search import Constraint, SearchConfig, search
@@ -85,26 +83,6 @@ def config_hash(node) -> str:
   text = json.dumps(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node,
                     sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def source_hash(roots) -> str:
-  """A short hash of the ``.py`` files under ``roots`` (their paths and contents)."""
-  h = hashlib.sha256()
-  for root in map(pathlib.Path, roots):
-    for f in sorted(root.rglob("*.py")):
-      h.update(str(f.relative_to(root.parent)).encode())
-      h.update(f.read_bytes())
-  return h.hexdigest()[:16]
-
-
-@functools.cache
-def code_fingerprint() -> str:
-  """The hash of the packages that compute a job's results (nas, hardware).
-
-  Part of every checkpoint folder's key: after a change of the code (a pull, an edit) the same command starts
-  afresh instead of resuming, or returning at once, the state the old code left.
-  """
-  return source_hash([pathlib.Path(pkg.__file__).parent for pkg in (nas, hardware)])
 
 
 def checkpoint_dirs(cfg: DictConfig) -> dict:

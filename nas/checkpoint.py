@@ -3,15 +3,41 @@
 A loop saves every ``every`` steps; Orbax writes each checkpoint to a temporary folder and renames it when
 complete, so a process killed mid-save leaves the previous checkpoint intact. Resuming restores the latest
 complete checkpoint; with the batch stream and the per-step PRNG keys derived from (seed, step), the resumed
-run follows the same trajectory as an uninterrupted one.
+run follows the same trajectory as an uninterrupted one. Callers key checkpoint folders by what determines
+the results, the code included (``code_fingerprint``).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import pathlib
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+
+import hardware
+import nas
+
+
+def source_hash(roots) -> str:
+  """A short hash of the ``.py`` files under ``roots`` (their paths and contents)."""
+  h = hashlib.sha256()
+  for root in map(pathlib.Path, roots):
+    for f in sorted(root.rglob("*.py")):
+      h.update(str(f.relative_to(root.parent)).encode())
+      h.update(f.read_bytes())
+  return h.hexdigest()[:16]
+
+
+@functools.cache
+def code_fingerprint() -> str:
+  """The hash of the packages that compute a job's results (nas, hardware).
+
+  Part of every checkpoint folder's key: after a change of the code (a pull, an edit) the same command starts
+  afresh instead of resuming, or returning at once, the state the old code left.
+  """
+  return source_hash([pathlib.Path(pkg.__file__).parent for pkg in (nas, hardware)])
 
 
 def _pure(tree):

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from experiments import search as app
+from nas.checkpoint import source_hash
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONF = str(ROOT / "conf")
@@ -137,8 +138,8 @@ def test_source_hash_follows_the_sources(tmp_path):
   (pkg / "a.py").write_text("x = 1\n")
   (pkg / "sub" / "b.py").write_text("y = 2\n")
   (pkg / "notes.txt").write_text("not code")
-  first = app.source_hash([pkg])
+  first = source_hash([pkg])
   (pkg / "notes.txt").write_text("edited")
-  assert app.source_hash([pkg]) == first
+  assert source_hash([pkg]) == first
   (pkg / "sub" / "b.py").write_text("y = 3\n")
-  assert app.source_hash([pkg]) != first
+  assert source_hash([pkg]) != first
