@@ -243,7 +243,9 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
     write_json_atomic(out_dir / "result.json", result)
     tracker.table("architecture", list(arch.table()[0].keys()), [list(r.values()) for r in arch.table()])
     own = result["cost"][target.name]
-    tracker.summary({"accuracy": result["accuracy"], "weight_bytes": result["weight_bytes"],
+    max_prob = (result["search"] or {}).get("max_prob", {})  # per choice: which ones the search left undecided
+    undecided = {f"search/max_prob/{k}": v for k, v in max_prob.items()}
+    tracker.summary({"accuracy": result["accuracy"], "weight_bytes": result["weight_bytes"], **undecided,
                      **{f"cost/{target.name}/{k}": v for k, v in own.items()},
                      "budget/fraction": cfg.budget.fraction, "budget/value": constraints[0].limit})
     tracker.finish()
@@ -288,8 +290,8 @@ def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, t
     times["search"] = time.time() - t0
     choices = res.choices
     expected = res.expected_cost
-    search_info = {"mean_max_prob": res.mean_max_prob, "max_prob": res.max_probs, "repairs": res.repairs, "fills": res.fills,
-                   "multipliers": res.multipliers,
+    search_info = {"mean_max_prob": res.mean_max_prob, "max_prob": res.max_probs, "repairs": res.repairs,
+                   "fills": res.fills, "multipliers": res.multipliers,
                    "supernet_argmax_accuracy": evaluate(supernet, data.x_test, data.y_test)}
   else:
     choices = baseline_choices(supernet, cfg)

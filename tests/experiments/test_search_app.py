@@ -120,6 +120,12 @@ def test_per_channel_search_is_tracked_in_wandb(tmp_path):
   records = [json.loads(l) for l in (tmp_path / "run" / "tracking.jsonl").read_text().splitlines()]
   table = next(rec for rec in records if rec["event"] == "table" and rec["key"] == "architecture")
   assert all(isinstance(row[table["columns"].index("w_bits")], str) for row in table["rows"])
+  # Each choice's largest probability is in result.json and in the run's summary, named by choice.
+  summary = next(rec["values"] for rec in records if rec["event"] == "summary")
+  assert r["search"]["max_prob"] and "convs.1.w_bits" in r["search"]["max_prob"]
+  for name, value in r["search"]["max_prob"].items():
+    assert 0 < value <= 1 + 1e-6
+    assert summary[f"search/max_prob/{name}"] == value
 
 
 def test_checkpoint_folders_change_with_the_code(monkeypatch):
