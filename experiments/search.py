@@ -93,7 +93,7 @@ def checkpoint_dirs(cfg: DictConfig) -> dict:
   root = pathlib.Path(cfg.checkpoint.dir)
   job = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in
          ("dataset", "model", "hardware", "search", "budget", "finetune", "baseline")}
-  job.update(seed=cfg.seed, debug=cfg.debug, code=code_fingerprint())
+  job.update(seed=cfg.seed, debug=cfg.debug, code=code_fingerprint(("nas", "hardware", "experiments")))
   teacher = {"dataset": job["dataset"], "model": job["model"], "seed": cfg.seed, "debug": cfg.debug,
              "code": job["code"],
              "steps": cfg.finetune.teacher_steps, "lr": cfg.finetune.teacher_lr or cfg.finetune.lr,

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import pathlib
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
-
-import hardware
-import nas
 
 
 def source_hash(roots) -> str:
@@ -31,13 +29,19 @@ def source_hash(roots) -> str:
 
 
 @functools.cache
-def code_fingerprint() -> str:
-  """The hash of the packages that compute a job's results (nas, hardware).
+def code_fingerprint(packages: tuple[str, ...] = ("nas", "hardware")) -> str:
+  """The hash of the sources of ``packages`` (importable names): the code that computes a job's results.
 
   Part of every checkpoint folder's key: after a change of the code (a pull, an edit) the same command starts
   afresh instead of resuming, or returning at once, the state the old code left.
   """
-  return source_hash([pathlib.Path(pkg.__file__).parent for pkg in (nas, hardware)])
+  roots = []
+  for name in packages:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+      raise ValueError(f"code_fingerprint: {name!r} is not an importable package.")
+    roots.extend(spec.submodule_search_locations)
+  return source_hash(roots)
 
 
 def _pure(tree):

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from experiments import search as app
-from nas.checkpoint import source_hash
+from nas.checkpoint import code_fingerprint, source_hash
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONF = str(ROOT / "conf")
@@ -133,7 +133,7 @@ def test_checkpoint_folders_change_with_the_code(monkeypatch):
   cfg = _compose(["debug=true"], checkpoint_dir="ck")
   first = app.checkpoint_dirs(cfg)
   assert app.checkpoint_dirs(cfg) == first
-  monkeypatch.setattr(app, "code_fingerprint", lambda: "another-version")
+  monkeypatch.setattr(app, "code_fingerprint", lambda packages: "another-version")
   second = app.checkpoint_dirs(cfg)
   assert all(second[k] != first[k] for k in ("search", "finetune", "teacher"))
 
@@ -149,3 +149,9 @@ def test_source_hash_follows_the_sources(tmp_path):
   assert source_hash([pkg]) == first
   (pkg / "sub" / "b.py").write_text("y = 3\n")
   assert source_hash([pkg]) != first
+
+
+def test_code_fingerprint_names_a_missing_package():
+  with pytest.raises(ValueError, match="not_a_package"):
+    code_fingerprint(("nas", "not_a_package"))
+  assert code_fingerprint(("nas",)) != code_fingerprint(("nas", "hardware"))
