@@ -38,31 +38,34 @@ DEFAULT_ITERS = {"digits_cnn": 400}
 FALLBACK_ITERS = 20
 
 
-def _time_pair(fn_a, fn_b, iters: int, block: int = 10) -> tuple[float, float, float]:
-  """Seconds per call of two functions and the ratio a / b of their times.
+def _block_times(fns, iters: int, block: int = 10) -> list[np.ndarray]:
+  """Seconds per call of each function, one entry per block of ``block`` calls.
 
-  The calls run in alternating blocks of ``block``, each block dispatched back to back and waited for once at
-  its end, as the training loops run their steps (they wait only to log). Times are medians over blocks; the
-  ratio is the median of the ratios of adjacent blocks, so a change in the machine's load hits both alike.
-  Compilation is excluded (two warm-up calls each).
+  The functions run in turn, a block each, every block dispatched back to back and waited for once at its end,
+  as the training loops run their steps (they wait only to log). Compilation is excluded (two warm-up calls).
   """
   for _ in range(2):
-    jax.block_until_ready(fn_a())
-    jax.block_until_ready(fn_b())
-  times_a, times_b = [], []
+    for fn in fns:
+      jax.block_until_ready(fn())
+  times = [[] for _ in fns]
   for _ in range(max(1, -(-iters // block))):
-    for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+    for fn, ts in zip(fns, times):
       jax.block_until_ready(fn())
       t0 = time.perf_counter()
-      out = [fn() for _ in range(block)]
-      jax.block_until_ready(out)
-      times.append((time.perf_counter() - t0) / block)
-  ratio = float(np.median(np.asarray(times_a) / np.asarray(times_b)))
-  return float(np.median(times_a)), float(np.median(times_b)), ratio
+      jax.block_until_ready([fn() for _ in range(block)])
+      ts.append((time.perf_counter() - t0) / block)
+  return [np.asarray(ts) for ts in times]
+
+
+def _time_pair(fn_a, fn_b, iters: int) -> tuple[float, float, float]:
+  """Median seconds per call of two functions timed in alternating blocks, and the ratio a / b as the median
+  of the ratios of adjacent blocks, so that a change in the machine's load hits both alike."""
+  a, b = _block_times([fn_a, fn_b], iters)
+  return float(np.median(a)), float(np.median(b)), float(np.median(a / b))
 
 
 def _time(fn, iters: int) -> float:
-  return _time_pair(fn, fn, iters)[0]
+  return float(np.median(_block_times([fn], iters)[0]))
 
 
 def bench_model(name: str, batch: int, iters: int, method: str, hardware: str) -> dict:

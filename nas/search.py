@@ -30,6 +30,7 @@ from nas.choices import ArchParam
 from nas.augment import random_crop_flip
 from nas.checkpoint import LoopCheckpointer
 from nas.data import Dataset, batches
+from nas.models.base import mean_max_prob
 from nas.parallel import DataParallel
 from nas.train import calibrate, cross_entropy, weights_optimizer
 
@@ -147,11 +148,15 @@ class SearchResult:
   choices: dict
   expected_cost: dict          # at the end of the search, under the soft probabilities
   multipliers: dict            # final lambda per constrained metric
-  mean_max_prob: float         # 1.0 = every choice one-hot
   max_probs: dict              # per choice: its largest probability (which choices stayed undecided)
   repairs: int                 # choices moved by the budget projection after the argmax
   fills: int = 0               # choices moved up by the budget filling (SearchConfig.fill_budget)
   history: list = dataclasses.field(default_factory=list)
+
+  @property
+  def mean_max_prob(self) -> float:
+    """1.0 = every choice one-hot."""
+    return mean_max_prob(self.max_probs)
 
 
 def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], cfg: SearchConfig,
@@ -226,7 +231,7 @@ def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], 
     choices, fills = fill_budget(model, tables, constraints, probs, choices)
   return SearchResult(choices=choices, expected_cost={k: float(v) for k, v in expected.items()},
                       multipliers={m: float(lam[i]) for i, m in enumerate(metrics)},
-                      mean_max_prob=model.mean_max_prob(), max_probs=model.max_probs(), repairs=repairs, fills=fills, history=history)
+                      max_probs=model.max_probs(), repairs=repairs, fills=fills, history=history)
 
 
 class _HashableTables(tuple):

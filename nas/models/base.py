@@ -189,5 +189,9 @@ class Supernet(nnx.Module):
 
   def mean_max_prob(self) -> float:
     """Mean over searchable choices of ``max_probs``: 1.0 when every choice is one-hot."""
-    ps = list(self.max_probs().values())
-    return sum(ps) / len(ps) if ps else 1.0
+    return mean_max_prob(self.max_probs())
+
+
+def mean_max_prob(max_probs: Mapping[str, float]) -> float:
+  """The mean of per-choice largest probabilities (``Supernet.max_probs``); 1.0 with no searchable choice."""
+  return sum(max_probs.values()) / len(max_probs) if max_probs else 1.0
