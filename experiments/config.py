@@ -16,7 +16,7 @@ BASELINES = ("none", "uniform", "random")
 
 @dataclasses.dataclass
 class DatasetConfig:
-  name: str = "digits"                  # digits (bundled) | cifar10 | mnist (local folders)
+  name: str = "digits"                  # digits (bundled) | fashion_mnist | cifar10 | mnist (local folders)
   root: Optional[str] = None            # folder of a local dataset
   test_fraction: float = 0.3            # digits: held-out share
   split_seed: int = 0                   # digits: the split is fixed across a sweep

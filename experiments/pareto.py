@@ -8,6 +8,9 @@ Every ``result.json`` under each sweep folder (recursively) is one point. A job 
 ``result.json`` is a failed job: it is listed (with the message of its ``error.json``) and the front is built
 from the others. Points are grouped by (target, metric): by default each result's own target and budget metric;
 ``--target`` / ``--metric`` read ``result["cost"][target][metric]`` (``result["weight_bytes"]`` for weight_bytes).
+Each sweep's searched points form one series; baselines form one series per kind (``baseline:uniform``), or,
+when ``--label`` names the sweeps, one per kind and label (``baseline:uniform:uniform-half``), so two baseline
+sweeps given their own labels keep their own fronts and hypervolumes.
 
 Hypervolume (nas.pareto.hypervolume_2d) uses a reference point fixed by the benchmark, not by the data:
 r_a = chance accuracy 1/num_classes, r_c = the reference network's cost (all layers W8A8 at base width, from
@@ -99,8 +102,20 @@ def _finite(x) -> float | None:
 
 
 def load_points(sweep_dirs: Sequence[pathlib.Path], labels: Sequence[str], metric: str | None,
-                target: str | None) -> tuple[list[dict], list[dict], list[dict]]:
-  """Every readable result as a point; the failed jobs; the results that had no cost for the asked metric."""
+                target: str | None, label_baselines: bool = False) -> tuple[list[dict], list[dict], list[dict]]:
+  """Every readable result as a point; the failed jobs; the results that had no cost for the asked metric.
+
+  Args:
+    sweep_dirs: sweep folders.
+    labels: one name per sweep.
+    metric: cost metric, or None for each result's budget metric.
+    target: hardware target, or None for each result's own target.
+    label_baselines: baselines form one series per kind and sweep label (the labels were given by the user)
+      instead of one per kind across all sweeps.
+
+  Returns:
+    The points (each with its ``series``), the failed jobs and the skipped results.
+  """
   from rich.progress import track
   points, failures, skipped = [], [], []
   for sweep, label in zip(sweep_dirs, labels):
@@ -140,7 +155,8 @@ def load_points(sweep_dirs: Sequence[pathlib.Path], labels: Sequence[str], metri
       if ref is None and (result.get("target") == tgt or met == "weight_bytes"):
         ref = (result.get("reference") or {}).get(met)  # the search app also writes the full reference cost
       points.append({
-          "sweep": label, "job": job, "kind": kind, "name": result.get("label"), "target": tgt, "metric": met,
+          "sweep": label, "job": job, "kind": kind, "series": series_name(kind, label, label_baselines),
+          "name": result.get("label"), "target": tgt, "metric": met,
           "accuracy": acc, "cost": cost, "num_classes": result.get("num_classes"), "seed": result.get("seed"),
           "method": result.get("method"), "reference_cost": _finite(ref),
           "budget": {"metric": budget.get("metric"), "fraction": budget.get("fraction"),
@@ -152,8 +168,11 @@ def load_points(sweep_dirs: Sequence[pathlib.Path], labels: Sequence[str], metri
 # ---------------------------------------------------------------------------------------------- fronts
 
 
-def _series(point: dict) -> str:
-  return f"searched:{point['sweep']}" if point["kind"] == "searched" else point["kind"]
+def series_name(kind: str, sweep_label: str, label_baselines: bool) -> str:
+  """Searched points: one series per sweep. Baselines: one per kind, or per kind and sweep if labelled."""
+  if kind == "searched":
+    return f"searched:{sweep_label}"
+  return f"{kind}:{sweep_label}" if label_baselines else kind
 
 
 def reference_point(points: list[dict]) -> dict:
@@ -177,10 +196,10 @@ def reference_point(points: list[dict]) -> dict:
 def build_group(target: str, metric: str, points: list[dict]) -> dict:
   """Fronts and hypervolumes of one (target, metric) group; marks each point's ``on_front`` (its series' front)."""
   ref = reference_point(points)
-  names = sorted({_series(p) for p in points}, key=lambda s: (not s.startswith("searched:"), s))
+  names = sorted({p["series"] for p in points}, key=lambda s: (not s.startswith("searched:"), s))
   series = {}
   for name in names:
-    members = [i for i, p in enumerate(points) if _series(p) == name]
+    members = [i for i, p in enumerate(points) if p["series"] == name]
     acc = np.array([points[i]["accuracy"] for i in members])
     cost = np.array([points[i]["cost"] for i in members])
     front = [members[j] for j in front_indices(acc, cost)]
@@ -228,11 +247,21 @@ def plot(groups: list[dict], labels: Sequence[str], path: pathlib.Path) -> None:
   fig = Figure(figsize=(6.4 * ncols, 4.8 * nrows), layout="constrained")
   axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
   colours = {f"searched:{l}": f"C{i % 10}" for i, l in enumerate(labels)}
+  # Labelled baselines of one kind (e.g. two uniform sweeps) share its marker but need their own colours.
+  baseline_series = sorted({(p["series"], p["kind"]) for g in groups for p in g["points"]
+                            if p["kind"] != "searched"})
+  baseline_names = [name for name, _ in baseline_series]
+  series_per_kind = collections.Counter(kind for _, kind in baseline_series)
   for ax, g in zip(axes, groups):
     pts, ref = g["points"], g["reference"]
     for name, s in g["series"].items():
-      colour, marker = (colours[name], "o") if name in colours else BASELINE_STYLE.get(name, ("#17becf", "v"))
-      members = [p for p in pts if _series(p) == name]
+      if name in colours:
+        colour, marker = colours[name], "o"
+      else:
+        colour, marker = BASELINE_STYLE.get(s["kind"], ("#17becf", "v"))
+        if series_per_kind[s["kind"]] > 1:
+          colour = f"C{(len(labels) + baseline_names.index(name)) % 10}"
+      members = [p for p in pts if p["series"] == name]
       ax.scatter([p["cost"] for p in members], [p["accuracy"] for p in members], color=colour, marker=marker,
                  alpha=0.35, s=22, label="_nolegend_")
       front = [pts[i] for i in s["front"]]
@@ -241,7 +270,7 @@ def plot(groups: list[dict], labels: Sequence[str], path: pathlib.Path) -> None:
       ax.scatter([p["cost"] for p in front], [p["accuracy"] for p in front], color=colour, marker=marker, s=46,
                  edgecolors="black", linewidths=0.6, zorder=3,
                  label=f"{name} (HV {s['hypervolume']:.3g})")
-      if name == "baseline:uniform":
+      if s["kind"] == "baseline:uniform":
         for p in members:
           if p["name"]:
             ax.annotate(str(p["name"]).split("-")[-1], (p["cost"], p["accuracy"]), fontsize=7,
@@ -391,10 +420,11 @@ def aggregate(sweep_dirs: Sequence[str | os.PathLike], labels: Sequence[str] | N
       raise FileNotFoundError(f"sweep folder {d} does not exist.")
   if metric is not None and metric not in METRICS:
     raise ValueError(f"metric={metric!r} is unknown; use one of {METRICS}.")
+  label_baselines = bool(labels)
   labels = list(labels) if labels else _default_labels(dirs)
   if len(labels) != len(dirs) or len(set(labels)) != len(labels):
     raise ValueError(f"--label must be given once per sweep folder, all different; got {labels} for {len(dirs)}.")
-  points, failures, skipped = load_points(dirs, labels, metric, target)
+  points, failures, skipped = load_points(dirs, labels, metric, target, label_baselines)
   if not points:
     first = f"; e.g. {skipped[0]['job']}: {skipped[0]['reason']}" if skipped else ""
     raise ValueError(f"no usable result.json under {', '.join(map(str, dirs))} "
@@ -445,7 +475,8 @@ def print_report(report: dict, out: pathlib.Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m experiments.pareto", description=__doc__.split("\n\n")[0])
   parser.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
-  parser.add_argument("--label", action="append", help="name of each sweep, once per SWEEP_DIR, in order")
+  parser.add_argument("--label", action="append", help="name of each sweep, once per SWEEP_DIR, in order; "
+                      "baselines are then grouped per kind and label")
   parser.add_argument("--metric", choices=METRICS, help="cost metric (default: each result's budget metric)")
   parser.add_argument("--target", help="hardware whose cost is read (default: each result's own target)")
   parser.add_argument("--out", help="output folder (default: the first SWEEP_DIR)")

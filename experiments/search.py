@@ -28,7 +28,7 @@ from experiments import config as appconfig
 from experiments.tracking import Tracker, WandbConfig
 from nas import cost as costlib
 from nas.checkpoint import code_fingerprint
-from nas.data import Dataset, load_cifar10, load_digits, load_mnist
+from nas.data import Dataset, load_cifar10, load_digits, load_fashion_mnist, load_mnist
 from nas.models import build_model
 from nas.search import Constraint, SearchConfig, search
 from nas.space import SearchSpace
@@ -66,8 +66,10 @@ def load_dataset(cfg: DictConfig) -> Dataset:
     return load_cifar10(d.root, limit=d.limit)
   if d.name == "mnist":
     return load_mnist(d.root, limit=d.limit)
-  raise ValueError(f"dataset.name={d.name!r} is unknown; use 'digits' (bundled), 'cifar10' or 'mnist' "
-                   f"(with dataset.root=/path/to/folder).")
+  if d.name == "fashion_mnist":
+    return load_fashion_mnist(d.root, limit=d.limit)
+  raise ValueError(f"dataset.name={d.name!r} is unknown; use 'digits' (bundled), 'fashion_mnist' (Debian's "
+                   f"dataset-fashion-mnist package), 'cifar10' or 'mnist' (with dataset.root=/path/to/folder).")
 
 
 def search_space(cfg: DictConfig) -> SearchSpace:

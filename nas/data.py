@@ -1,6 +1,7 @@
 """Datasets as NumPy arrays (NHWC float32 images, int32 labels), and a mini-batch stream.
 
-The bundled default is scikit-learn's 8x8 digits (no network). CIFAR-10 and MNIST read local folders.
+The bundled default is scikit-learn's 8x8 digits (no network). CIFAR-10 and MNIST read local folders;
+Fashion-MNIST reads the folder of Debian's dataset-fashion-mnist package by default.
 """
 from __future__ import annotations
 
@@ -253,18 +254,53 @@ def load_mnist(root: str | None, limit: int | None = None) -> Dataset:
   if root is None:
     raise FileNotFoundError(f"dataset.root must be set for MNIST: the folder holding {expected}, "
                             f"e.g. dataset.root=/path/to/folder.")
+  return _load_idx_dataset("mnist", "MNIST", root, limit,
+                           "as distributed by http://yann.lecun.com/exdb/mnist/). Point the loader at the folder "
+                           "with dataset.root=/path/to/folder.")
+
+
+# Where Debian's dataset-fashion-mnist package installs the four IDX files (gzipped).
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+
+
+def load_fashion_mnist(root: str | None = None, limit: int | None = None) -> Dataset:
+  """Fashion-MNIST: 60,000 training and 10,000 test 28x28 grey images of 10 kinds of clothing, in MNIST's IDX
+  format and file names (plain or ``.gz``), pixels scaled to [0, 1], the distributed split.
+
+  Args:
+    root: the folder of the four files; None reads ``FASHION_MNIST_ROOT``, where Debian's
+      ``dataset-fashion-mnist`` package puts them.
+    limit: keep only the first ``limit`` training and test images each (for debug runs).
+
+  Raises:
+    FileNotFoundError: a file is missing: one sentence with the folder and how to install or point to it.
+    ValueError: a file is corrupt.
+
+  References: Xiao, Rasul, Vollgraf, "Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine Learning
+  Algorithms", arXiv 1708.07747, 2017.
+  """
+  folder = root if root is not None else FASHION_MNIST_ROOT
+  return _load_idx_dataset(
+      "fashion_mnist", "Fashion-MNIST", folder, limit,
+      f"install them with `apt-get install dataset-fashion-mnist` (it puts them in {FASHION_MNIST_ROOT}, the "
+      f"default), or point to a folder holding them with dataset.root=/path/to/folder).")
+
+
+def _load_idx_dataset(name: str, title: str, root: str, limit: int | None, how_to_fix: str) -> Dataset:
+  """Four MNIST-format IDX files in ``root`` -> Dataset; every file is looked for before any is read."""
+  expected = ", ".join(f"{n}[.gz]" for n in MNIST_FILES.values())
   _check_limit(limit)
   folder = pathlib.Path(root).expanduser()
   paths = {}
-  for part, name in MNIST_FILES.items():
-    found = [folder / n for n in (name, f"{name}.gz") if (folder / n).is_file()]
+  for part, fname in MNIST_FILES.items():
+    found = [folder / n for n in (fname, f"{fname}.gz") if (folder / n).is_file()]
     paths[part] = found[0] if found else None
   missing = [f"{MNIST_FILES[p]}[.gz]" for p, path in paths.items() if path is None]
   if missing:
     raise FileNotFoundError(
-        f"MNIST not found in {folder}: expected {expected} there (missing {', '.join(missing)}; as "
-        f"distributed by http://yann.lecun.com/exdb/mnist/). Point the loader at the folder with "
-        f"dataset.root=/path/to/folder.")
+        f"{title} not found in {folder}: expected {expected} there (missing {', '.join(missing)}; {how_to_fix}")
 
   def split(images_part, labels_part):
     x, y = _read_idx(paths[images_part], IDX_IMAGES_MAGIC), _read_idx(paths[labels_part], IDX_LABELS_MAGIC)
@@ -279,7 +315,7 @@ def load_mnist(root: str | None, limit: int | None = None) -> Dataset:
     return (x.astype(np.float32) / np.float32(255.0))[..., None], y.astype(np.int32)
 
   (x_tr, y_tr), (x_te, y_te) = split("x_train", "y_train"), split("x_test", "y_test")
-  return Dataset("mnist", x_tr, y_tr, x_te, y_te, 10)
+  return Dataset(name, x_tr, y_tr, x_te, y_te, 10)
 
 
 def _check_limit(limit: int | None) -> None:

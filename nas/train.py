@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from nas import layers
+from nas import layers, quant
 from nas.augment import random_crop_flip
 from nas.checkpoint import LoopCheckpointer
 from nas.data import Dataset, batches
@@ -51,11 +51,65 @@ def _decay_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+STEP_ADAM_EPS = 1e-12
+
+
+def _is_step(path, leaf) -> bool:
+  """Whether a leaf of the weights' state is an LSQ step (by type, or by name where optax passes arrays)."""
+  if isinstance(leaf, layers.QuantStep):
+    return True
+  names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+  return bool(names) and names[-1] == "step" and not isinstance(leaf, nnx.Variable)
+
+
+def _param_labels(params):
+  return jax.tree_util.tree_map_with_path(lambda p, x: "step" if _is_step(p, x) else "weights", params,
+                                          is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def log_domain(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Runs ``inner`` on log(s) for positive parameters s: it sees the gradient s * dL/ds and its update u
+  becomes s * (exp(u) - 1), so that s moves by a factor, not by an amount.
+
+  LSQ steps need this under Adam. Adam normalises each parameter's gradient, so with the weights' rate
+  (3e-3) every step size moves by about 3e-3 per update whatever its magnitude: 30 % of an 8-bit weight step
+  (about 0.01) per update, 3 % of a 2-bit one. LSQ's gradient scale 1/sqrt(N Q_P), which exists to balance
+  exactly that, is divided out by Adam. 8-bit networks trained worst of all: uniform W8A8 scored below W4A4
+  on Fashion-MNIST (81.5 against 83.4 %) and 5 points below the float network. In the log domain Adam moves
+  every step by the same relative amount, at any bit-width (the trained-threshold quantiser of Jain et al.
+  trains log2 thresholds for the same reason).
+
+  References:
+    Jain et al., "Trained Quantization Thresholds for Accurate and Efficient Fixed-Point Inference of Deep
+    Neural Networks", MLSys 2020.
+  """
+  def log(params):
+    return jax.tree.map(lambda s: jnp.log(jnp.maximum(s, quant.STEP_FLOOR)), params)
+
+  def init(params):
+    return inner.init(log(params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("log_domain needs the parameters in update().")
+    grads = jax.tree.map(lambda g, s: g * s, updates, params)
+    log_updates, state = inner.update(grads, state, log(params))
+    return jax.tree.map(lambda u, s: s * jnp.expm1(u), log_updates, params), state
+
+  return optax.GradientTransformation(init, update)
+
+
 def weights_optimizer(model: nnx.Module, lr, weight_decay: float, kind: str = "adamw") -> nnx.Optimizer:
-  """AdamW (or SGD with Nesterov momentum) over the weights (nnx.Param, LSQ steps included); only kernels decay."""
+  """AdamW (or SGD with Nesterov momentum) over the weights; only kernels decay. Under AdamW the LSQ steps
+  (QuantStep) train with Adam in the log domain at the same rate (``log_domain``: a relative, scale-free
+  update); under SGD they follow the weights' SGD, as in LSQ."""
   if kind == "adamw":
-    tx = optax.adamw(lr, weight_decay=weight_decay, mask=_decay_mask)
-  elif kind == "sgd":
+    weights = optax.adamw(lr, weight_decay=weight_decay, mask=_decay_mask)
+    # eps 1e-12: the log-domain gradients s dL/ds, with LSQ's 1/sqrt(N Q_P) scale in them, are 1e-7..1e-5,
+    # where Adam's default 1e-8 would shrink the updates of the smallest (8-bit) steps by up to a tenth.
+    steps = log_domain(optax.adam(lr, eps=STEP_ADAM_EPS))
+    tx = optax.multi_transform({"weights": weights, "step": steps}, _param_labels)
+  elif kind == "sgd":  # LSQ's own setting: its gradient scale balances the steps under SGD
     tx = optax.chain(optax.add_decayed_weights(weight_decay, mask=_decay_mask),
                      optax.sgd(lr, momentum=0.9, nesterov=True))
   else:

@@ -5,12 +5,12 @@ from flax import nnx
 
 from nas.arch import Architecture
 from nas.models.base import Supernet
-from nas.models.digits import DigitsCNN
+from nas.models.digits import DigitsCNN, FashionCNN
 from nas.models.mobilenet import MobileNetV2
 from nas.models.resnet import ResNet20
 from nas.space import SearchSpace
 
-MODELS: dict[str, type[Supernet]] = {"digits_cnn": DigitsCNN, "resnet20": ResNet20, "mobilenetv2": MobileNetV2}
+MODELS: dict[str, type[Supernet]] = {"digits_cnn": DigitsCNN, "fmnist_cnn": FashionCNN, "resnet20": ResNet20, "mobilenetv2": MobileNetV2}
 
 
 def build_model(name: str, space: SearchSpace, *, seed: int = 0, arch: Architecture | None = None,

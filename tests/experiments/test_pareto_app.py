@@ -135,13 +135,40 @@ def test_two_labelled_sweeps_share_one_plot(tmp_path):
   b = make_sweep(tmp_path / "b" / "12-00-00", better)
   report = app.aggregate([a, b], labels=["gumbel", "darts"], out_dir=tmp_path / "cmp", wandb_mode="disabled")
   (group,) = report["groups"]
-  assert {"searched:gumbel", "searched:darts", "baseline:uniform"} == set(group["series"])
+  assert {"searched:gumbel", "searched:darts", "baseline:uniform:gumbel"} == set(group["series"])
   assert {p["sweep"] for p in group["points"]} == {"gumbel", "darts"}
   assert group["series"]["searched:darts"]["hypervolume"] > group["series"]["searched:gumbel"]["hypervolume"]
   assert [f["sweep"] for f in report["failures"]] == ["darts"]
   assert (tmp_path / "cmp" / "pareto.png").exists()
   with pytest.raises(ValueError, match="once per sweep"):
     app.aggregate([a, b], labels=["only-one"], wandb_mode="disabled")
+
+
+def test_labelled_baseline_sweeps_keep_their_own_series_and_hypervolumes(tmp_path):
+  # Two uniform sweeps, full width and half width, each its own --label. Reference r = (0.1, 4e-4), from the
+  # reference cost the search app writes into every result.
+  baseline = lambda acc, latency, label: dict(_result("baseline:uniform", acc, latency, label=label),
+                                              reference={"latency_s": REF_LATENCY})
+  full = [baseline(0.92, 2.0e-4, "w4a8"), baseline(0.95, 3.0e-4, "w8a8")]
+  half = [baseline(0.85, 1.0e-4, "w4a8-x0.5"), baseline(0.90, 1.5e-4, "w8a8-x0.5")]
+  a = make_sweep(tmp_path / "full", full, failed_job=False)
+  b = make_sweep(tmp_path / "half", half, failed_job=False)
+  report = app.aggregate([a, b], labels=["uniform-full", "uniform-half"], out_dir=tmp_path / "cmp",
+                         wandb_mode="disabled")
+  (group,) = report["groups"]
+  series = group["series"]
+  assert set(series) == {"baseline:uniform:uniform-full", "baseline:uniform:uniform-half"}
+  # full: (0.92 - 0.1) * (4 - 2)e-4 + (0.95 - 0.92) * (4 - 3)e-4 = 1.64e-4 + 0.03e-4 = 1.67e-4
+  assert series["baseline:uniform:uniform-full"]["hypervolume"] == pytest.approx(1.67e-4)
+  # half: (0.85 - 0.1) * (4 - 1)e-4 + (0.90 - 0.85) * (4 - 1.5)e-4 = 2.25e-4 + 0.125e-4 = 2.375e-4
+  assert series["baseline:uniform:uniform-half"]["hypervolume"] == pytest.approx(2.375e-4)
+  assert all(s["kind"] == "baseline:uniform" and s["points"] == 2 for s in series.values())
+  assert group["best_baseline"] == "baseline:uniform:uniform-half"
+  assert (tmp_path / "cmp" / "pareto.png").exists()
+  # Without --label the two sweeps' baselines are one series, as before.
+  merged = app.aggregate([a, b], out_dir=tmp_path / "merged", wandb_mode="disabled")
+  assert set(merged["groups"][0]["series"]) == {"baseline:uniform"}
+  assert merged["groups"][0]["series"]["baseline:uniform"]["points"] == 4
 
 
 def test_cli_prints_hypervolumes_and_fails_cleanly_on_an_empty_folder(tmp_path):

@@ -1,0 +1,547 @@
+"""Turn a benchmark folder into a report: hypervolumes over seeds, verdicts, per-budget tables, one plot each.
+
+  python -m experiments.benchmark_report BENCH_DIR     # writes report.md, report.json, <target>-<metric>.png
+
+A benchmark folder holds ``protocol.json`` (the manifest: name, steps, comparisons, jobs) and one folder per job
+with ``result.json`` when the job finished, ``error.json`` when it failed, or nothing yet. The report is built
+from the results that exist; the others are listed. Per comparison (target, metric):
+
+- Reference point: r_a = 1/num_classes (chance), r_c = the reference network's cost (``budget.reference`` of
+  the searched jobs; else the cost of the uniform W8A8 baseline at base width, the reference by definition).
+- Hypervolume (nas.pareto.hypervolume_2d) per family and seed, mean ± sample std (ddof=1) over seeds; the
+  "all baselines" front is, per seed, the union of every baseline family's points at that seed.
+- Verdict of the default searched family against all baselines: margin = mean_s − mean_b,
+  spread = sqrt(std_s² + std_b²); it wins if margin > 2·spread, ties if |margin| ≤ 2·spread, loses otherwise.
+- Per budget: the searched accuracy against the most accurate baseline config costing no more than the
+  costliest seed of the searched network; better / tie / worse by more than max(std_s, std_b).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import pathlib
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from experiments.pareto import _write_json_atomic, format_cost
+from nas.pareto import hypervolume_2d
+
+ALL_BASELINES = "all baselines"
+REFERENCE_CONFIG = ("uniform", "W8A8")  # (family, config) of the reference network: every layer W8A8, width 1
+UNDER_USE = 0.9  # mean cost / budget below this is flagged: the derived network leaves budget unused
+OVER_USE_TOL = 1e-9  # cost / budget above 1 + this is flagged; below it is float rounding of cost == budget
+PLOT_UNITS = {"latency_s": ((1, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")),
+              "energy_j": ((1, "J"), (1e-3, "mJ"), (1e-6, "µJ"), (1e-9, "nJ")),
+              "weight_bytes": ((2 ** 20, "MiB"), (2 ** 10, "KiB"), (1, "B"))}
+BASELINE_MARKERS = ("s", "^", "D", "v", "P", "X", "*")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def read_jobs(bench_dir: pathlib.Path, manifest: dict) -> tuple[list[dict], list[dict]]:
+  """The manifest's jobs with a readable result (each with ``result``), and the others with their status."""
+  done, absent = [], []
+  for job in manifest.get("jobs", []):
+    folder = bench_dir / job["dir"]
+    entry = {k: job.get(k) for k in ("dir", "role", "family", "config", "seed", "target", "metric", "budget")}
+    if (folder / "result.json").exists():
+      try:
+        result = json.loads((folder / "result.json").read_text())
+        if not isinstance(result, dict):
+          raise ValueError("not a JSON object")
+        done.append({**job, "result": result})
+      except (OSError, ValueError) as e:
+        absent.append({**entry, "status": "unreadable", "error": f"unreadable result.json: {e}"})
+    elif (folder / "error.json").exists():
+      try:
+        error = str(json.loads((folder / "error.json").read_text()).get("error", ""))
+      except (OSError, ValueError, AttributeError) as e:
+        error = f"unreadable error.json: {e}"
+      absent.append({**entry, "status": "failed", "error": error})
+    else:
+      absent.append({**entry, "status": "missing", "error": "no result.json yet (not run, running or killed)"})
+  return done, absent
+
+
+def cost_on(result: dict, target: str, metric: str) -> float:
+  """The network's cost on one target and metric; ValueError saying why when it has none."""
+  if metric == "weight_bytes":
+    value = result.get("weight_bytes")
+  else:
+    entry = (result.get("cost") or {}).get(target)
+    if entry is None:
+      raise ValueError(f"no cost on target {target!r}")
+    if "error" in entry:
+      raise ValueError(f"cost on {target!r} failed: {entry['error']}")
+    value = entry.get(metric)
+  if value is None or not math.isfinite(float(value)):
+    raise ValueError(f"no finite {metric!r} on {target!r}: {value!r}")
+  return float(value)
+
+
+def _bits_text(bits) -> str:
+  if isinstance(bits, list):  # per-channel bit-widths: their mean, marked with ~
+    return f"~{np.mean(bits):.1f}" if bits else "?"
+  return str(bits)
+
+
+def architecture_text(result: dict) -> str | None:
+  """Per-layer weight bits, activation bits and widths, e.g. ``w 8/4/2 a 8/4/8 ch 16/32/10``."""
+  layers = (result.get("architecture") or {}).get("layers") or []
+  if not layers:
+    return None
+  return (" ".join(["w", "/".join(_bits_text(l.get("w_bits")) for l in layers),
+                    "a", "/".join(_bits_text(l.get("a_bits")) for l in layers),
+                    "ch", "/".join(str(l.get("cout")) for l in layers)]))
+
+
+def comparison_points(jobs: list[dict], target: str, metric: str) -> tuple[list[dict], list[dict]]:
+  """The points of one comparison (its searched jobs and every baseline), and those excluded with why."""
+  points, excluded = [], []
+  for job in jobs:
+    searched = job.get("role") == "searched"
+    if searched and (job.get("target"), job.get("metric")) != (target, metric):
+      continue
+    if not searched and job.get("role") != "baseline":
+      continue
+    result = job["result"]
+    budget = result.get("budget") or {}
+    own_budget = budget.get("metric") == metric
+    try:
+      accuracy = float(result["accuracy"])
+      if not math.isfinite(accuracy):
+        raise ValueError(f"non-finite accuracy {accuracy}")
+      cost = cost_on(result, target, metric)
+    except (KeyError, TypeError, ValueError) as e:
+      excluded.append({"dir": job["dir"], "family": job.get("family"), "reason": str(e).strip("'\"")})
+      continue
+    points.append({
+        "dir": job["dir"], "role": job["role"], "family": job.get("family"), "config": job.get("config"),
+        "seed": job.get("seed", result.get("seed")), "accuracy": accuracy, "cost": cost,
+        "num_classes": result.get("num_classes"),
+        "fraction": job.get("budget", budget.get("fraction")) if searched else None,
+        "budget_value": budget.get("value") if searched and own_budget else None,
+        "reference": budget.get("reference") if searched and own_budget else None,
+        "architecture": architecture_text(result) if searched else None})
+  return points, excluded
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def mean_std(values: Sequence[float]) -> dict:
+  """Mean and sample standard deviation (ddof=1; None with fewer than two values)."""
+  v = np.asarray(values, dtype=np.float64)
+  return {"mean": float(v.mean()) if v.size else None, "std": float(v.std(ddof=1)) if v.size > 1 else None,
+          "n": int(v.size)}
+
+
+def reference_point(points: list[dict]) -> dict:
+  """(r_a, r_c) of one comparison, each with where it came from; r_c None when nothing gives it yet."""
+  classes = collections.Counter(p["num_classes"] for p in points if p["num_classes"])
+  n = classes.most_common(1)[0][0] if classes else None
+  ref = {"accuracy": 1.0 / n if n else 0.1,
+         "accuracy_source": f"chance accuracy 1/{n}" if n else "chance accuracy, num_classes absent: 0.1"}
+  refs = [float(p["reference"]) for p in points if p["role"] == "searched" and p["reference"] is not None]
+  w8a8 = [p["cost"] for p in points if p["role"] == "baseline"
+          and (p["family"], str(p["config"] or "").replace(" ", "").upper()) == REFERENCE_CONFIG]
+  if refs:
+    ref["cost"], ref["cost_source"] = max(refs), "budget.reference of the searched jobs (reference network cost)"
+    if min(refs) < max(refs) * (1 - 1e-6):
+      ref["cost_source"] += f"; they disagree ({min(refs):.6g}..{max(refs):.6g}), the largest is used"
+  elif w8a8:
+    ref["cost"] = float(np.mean(w8a8))
+    ref["cost_source"] = "cost of the uniform W8A8 baseline at base width (the reference network); no searched result"
+  else:
+    ref["cost"], ref["cost_source"] = None, "unknown: no searched result and no uniform W8A8 baseline yet"
+  ref["box"] = (1.0 - ref["accuracy"]) * ref["cost"] if ref["cost"] is not None else None
+  return ref
+
+
+def _hypervolume_over_seeds(points: list[dict], ref: dict) -> dict:
+  by_seed = collections.defaultdict(list)
+  for p in points:
+    by_seed[p["seed"]].append(p)
+  seeds = sorted(by_seed, key=str)
+  per_seed = [hypervolume_2d([p["accuracy"] for p in by_seed[s]], [p["cost"] for p in by_seed[s]],
+                             ref["accuracy"], ref["cost"]) for s in seeds]
+  return {"seeds": seeds, "per_seed": per_seed, **mean_std(per_seed)}
+
+
+def hypervolume_verdict(family: str, searched: dict, baselines: dict, box: float) -> dict:
+  """Whether the searched family's mean hypervolume beats all baselines' by more than twice the spread."""
+  notes = [f"the std of {name} (one seed) is treated as 0" for name, hv in ((family, searched),
+                                                                         (ALL_BASELINES, baselines))
+           if hv["std"] is None]
+  spread = math.hypot(searched["std"] or 0.0, baselines["std"] or 0.0)
+  margin = searched["mean"] - baselines["mean"]
+  outcome = "wins" if margin > 2 * spread else "tie" if abs(margin) <= 2 * spread else "loses"
+  ratio = searched["mean"] / baselines["mean"] if baselines["mean"] > 0 else None
+  b_seeds = dict(zip(baselines["seeds"], baselines["per_seed"]))
+  diffs = [hv - b_seeds[s] for s, hv in zip(searched["seeds"], searched["per_seed"]) if s in b_seeds]
+  paired = {**mean_std(diffs), "seeds": [s for s in searched["seeds"] if s in b_seeds]}
+  pm = lambda hv: f"{hv['mean'] / box:.4g}" + (" (one seed)" if hv["std"] is None else f" ± {hv['std'] / box:.2g}")
+  verb = {"wins": "wins against", "tie": "ties with", "loses": "loses to"}[outcome]
+  sentence = (f"Verdict: {family} {verb} {ALL_BASELINES}: normalised "
+              f"hypervolume {pm(searched)} vs {pm(baselines)}"
+              + (f" (ratio {ratio:.3g})" if ratio is not None else "")
+              + f"; margin {margin / box:+.3g}, 2 × spread {2 * spread / box:.3g}.")
+  return {"family": family, "outcome": outcome, "margin": margin, "spread": spread, "ratio": ratio,
+          "paired_difference": paired, "notes": notes, "sentence": sentence}
+
+
+def hypervolumes(points: list[dict], ref: dict, default: str) -> dict:
+  """Per-family and all-baselines hypervolumes over seeds, the best baseline family and the verdict."""
+  if ref["cost"] is None:
+    return {"skipped": "no reference cost yet (no searched result, no W8A8 baseline): hypervolumes skipped"}
+  families = {}
+  for role in ("searched", "baseline"):
+    for family in sorted({p["family"] for p in points if p["role"] == role}):
+      families[family] = {"role": role, **_hypervolume_over_seeds([p for p in points if p["family"] == family
+                                                                  and p["role"] == role], ref)}
+  baseline_points = [p for p in points if p["role"] == "baseline"]
+  union = _hypervolume_over_seeds(baseline_points, ref) if baseline_points else None
+  baseline_families = [f for f, hv in families.items() if hv["role"] == "baseline"]
+  best = max(baseline_families, key=lambda f: families[f]["mean"]) if baseline_families else None
+  for hv in families.values():
+    hv["ratio_to_all_baselines"] = hv["mean"] / union["mean"] if union and union["mean"] > 0 else None
+  out = {"families": families, "all_baselines": union, "best_baseline_family": best, "verdict": None}
+  if default in families and union is not None:
+    out["verdict"] = hypervolume_verdict(default, families[default], union, ref["box"])
+  else:
+    out["note"] = f"no verdict: {'no ' + default + ' result' if default not in families else 'no baseline'} yet"
+  return out
+
+
+def baseline_configs(points: list[dict]) -> list[dict]:
+  """One row per baseline (family, config): mean cost, accuracy mean ± std over its seeds."""
+  groups = collections.defaultdict(list)
+  for p in points:
+    if p["role"] == "baseline":
+      groups[(p["family"], p["config"])].append(p)
+  rows = [{"family": f, "config": c, "cost": float(np.mean([p["cost"] for p in ps])),
+           "accuracy": mean_std([p["accuracy"] for p in ps]), "seeds": sorted((p["seed"] for p in ps), key=str)}
+          for (f, c), ps in groups.items()]
+  return sorted(rows, key=lambda r: (str(r["family"]), r["cost"]))
+
+
+def compare_to_baseline(accuracy: dict, max_cost: float, configs: list[dict]) -> dict:
+  """The most accurate baseline config costing at most ``max_cost``, and better / tie / worse against it."""
+  eligible = [c for c in configs if c["cost"] <= max_cost]
+  if not eligible:
+    return {"baseline": None, "verdict": "no cheaper baseline"}
+  best = max(eligible, key=lambda c: (c["accuracy"]["mean"], -c["cost"]))
+  diff = accuracy["mean"] - best["accuracy"]["mean"]
+  tol = max(accuracy["std"] or 0.0, best["accuracy"]["std"] or 0.0)
+  verdict = "better" if diff > tol else "worse" if diff < -tol else "tie"
+  return {"baseline": best, "difference": diff, "tolerance": tol, "verdict": verdict}
+
+
+def budget_rows(points: list[dict], configs: list[dict], ref: dict) -> list[dict]:
+  """One row per searched family and budget fraction: accuracy, cost, budget use and the baseline it beats."""
+  groups = collections.defaultdict(list)
+  for p in points:
+    if p["role"] == "searched":
+      groups[(p["family"], p["fraction"])].append(p)
+  rows = []
+  for (family, fraction), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+    costs = [p["cost"] for p in ps]
+    limits = [p["budget_value"] if p["budget_value"] is not None
+              else (fraction * ref["cost"] if fraction is not None and ref["cost"] is not None else None)
+              for p in ps]
+    use = [c / v for c, v in zip(costs, limits) if v]
+    use_stats = {"mean": float(np.mean(use)), "max": float(max(use))} if use else {"mean": None, "max": None}
+    flags = ([f"over budget (max {use_stats['max']:.3f} > 1)"] if use and use_stats["max"] > 1 + OVER_USE_TOL
+             else []) + ([f"under-used (mean {use_stats['mean']:.2f} < {UNDER_USE})"]
+                         if use and use_stats["mean"] < UNDER_USE else [])
+    accuracy = mean_std([p["accuracy"] for p in ps])
+    rows.append({"family": family, "fraction": fraction,
+                 "budget_value": float(np.mean([v for v in limits if v])) if any(limits) else None,
+                 "seeds": sorted((p["seed"] for p in ps), key=str), "accuracy": accuracy,
+                 "cost": {"mean": float(np.mean(costs)), "min": min(costs), "max": max(costs)},
+                 "budget_use": use_stats, "flags": flags,
+                 "vs_baseline": compare_to_baseline(accuracy, max(costs), configs),
+                 "networks": [{"seed": p["seed"], "accuracy": p["accuracy"], "cost": p["cost"],
+                               "architecture": p["architecture"]} for p in sorted(ps, key=lambda p: str(p["seed"]))]})
+  return rows
+
+
+def build_comparison(spec: dict, jobs: list[dict]) -> dict:
+  """Everything the report says about one (target, metric) comparison."""
+  target, metric = spec["target"], spec["metric"]
+  points, excluded = comparison_points(jobs, target, metric)
+  ref = reference_point(points)
+  configs = baseline_configs(points)
+  return {"target": target, "metric": metric, "default": spec.get("default", "gumbel"), "reference": ref,
+          "hypervolume": hypervolumes(points, ref, spec.get("default", "gumbel")),
+          "budgets": budget_rows(points, configs, ref), "baselines": configs, "points": points,
+          "excluded": excluded, "plot": f"{target}-{metric}.png".replace("/", "_")}
+
+
+def training_steps(steps: dict) -> dict:
+  """The step counts and both framings of the comparison: same total steps, and final training."""
+  search, finetune, baseline = (steps.get(k) for k in ("search", "finetune", "baseline"))
+  text = (f"Baselines train from scratch for {baseline} steps; a searched network gets {search} search steps "
+          f"then {finetune} fine-tuning steps, with the same recipe.")
+  if None in (search, finetune, baseline):
+    return {**steps, "same_total": None, "final_training_equal": None,
+            "text": text + " (step counts incomplete in protocol.json: no framing computed)"}
+  total = search + finetune
+  same_total = total == baseline
+  final_equal = finetune == baseline
+  text += (f" Same total steps: {search} + {finetune} = {total} "
+           + ("= " if same_total else f"{'>' if total > baseline else '<'} ") + f"{baseline} baseline steps"
+           + (" (equal)." if same_total else f" ({abs(total - baseline)} {'more' if total > baseline else 'fewer'} "
+                                              "for the searched network).")
+           + f" Final training: {finetune} fine-tuning steps vs {baseline} baseline steps"
+           + (" (equal)." if final_equal else f" ({abs(finetune - baseline)} "
+                                               f"{'more' if finetune > baseline else 'fewer'} for the searched network)."))
+  return {**steps, "same_total": same_total, "final_training_equal": final_equal, "text": text}
+
+
+def time_summary(jobs: list[dict]) -> dict:
+  """Mean wall seconds of search / finetune / total per job for each family, and the sum over all jobs."""
+  by_family = collections.defaultdict(list)
+  for job in jobs:
+    by_family[(job.get("role"), job.get("family"))].append(job["result"].get("time_s") or {})
+  families = []
+  for (role, family), times in sorted(by_family.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
+    row = {"role": role, "family": family, "jobs": len(times)}
+    for part in ("search", "finetune", "total"):
+      values = [t[part] for t in times if t.get(part) is not None]
+      row[part] = float(np.mean(values)) if values else None
+    row["sum_total"] = float(sum(t.get("total") or 0.0 for t in times))
+    families.append(row)
+  return {"families": families, "sum_total": float(sum(r["sum_total"] for r in families))}
+
+
+def build_report(bench_dir) -> dict:
+  """Read ``protocol.json`` and every job's ``result.json`` under ``bench_dir``; compute the report.
+
+  Args:
+    bench_dir: the benchmark folder.
+
+  Returns:
+    A JSON-serialisable dict: protocol, job counts, training steps, times, one entry per comparison and the
+    jobs without a result (missing, failed with error.json's message, or unreadable).
+
+  References:
+    Zitzler & Thiele, PPSN 1998 (hypervolume indicator); METHODS.md section 8 (its reference point).
+  """
+  bench = pathlib.Path(bench_dir)
+  manifest_path = bench / "protocol.json"
+  if not manifest_path.exists():
+    raise FileNotFoundError(f"no protocol.json in {bench}.")
+  manifest = json.loads(manifest_path.read_text())
+  jobs, absent = read_jobs(bench, manifest)
+  status = collections.Counter(a["status"] for a in absent)
+  return {
+      "bench_dir": str(bench),
+      "protocol": {k: manifest.get(k) for k in ("name", "variant", "dataset", "model", "steps")},
+      "jobs": {"total": len(manifest.get("jobs", [])), "done": len(jobs), "failed": status["failed"],
+               "missing": status["missing"], "unreadable": status["unreadable"]},
+      "training": training_steps(manifest.get("steps") or {}),
+      "time": time_summary(jobs),
+      "comparisons": [build_comparison(spec, jobs) for spec in manifest.get("comparisons", [])],
+      "absent": absent,
+  }
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def _plot_unit(metric: str, values: Sequence[float]) -> tuple[float, str]:
+  scales = PLOT_UNITS.get(metric, ((1, ""),))
+  largest = max((abs(v) for v in values), default=1.0)
+  return next(((s, u) for s, u in scales if largest >= s), scales[-1])
+
+
+def plot_comparison(comparison: dict, path: pathlib.Path) -> None:
+  """Accuracy (%) vs cost: searched families per budget, baseline configs, faint lines at the budgets."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  c, ref = comparison, comparison["reference"]
+  scale, unit = _plot_unit(c["metric"], [p["cost"] for p in c["points"]] + [ref["cost"] or 0.0])
+  fig = Figure(figsize=(7.5, 5.0), layout="constrained")
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  searched = sorted({r["family"] for r in c["budgets"]})
+  for i, family in enumerate(searched):
+    rows = [r for r in c["budgets"] if r["family"] == family]
+    seeds = max(len(r["seeds"]) for r in rows)
+    ax.errorbar([r["cost"]["mean"] / scale for r in rows], [100 * r["accuracy"]["mean"] for r in rows],
+                yerr=[100 * (r["accuracy"]["std"] or 0.0) for r in rows], color=f"C{i}", marker="o", capsize=3,
+                label=f"{family} (searched, {seeds} seed{'s' if seeds > 1 else ''})")
+  for j, family in enumerate(sorted({b["family"] for b in c["baselines"]}, key=str)):
+    rows = [b for b in c["baselines"] if b["family"] == family]
+    colour = f"C{(len(searched) + j) % 10}"
+    ax.errorbar([b["cost"] / scale for b in rows], [100 * b["accuracy"]["mean"] for b in rows],
+                yerr=[100 * (b["accuracy"]["std"] or 0.0) for b in rows], color=colour, linestyle="none",
+                marker=BASELINE_MARKERS[j % len(BASELINE_MARKERS)], capsize=2, label=f"{family} (baseline)")
+    if family == "uniform":
+      for b in rows:
+        ax.annotate(str(b["config"]), (b["cost"] / scale, 100 * b["accuracy"]["mean"]), fontsize=7,
+                    xytext=(4, -10), textcoords="offset points", color=colour)
+  for fraction in sorted({r["fraction"] for r in c["budgets"] if r["fraction"] is not None}):
+    value = fraction * ref["cost"] if ref["cost"] is not None else None
+    if value is not None:
+      ax.axvline(value / scale, color="0.5", alpha=0.25, linewidth=1, zorder=0)
+  verdict = (c["hypervolume"].get("verdict") or {}).get("outcome")
+  ax.set_title(f"{c['target']} / {c['metric']}" + (f" — {c['default']} {verdict} vs all baselines (HV)"
+                                                   if verdict else ""), fontsize=10)
+  ax.set_xlabel(f"{c['metric']} on {c['target']} ({unit})" if unit else f"{c['metric']} on {c['target']}")
+  ax.set_ylabel("test accuracy (%)")
+  ax.grid(True, alpha=0.3)
+  if c["points"]:
+    ax.legend(fontsize=7, loc="lower right")
+  fig.savefig(path, dpi=120)
+
+
+def _pm(stats: dict, scale: float = 1.0, fmt: str = ".4g") -> str:
+  """``mean ± std``; just the mean when there is no std (one seed)."""
+  if stats is None or stats["mean"] is None:
+    return "–"
+  std_fmt = fmt if fmt.endswith("f") else ".2g"
+  return f"{stats['mean'] * scale:{fmt}}" + ("" if stats["std"] is None else f" ± {stats['std'] * scale:{std_fmt}}")
+
+
+def _cell(text) -> str:
+  return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+  return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+          + ["| " + " | ".join(_cell(x) for x in row) + " |" for row in rows] + [""])
+
+
+def _seconds(x) -> str:
+  return "–" if x is None else f"{x:.1f}"
+
+
+def comparison_markdown(c: dict) -> list[str]:
+  """The section of one comparison: reference point, hypervolumes and verdict, budgets, baselines, plot."""
+  m, ref, hv = c["metric"], c["reference"], c["hypervolume"]
+  out = [f"## {c['target']} / {m}", "",
+         f"Reference point: accuracy {ref['accuracy']:.4g} ({ref['accuracy_source']}), cost "
+         f"{format_cost(m, ref['cost'])} ({ref['cost_source']}).", ""]
+  if "skipped" in hv:
+    out += [f"Hypervolume: {hv['skipped']}.", ""]
+  else:
+    box = ref["box"]
+    out += [f"Hypervolume as a fraction of the box (1 − r_a) × r_c = {box:.4g}; mean ± sample std over seeds.", ""]
+    rows = [(f, h["role"], len(h["seeds"]), _pm(h, 1 / box),
+             "–" if h["ratio_to_all_baselines"] is None else f"{h['ratio_to_all_baselines']:.3g}")
+            for f, h in hv["families"].items()]
+    if hv["all_baselines"]:
+      rows.append((ALL_BASELINES, "baseline", len(hv["all_baselines"]["seeds"]), _pm(hv["all_baselines"], 1 / box),
+                   "1"))
+    out += _table(("family", "role", "seeds", "hypervolume", "/ all baselines"), rows)
+    v = hv["verdict"]
+    if v:
+      out += [f"**{v['sentence']}**" + (f" ({'; '.join(v['notes'])}.)" if v["notes"] else ""), ""]
+      d = v["paired_difference"]
+      out += [f"Paired per-seed difference ({v['family']} − {ALL_BASELINES}, seeds {d['seeds']}): "
+              + _pm(d, 1 / box) + ".", ""]
+    else:
+      out += [hv["note"].capitalize() + ".", ""]
+    if hv["best_baseline_family"]:
+      best = hv["families"][hv["best_baseline_family"]]
+      out += [f"Best single baseline family: {hv['best_baseline_family']} ({_pm(best, 1 / box)}).", ""]
+  out += ["### Per budget", "",
+          "Best baseline: the most accurate baseline config costing no more than the costliest seed of the "
+          "searched network; better / worse when the difference exceeds max(std_s, std_b).", ""]
+  rows = []
+  for r in c["budgets"]:
+    vs = r["vs_baseline"]
+    b = vs["baseline"]
+    rows.append((r["family"], f"{r['fraction']:g}" if r["fraction"] is not None else "?",
+                 format_cost(m, r["budget_value"]), len(r["seeds"]), _pm(r["accuracy"], 100, ".2f") + " %",
+                 f"{format_cost(m, r['cost']['mean'])} ({format_cost(m, r['cost']['min'])}–"
+                 f"{format_cost(m, r['cost']['max'])})",
+                 "–" if r["budget_use"]["mean"] is None else
+                 f"{r['budget_use']['mean']:.2f} ({r['budget_use']['max']:.2f})", "; ".join(r["flags"]) or "ok",
+                 "–" if b is None else f"{b['family']} {b['config']} ({format_cost(m, b['cost'])})",
+                 "–" if b is None else _pm(b["accuracy"], 100, ".2f") + " %",
+                 "–" if b is None else f"{100 * vs['difference']:+.2f}", vs["verdict"]))
+  out += _table(("family", "budget", "limit", "seeds", "accuracy", "cost mean (min–max)", "cost / limit mean (max)",
+                 "flags", "best baseline at ≤ cost", "its accuracy", "Δ points", "verdict"), rows)
+  out += ["Searched networks (per-channel bits shown as their mean, ~):", ""]
+  out += _table(("family", "budget", "seed", "accuracy", "cost", "architecture"),
+                [(r["family"], f"{r['fraction']:g}" if r["fraction"] is not None else "?", n["seed"],
+                  f"{100 * n['accuracy']:.2f} %", format_cost(m, n["cost"]), n["architecture"] or "–")
+                 for r in c["budgets"] for n in r["networks"]])
+  out += ["### Baselines", ""]
+  out += _table(("family", "config", "cost", "accuracy", "seeds"),
+                [(b["family"], b["config"], format_cost(m, b["cost"]), _pm(b["accuracy"], 100, ".2f") + " %",
+                  len(b["seeds"])) for b in c["baselines"]])
+  if c["excluded"]:
+    out += ["Excluded (no usable cost here): "
+            + "; ".join(f"`{e['dir']}`: {e['reason']}" for e in c["excluded"]), ""]
+  out += [f"![{c['target']} / {m}]({c['plot']})", ""]
+  return out
+
+
+def report_markdown(report: dict) -> str:
+  """The whole report as markdown."""
+  p, jobs, t = report["protocol"], report["jobs"], report["time"]
+  steps = p.get("steps") or {}
+  out = [f"# Benchmark {p.get('name')} ({p.get('variant')})", "",
+         f"Dataset {p.get('dataset')}, model {p.get('model')}. Steps: search {steps.get('search')}, fine-tuning "
+         f"{steps.get('finetune')}, baseline {steps.get('baseline')}. Jobs: {jobs['done']} of {jobs['total']} "
+         f"with a result, {jobs['failed']} failed, {jobs['missing']} missing"
+         + (f", {jobs['unreadable']} unreadable" if jobs["unreadable"] else "")
+         + f". Wall time summed over jobs: {t['sum_total'] / 3600:.2f} h.", "",
+         report["training"]["text"], "", "Mean wall seconds per job:", ""]
+  out += _table(("role", "family", "jobs", "search", "fine-tuning", "total", "sum of totals"),
+                [(r["role"], r["family"], r["jobs"], _seconds(r["search"]), _seconds(r["finetune"]),
+                  _seconds(r["total"]), _seconds(r["sum_total"])) for r in t["families"]])
+  for c in report["comparisons"]:
+    out += comparison_markdown(c)
+  out += ["## Missing and failed jobs", ""]
+  out += [f"- `{a['dir']}` ({a['role']}, {a['family']}): {a['status']}: {_cell(a['error'])}"
+          for a in report["absent"]] or ["None."]
+  return "\n".join(out) + "\n"
+
+
+def write_report(bench_dir, report: dict) -> list[pathlib.Path]:
+  """Write report.md, report.json (atomically) and one ``<target>-<metric>.png`` per comparison.
+
+  Args:
+    bench_dir: the benchmark folder (the files go there).
+    report: what ``build_report`` returned.
+
+  Returns:
+    The paths written: report.md, report.json, then the plots.
+  """
+  bench = pathlib.Path(bench_dir)
+  plots = []
+  for c in report["comparisons"]:
+    plot_comparison(c, bench / c["plot"])
+    plots.append(bench / c["plot"])
+  (bench / "report.md").write_text(report_markdown(report), encoding="utf-8")
+  _write_json_atomic(bench / "report.json", report)
+  return [bench / "report.md", bench / "report.json", *plots]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m experiments.benchmark_report",
+                                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("bench_dir", metavar="BENCH_DIR", help="folder holding protocol.json and the job folders")
+  args = parser.parse_args(argv)
+  try:
+    report = build_report(args.bench_dir)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  paths = write_report(args.bench_dir, report)
+  print(paths[0])
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,299 @@
+"""The benchmark report on hand-built benchmark folders; every expected number is worked out by hand below."""
+import json
+import math
+import pathlib
+
+import pytest
+
+from experiments import benchmark_report as report_app
+
+REF = 10.0  # r_c: the reference network's cost, the same on every target and metric of these benches
+# r_a = 1 / num_classes = 1 / 10 = 0.1 throughout.
+SEARCHED_LAYERS = [{"name": "convs.0", "cin": 1, "cout": 16, "w_bits": 8, "a_bits": 8},
+                   {"name": "convs.1", "cin": 16, "cout": 24, "w_bits": 4, "a_bits": 4},
+                   {"name": "fc", "cin": 24, "cout": 10, "w_bits": 8, "a_bits": 8}]
+PER_CHANNEL_LAYERS = [{"name": "convs.0", "cin": 1, "cout": 16, "w_bits": 8, "a_bits": 8},
+                      {"name": "convs.1", "cin": 16, "cout": 4, "w_bits": [4, 4, 2, 2], "a_bits": 4},
+                      {"name": "fc", "cin": 4, "cout": 10, "w_bits": 8, "a_bits": 8}]
+
+
+def _result(acc, cost, seed, budget=None, layers=SEARCHED_LAYERS, failing_target=None):
+  """A result.json whose cost is ``cost`` on every target and metric (and as weight_bytes)."""
+  costs = {t: {"error": "layer kind unsupported"} if t == failing_target else {"latency_s": cost, "energy_j": cost}
+           for t in ("riscv", "bitfusion")}
+  return {"kind": "searched" if budget else "baseline:uniform", "label": "x", "method": "gumbel",
+          "accuracy": acc, "num_classes": 10, "seed": seed, "cost": costs, "weight_bytes": cost, "budget": budget,
+          "time_s": {"search": 10.0, "finetune": 20.0, "total": 30.0} if budget else {"finetune": 40.0, "total": 40.0},
+          "architecture": {"layers": layers}}
+
+
+def searched(family, target, metric, fraction, seed, acc, cost, layers=SEARCHED_LAYERS):
+  job = {"dir": f"search/{family}-{target}-{metric}-b{fraction}-s{seed}", "role": "searched", "family": family,
+         "seed": seed, "target": target, "metric": metric, "budget": fraction}
+  budget = {"metric": metric, "fraction": fraction, "value": fraction * REF, "reference": REF}
+  return job, _result(acc, cost, seed, budget, layers)
+
+
+def baseline(family, config, seed, acc, cost, failing_target=None):
+  job = {"dir": f"baseline/{family}-{config.replace(' ', '_')}-s{seed}", "role": "baseline", "family": family,
+         "config": config, "seed": seed}
+  return job, _result(acc, cost, seed, failing_target=failing_target)
+
+
+# Baselines, the same cost c on every target (latency = energy = weight bytes = c):
+#   uniform W8A8 (c 10, acc 0.90): sits on r_c, adds no hypervolume.
+#   uniform W4A4 (c 4, acc 0.80 / 0.82 / 0.78 at seeds 0 / 1 / 2): mean 0.80, sample std 0.02.
+#   uniform-pruned "W4A4 ×0.5" (c 2, acc 0.70 every seed).
+#   random "random #0" (c 6, acc 0.75): dominated by W4A4; its seed-2 cost on bitfusion failed.
+W4A4_ACC = {0: 0.80, 1: 0.82, 2: 0.78}
+BASELINES = [b for s in (0, 1, 2) for b in (
+    baseline("uniform", "W8A8", s, 0.90, 10.0), baseline("uniform", "W4A4", s, W4A4_ACC[s], 4.0),
+    baseline("uniform-pruned", "W4A4 ×0.5", s, 0.70, 2.0),
+    baseline("random", "random #0", s, 0.75, 6.0, failing_target="bitfusion" if s == 2 else None))]
+# All baselines at seed s: front (2, 0.70), (4, a_s); (6, 0.75) is dominated and (10, 0.90) is on r_c:
+#   HV_s = (0.70 - 0.1)(10 - 2) + (a_s - 0.70)(10 - 4) = 4.8 + 6 (a_s - 0.70) = 5.40 / 5.52 / 5.28.
+#   mean 5.40; deviations 0, +0.12, -0.12: sample std = sqrt((0.0144 + 0.0144) / 2) = 0.12.
+HV_ALL_BASELINES = [5.40, 5.52, 5.28]
+# Single families: uniform (a_s - 0.1)(10 - 4) = 4.20 / 4.32 / 4.08; uniform-pruned (0.7 - 0.1)(10 - 2) = 4.8;
+# random (0.75 - 0.1)(10 - 6) = 2.6. Best single baseline family: uniform-pruned.
+
+# riscv / latency_s, gumbel, budgets 0.2 (limit 2) and 0.5 (limit 5):
+#   0.2: costs 1.8 / 1.9 / 2.0 (use 0.90 / 0.95 / 1.00), acc 0.72 / 0.74 / 0.76 (mean 0.74, std 0.02)
+#   0.5: costs 3.5 / 4.0 / 4.5 (use 0.70 / 0.80 / 0.90: mean 0.80 < 0.9, flagged), acc 0.85 / 0.86 / 0.87
+#   HV seed 0: (0.72 - 0.1)(10 - 1.8) + (0.85 - 0.72)(10 - 3.5) = 5.084 + 0.845 = 5.929
+#   HV seed 1: (0.74 - 0.1)(10 - 1.9) + (0.86 - 0.74)(10 - 4.0) = 5.184 + 0.720 = 5.904
+#   HV seed 2: (0.76 - 0.1)(10 - 2.0) + (0.87 - 0.76)(10 - 4.5) = 5.280 + 0.605 = 5.885
+#   mean 17.718 / 3 = 5.906; deviations +0.023, -0.002, -0.021: var = (0.000529 + 0.000004 + 0.000441) / 2
+#   = 0.000487, std = 0.0220681.
+#   Verdict: margin 5.906 - 5.40 = 0.506; spread sqrt(0.000487 + 0.0144) = 0.122012; 0.506 > 0.244: wins.
+#   Paired differences 0.529, 0.384, 0.605: mean 0.506, var (0.023² + 0.122² + 0.099²) / 2 = 0.012607.
+GUMBEL_RISCV = [searched("gumbel", "riscv", "latency_s", f, s, acc, cost)
+                for f, costs, accs in ((0.2, (1.8, 1.9, 2.0), (0.72, 0.74, 0.76)),
+                                       (0.5, (3.5, 4.0, 4.5), (0.85, 0.86, 0.87)))
+                for s, cost, acc in zip((0, 1, 2), costs, accs)]
+HV_GUMBEL = [5.929, 5.904, 5.885]
+# sdq, one seed: 0.2 at cost 2.1 (use 1.05: over budget), acc 0.60; 0.5 at cost 4.0 (use 0.8), acc 0.81.
+#   HV = (0.60 - 0.1)(10 - 2.1) + (0.81 - 0.60)(10 - 4.0) = 3.95 + 1.26 = 5.21, no std.
+SDQ_RISCV = [searched("sdq", "riscv", "latency_s", 0.2, 0, 0.60, 2.1),
+             searched("sdq", "riscv", "latency_s", 0.5, 0, 0.81, 4.0)]
+# gumbel-per-channel, one job at budget 0.1 (limit 1): cost 0.9 (use 0.9, not flagged), no baseline that cheap.
+PER_CHANNEL_RISCV = [searched("gumbel-per-channel", "riscv", "latency_s", 0.1, 0, 0.60, 0.9, PER_CHANNEL_LAYERS)]
+
+# bitfusion / energy_j, gumbel at 0.5, seeds 0 and 1: (4, 0.95), (4, 0.99).
+#   HV = (0.95 - 0.1)(10 - 4) = 5.10 and (0.99 - 0.1)(10 - 4) = 5.34: mean 5.22, std 0.24 / sqrt(2) = 0.169706.
+#   Baselines as on riscv (random seed 2 is excluded, but was dominated): 5.40 ± 0.12.
+#   margin -0.18; spread sqrt(0.0288 + 0.0144) = 0.207846; |-0.18| <= 0.4157: tie.
+GUMBEL_BITFUSION = [searched("gumbel", "bitfusion", "energy_j", 0.5, 0, 0.95, 4.0),
+                    searched("gumbel", "bitfusion", "energy_j", 0.5, 1, 0.99, 4.0)]
+# riscv / weight_bytes, gumbel at 0.5, seeds 0-2: (5, 0.5) each: HV (0.5 - 0.1)(10 - 5) = 2.0, std 0.
+#   margin 2.0 - 5.4 = -3.4; spread 0.12; -3.4 < -0.24: loses.
+GUMBEL_WEIGHTS = [searched("gumbel", "riscv", "weight_bytes", 0.5, s, 0.50, 5.0) for s in (0, 1, 2)]
+
+MISSING = {"dir": "search/gumbel-riscv-latency_s-b0.8-s0", "role": "searched", "family": "gumbel", "seed": 0,
+           "target": "riscv", "metric": "latency_s", "budget": 0.8}
+FAILED = {"dir": "search/sdq-riscv-latency_s-b0.8-s0", "role": "searched", "family": "sdq", "seed": 0,
+          "target": "riscv", "metric": "latency_s", "budget": 0.8}
+COMPARISONS = [{"target": "riscv", "metric": "latency_s", "default": "gumbel"},
+               {"target": "bitfusion", "metric": "energy_j", "default": "gumbel"},
+               {"target": "riscv", "metric": "weight_bytes", "default": "gumbel"}]
+
+
+def make_bench(root: pathlib.Path, jobs, comparisons=COMPARISONS, extra_jobs=(MISSING, FAILED)) -> pathlib.Path:
+  """protocol.json plus one folder per job; the missing job gets no folder, the failed one an error.json."""
+  root.mkdir(parents=True)
+  manifest = {"name": "tiny", "variant": "full", "dataset": "fashion_mnist", "model": "fmnist_cnn",
+              "steps": {"search": 1000, "finetune": 1500, "baseline": 2500}, "comparisons": comparisons,
+              "jobs": [job for job, _ in jobs] + list(extra_jobs)}
+  (root / "protocol.json").write_text(json.dumps(manifest))
+  for job, result in jobs:
+    (root / job["dir"]).mkdir(parents=True)
+    (root / job["dir"] / "result.json").write_text(json.dumps(result))
+  if FAILED in extra_jobs:
+    (root / FAILED["dir"]).mkdir(parents=True)
+    (root / FAILED["dir"] / "error.json").write_text(json.dumps({"error": "CUDA out of memory",
+                                                                 "type": "RuntimeError"}))
+  return root
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+  jobs = BASELINES + GUMBEL_RISCV + SDQ_RISCV + PER_CHANNEL_RISCV + GUMBEL_BITFUSION + GUMBEL_WEIGHTS
+  root = make_bench(tmp_path_factory.mktemp("bench") / "tiny", jobs)
+  return root, report_app.build_report(root)
+
+
+def _comparison(report, target, metric):
+  return next(c for c in report["comparisons"] if (c["target"], c["metric"]) == (target, metric))
+
+
+def test_reference_point_and_hypervolumes_per_seed(bench):
+  _, report = bench
+  c = _comparison(report, "riscv", "latency_s")
+  assert c["reference"]["accuracy"] == pytest.approx(0.1)
+  assert c["reference"]["cost"] == pytest.approx(REF)
+  hv = c["hypervolume"]
+  gumbel = hv["families"]["gumbel"]
+  assert gumbel["seeds"] == [0, 1, 2]
+  assert gumbel["per_seed"] == pytest.approx(HV_GUMBEL)
+  assert gumbel["mean"] == pytest.approx(5.906)
+  assert gumbel["std"] == pytest.approx(math.sqrt(0.000487))
+  assert hv["families"]["sdq"]["per_seed"] == pytest.approx([5.21])
+  assert hv["families"]["sdq"]["std"] is None
+  assert hv["families"]["uniform"]["per_seed"] == pytest.approx([4.20, 4.32, 4.08])
+  assert hv["families"]["uniform-pruned"]["mean"] == pytest.approx(4.8)
+  assert hv["families"]["random"]["mean"] == pytest.approx(2.6)
+  # The all-baselines front is the per-seed union: larger than any single family's.
+  assert hv["all_baselines"]["per_seed"] == pytest.approx(HV_ALL_BASELINES)
+  assert hv["all_baselines"]["mean"] == pytest.approx(5.40)
+  assert hv["all_baselines"]["std"] == pytest.approx(0.12)
+  assert hv["best_baseline_family"] == "uniform-pruned"
+  assert gumbel["ratio_to_all_baselines"] == pytest.approx(5.906 / 5.40)
+
+
+def test_hypervolume_verdicts_win_tie_lose(bench):
+  _, report = bench
+  wins = _comparison(report, "riscv", "latency_s")["hypervolume"]["verdict"]
+  assert wins["outcome"] == "wins"
+  assert wins["margin"] == pytest.approx(0.506)
+  assert wins["spread"] == pytest.approx(math.sqrt(0.000487 + 0.0144))
+  assert wins["ratio"] == pytest.approx(5.906 / 5.40)
+  assert wins["paired_difference"]["seeds"] == [0, 1, 2]
+  assert wins["paired_difference"]["mean"] == pytest.approx(0.506)
+  assert wins["paired_difference"]["std"] == pytest.approx(math.sqrt(0.012607))
+  assert wins["notes"] == []
+  assert wins["sentence"].startswith("Verdict: gumbel wins against all baselines")
+
+  tie = _comparison(report, "bitfusion", "energy_j")["hypervolume"]
+  assert tie["families"]["gumbel"]["per_seed"] == pytest.approx([5.10, 5.34])
+  assert tie["all_baselines"]["per_seed"] == pytest.approx(HV_ALL_BASELINES)
+  assert tie["verdict"]["outcome"] == "tie"
+  assert tie["verdict"]["margin"] == pytest.approx(-0.18)
+  assert tie["verdict"]["spread"] == pytest.approx(math.sqrt(0.0288 + 0.0144))
+  assert tie["verdict"]["paired_difference"]["seeds"] == [0, 1]  # seed 2 has no gumbel result here
+
+  loses = _comparison(report, "riscv", "weight_bytes")["hypervolume"]["verdict"]
+  assert loses["outcome"] == "loses"
+  assert loses["margin"] == pytest.approx(2.0 - 5.40)
+  assert loses["ratio"] == pytest.approx(2.0 / 5.40)
+
+
+def test_per_budget_best_baseline_at_no_more_cost(bench):
+  _, report = bench
+  rows = {(r["family"], r["fraction"]): r for r in _comparison(report, "riscv", "latency_s")["budgets"]}
+  # gumbel 0.2: max cost 2.0; only uniform-pruned (2, 0.70 ± 0) qualifies. 0.74 - 0.70 = 0.04 > tol 0.02: better.
+  r = rows[("gumbel", 0.2)]
+  assert r["accuracy"]["mean"] == pytest.approx(0.74) and r["accuracy"]["std"] == pytest.approx(0.02)
+  assert (r["cost"]["min"], r["cost"]["max"]) == (1.8, 2.0) and r["cost"]["mean"] == pytest.approx(1.9)
+  assert r["budget_value"] == pytest.approx(2.0)
+  assert r["budget_use"]["mean"] == pytest.approx(0.95) and r["budget_use"]["max"] == pytest.approx(1.0)
+  assert r["flags"] == []
+  vs = r["vs_baseline"]
+  assert (vs["baseline"]["family"], vs["baseline"]["config"]) == ("uniform-pruned", "W4A4 ×0.5")
+  assert vs["difference"] == pytest.approx(0.04) and vs["tolerance"] == pytest.approx(0.02)
+  assert vs["verdict"] == "better"
+  # gumbel 0.5: max cost 4.5. Qualify: pruned (2, 0.70: cheaper but worse) and W4A4 (4, 0.80 ± 0.02); random
+  # (6) and W8A8 (10, 0.90: better but costlier) do not. 0.86 - 0.80 = 0.06 > max(0.01, 0.02): better.
+  r = rows[("gumbel", 0.5)]
+  assert r["vs_baseline"]["baseline"]["config"] == "W4A4"
+  assert r["vs_baseline"]["difference"] == pytest.approx(0.06)
+  assert r["vs_baseline"]["verdict"] == "better"
+  assert r["budget_use"]["mean"] == pytest.approx(0.8) and r["budget_use"]["max"] == pytest.approx(0.9)
+  assert [f.split(" (")[0] for f in r["flags"]] == ["under-used"]  # mean use 0.8 < 0.9
+  # sdq 0.5, one seed: 0.81 - 0.80 = 0.01, tol max(none -> 0, 0.02) = 0.02: tie.
+  r = rows[("sdq", 0.5)]
+  assert r["vs_baseline"]["baseline"]["config"] == "W4A4"
+  assert r["vs_baseline"]["tolerance"] == pytest.approx(0.02)
+  assert r["vs_baseline"]["verdict"] == "tie"
+  # sdq 0.2: cost 2.1 over its limit 2 (use 1.05); pruned 0.70 ± 0 qualifies: 0.60 - 0.70 = -0.10: worse.
+  r = rows[("sdq", 0.2)]
+  assert r["budget_use"]["max"] == pytest.approx(1.05)
+  assert [f.split(" (")[0] for f in r["flags"]] == ["over budget"]
+  assert r["vs_baseline"]["difference"] == pytest.approx(-0.10)
+  assert r["vs_baseline"]["verdict"] == "worse"
+  # gumbel-per-channel 0.1: cost 0.9, below every baseline; use 0.9 exactly is not flagged.
+  r = rows[("gumbel-per-channel", 0.1)]
+  assert r["vs_baseline"] == {"baseline": None, "verdict": "no cheaper baseline"}
+  assert r["flags"] == []
+  assert r["networks"][0]["architecture"] == "w 8/~3.0/8 a 8/4/8 ch 16/4/10"  # (4 + 4 + 2 + 2) / 4 = 3
+  assert rows[("gumbel", 0.2)]["networks"][0]["architecture"] == "w 8/4/8 a 8/4/8 ch 16/24/10"
+
+
+def test_baseline_table_errors_missing_and_failed_jobs(bench):
+  _, report = bench
+  riscv = _comparison(report, "riscv", "latency_s")
+  w4a4 = next(b for b in riscv["baselines"] if b["config"] == "W4A4")
+  assert (w4a4["family"], w4a4["cost"], w4a4["seeds"]) == ("uniform", 4.0, [0, 1, 2])
+  assert w4a4["accuracy"]["mean"] == pytest.approx(0.80) and w4a4["accuracy"]["std"] == pytest.approx(0.02)
+  assert len(riscv["baselines"]) == 4 and riscv["excluded"] == []
+  # random seed 2 has no cost on bitfusion: excluded there, listed with the reason, counted on riscv.
+  bitfusion = _comparison(report, "bitfusion", "energy_j")
+  assert [(e["dir"], e["reason"]) for e in bitfusion["excluded"]] == [
+      ("baseline/random-random_#0-s2", "cost on 'bitfusion' failed: layer kind unsupported")]
+  assert bitfusion["hypervolume"]["families"]["random"]["seeds"] == [0, 1]
+  # 12 baselines; 6 + 2 + 1 + 2 + 3 = 14 searched results; 1 missing and 1 failed job.
+  assert report["jobs"] == {"total": 12 + 14 + 2, "done": 12 + 14, "failed": 1, "missing": 1, "unreadable": 0}
+  absent = {a["dir"]: (a["status"], a["error"]) for a in report["absent"]}
+  assert absent[FAILED["dir"]] == ("failed", "CUDA out of memory")
+  assert absent[MISSING["dir"]][0] == "missing"
+
+
+def test_times_and_training_steps(bench):
+  _, report = bench
+  times = {(r["role"], r["family"]): r for r in report["time"]["families"]}
+  # gumbel: 6 riscv-latency + 2 bitfusion-energy + 3 weight-bytes jobs.
+  assert (times[("searched", "gumbel")]["jobs"], times[("searched", "gumbel")]["total"]) == (11, 30.0)
+  assert times[("searched", "gumbel")]["sum_total"] == 11 * 30.0
+  assert times[("baseline", "uniform")]["search"] is None and times[("baseline", "uniform")]["finetune"] == 40.0
+  assert report["time"]["sum_total"] == 14 * 30.0 + 12 * 40.0  # 14 searched jobs, 12 baselines
+  training = report["training"]
+  # 1000 + 1500 = 2500 = baseline steps; fine-tuning 1500 is 1000 fewer than the baselines' 2500.
+  assert training["same_total"] is True and training["final_training_equal"] is False
+  assert "Baselines train from scratch for 2500 steps; a searched network gets 1000 search steps then 1500 " \
+         "fine-tuning steps, with the same recipe." in training["text"]
+  assert "1000 + 1500 = 2500 = 2500 baseline steps (equal)" in training["text"]
+  assert "1500 fine-tuning steps vs 2500 baseline steps (1000 fewer" in training["text"]
+
+
+def test_write_report_and_cli(bench, capsys):
+  root, report = bench
+  paths = report_app.write_report(root, report)
+  assert [p.name for p in paths] == ["report.md", "report.json", "riscv-latency_s.png", "bitfusion-energy_j.png",
+                                     "riscv-weight_bytes.png"]
+  for png in paths[2:]:
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+  assert json.loads((root / "report.json").read_text()) == json.loads(json.dumps(report))
+  md = (root / "report.md").read_text()
+  for c in report["comparisons"]:
+    assert c["hypervolume"]["verdict"]["sentence"] in md
+  assert "Verdict: gumbel ties with all baselines" in md and "Verdict: gumbel loses to all baselines" in md
+  assert "![riscv / latency_s](riscv-latency_s.png)" in md
+  assert f"`{FAILED['dir']}` (searched, sdq): failed: CUDA out of memory" in md
+  assert f"`{MISSING['dir']}`" in md
+  assert "W4A4 ×0.5" in md and "no cheaper baseline" in md
+
+  assert report_app.main([str(root)]) == 0
+  assert capsys.readouterr().out.strip() == str(root / "report.md")
+  assert report_app.main([str(root / "nowhere")]) == 2
+
+
+def test_reference_falls_back_to_w8a8_baseline_then_skips(tmp_path):
+  # No searched result: r_c is the W8A8 baseline's mean cost (10 at seeds 0 and 1), HV still computed.
+  only_baselines = [b for b in BASELINES if b[0]["seed"] in (0, 1)]
+  root = make_bench(tmp_path / "a", only_baselines, COMPARISONS[:1], extra_jobs=(MISSING,))
+  c = report_app.build_report(root)["comparisons"][0]
+  assert c["reference"]["cost"] == pytest.approx(REF) and "W8A8" in c["reference"]["cost_source"]
+  assert c["hypervolume"]["all_baselines"]["per_seed"] == pytest.approx(HV_ALL_BASELINES[:2])
+  assert c["hypervolume"]["verdict"] is None and "no gumbel result" in c["hypervolume"]["note"]
+  # Nothing gives r_c: hypervolumes are skipped with a note; the report is still written.
+  no_reference = [b for b in only_baselines if b[0]["config"] != "W8A8"]
+  truncated = {"dir": "baseline/truncated", "role": "baseline", "family": "uniform", "config": "W2A2", "seed": 0}
+  root = make_bench(tmp_path / "b", no_reference, COMPARISONS[:1], extra_jobs=(truncated,))
+  (root / truncated["dir"]).mkdir()
+  (root / truncated["dir"] / "result.json").write_text('{"accuracy": 0.')  # a job killed while writing
+  report = report_app.build_report(root)
+  assert [(a["dir"], a["status"]) for a in report["absent"]] == [(truncated["dir"], "unreadable")]
+  c = report["comparisons"][0]
+  assert c["reference"]["cost"] is None and "skipped" in c["hypervolume"]
+  assert len(c["baselines"]) == 3
+  report_app.write_report(root, report)
+  assert "hypervolumes skipped" in (root / "report.md").read_text()
