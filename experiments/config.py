@@ -90,6 +90,8 @@ class BaselineConfig:
   w_bits: int = 8                       # uniform: weight bits of every searchable layer
   a_bits: int = 8                       # uniform: activation bits
   width_mult: float = 1.0               # uniform: width multiple of every layer
+  arch_seed: Optional[int] = None       # random: the draw of the architecture (None: seed), apart from training
+  steps: Optional[int] = None           # training steps from scratch; None: search.steps + finetune.steps
 
 
 @dataclasses.dataclass
@@ -146,5 +148,7 @@ def validate(cfg) -> None:
     raise ValueError(f"finetune.kd_alpha={cfg.finetune.kd_alpha} must be in [0, 1] (0 turns distillation off).")
   if cfg.finetune.optimizer not in ("adamw", "sgd"):
     raise ValueError(f"finetune.optimizer={cfg.finetune.optimizer!r}; use 'adamw' or 'sgd'.")
+  if cfg.baseline.steps is not None and cfg.baseline.steps < 1:
+    raise ValueError(f"baseline.steps={cfg.baseline.steps} must be >= 1, or null for search.steps + finetune.steps.")
   if cfg.search.batch_size < 1:
     raise ValueError(f"search.batch_size={cfg.search.batch_size} must be >= 1.")

@@ -165,7 +165,7 @@ def baseline_choices(model, cfg: DictConfig) -> dict:
                            f"choose baseline.w_bits/a_bits among search.w_bits/a_bits.")
         choices[name] = want
     return choices
-  rng = np.random.default_rng(cfg.seed)
+  rng = np.random.default_rng(cfg.seed if b.arch_seed is None else b.arch_seed)
   return {n: c.values[int(rng.integers(len(c.values)))] for n, c in model.choices.items()}
 
 
@@ -297,8 +297,9 @@ def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, t
                    "supernet_argmax_accuracy": evaluate(supernet, data.x_test, data.y_test)}
   else:
     choices = baseline_choices(supernet, cfg)
-    # Same total training as a searched network (search + fine-tune steps), from scratch.
-    tcfg = TrainConfig(**{**tcfg.__dict__, "steps": tcfg.steps + scfg.steps})
+    # From scratch; by default as many steps as a searched network gets in search and fine-tuning together.
+    steps = cfg.baseline.steps if cfg.baseline.steps is not None else tcfg.steps + scfg.steps
+    tcfg = TrainConfig(**{**tcfg.__dict__, "steps": steps})
   teacher, teacher_acc = None, None
   if tcfg.kd_alpha > 0:
     t0 = time.time()

@@ -1,0 +1,228 @@
+"""Runs a benchmark protocol (conf/benchmark/<name>.yaml): every searched and baseline job, then the report.
+
+  python -m experiments.benchmark fashion                 # the full protocol; run it again to resume
+  python -m experiments.benchmark fashion --quick         # its quick variant
+  python -m experiments.benchmark fashion --workers 2 --out benchmarks/my-run
+
+Each job is one ``python -m experiments.search`` run in its own folder under the output folder, with its
+checkpoints under ``<out>/checkpoints``: a job with a ``result.json`` is done and skipped, an interrupted job
+resumes from its last checkpoint. Baselines do not depend on the target (their result.json holds their cost
+on every preset), so one set of baselines serves every comparison. ``protocol.json`` lists the jobs;
+``experiments.benchmark_report`` turns the folder into report.md, report.json and one PNG per comparison.
+The exit status is non-zero when a job failed (the report lists it).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+from typing import Sequence
+
+from omegaconf import OmegaConf
+
+from experiments import benchmark_report
+from experiments.config import BUDGET_METRICS
+from experiments.search import write_json_atomic
+
+CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf" / "benchmark"
+
+
+def load_protocol(name: str, quick: bool, extra: Sequence[str] = ()) -> dict:
+  """The protocol's YAML (a name in conf/benchmark/ or a path) as a dict, with its ``quick`` section applied
+  when asked and ``extra`` Hydra overrides added to every job."""
+  path = pathlib.Path(name) if name.endswith((".yaml", ".yml")) else CONF_DIR / f"{name}.yaml"
+  if not path.is_file():
+    known = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+    raise ValueError(f"benchmark {name!r} is unknown; use one of {known} (conf/benchmark/<name>.yaml).")
+  spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+  quick_part = spec.pop("quick", None) or {}
+  if quick:
+    spec.update(quick_part)
+  spec["variant"] = "quick" if quick else "full"
+  spec["common"] = list(spec.get("common", [])) + list(extra)
+  return spec
+
+
+def _width_text(width: float) -> str:
+  return f"×{width:g}"
+
+
+def plan_jobs(spec: dict) -> list[dict]:
+  """Every job of the protocol: manifest entry (for the report) plus the Hydra overrides that run it."""
+  seeds = list(spec["seeds"])
+  steps = spec["steps"]
+  common = list(spec.get("common", [])) + [f"search.steps={steps['search']}", f"finetune.steps={steps['finetune']}",
+                                           f"baseline.steps={steps['baseline']}"]
+  jobs = []
+  for comp in spec["comparisons"]:
+    metric = BUDGET_METRICS[comp["metric"]]
+    for family, fam in comp["families"].items():
+      for seed in seeds[:fam.get("seeds", len(seeds))]:
+        for budget in comp["budgets"]:
+          jobs.append({
+              "dir": f"search/{family}-{comp['target']}-{metric}-b{budget:g}-s{seed}", "role": "searched",
+              "family": family, "seed": seed, "target": comp["target"], "metric": metric, "budget": budget,
+              "overrides": common + list(fam.get("overrides", [])) + [
+                  f"hardware={comp['target']}", f"budget.metric={comp['metric']}", f"budget.fraction={budget}",
+                  f"seed={seed}"]})
+  base = spec["baselines"]
+  # A baseline is trained once; its target only sets the budget-free bookkeeping (its cost is on every preset).
+  target = spec["comparisons"][0]["target"]
+  for seed in seeds:
+    def add(family, config, name, overrides):
+      jobs.append({"dir": f"baseline/{name}-s{seed}", "role": "baseline", "family": family, "config": config,
+                   "seed": seed, "overrides": common + overrides + [f"hardware={target}", f"seed={seed}"]})
+    uniform = base.get("uniform") or {}
+    for w, a in uniform.get("pairs", []):
+      width = float(uniform.get("width", 1.0))
+      add("uniform", f"W{w}A{a}", f"uniform-w{w}a{a}-x{width:g}",
+          ["baseline.kind=uniform", f"baseline.w_bits={w}", f"baseline.a_bits={a}", f"baseline.width_mult={width}"])
+    pruned = base.get("pruned") or {}
+    for w, a in pruned.get("pairs", []):
+      for width in pruned.get("widths", []):
+        add("uniform-pruned", f"W{w}A{a} {_width_text(width)}", f"uniform-w{w}a{a}-x{width:g}",
+            ["baseline.kind=uniform", f"baseline.w_bits={w}", f"baseline.a_bits={a}",
+             f"baseline.width_mult={width}"])
+    for k in range(int(base.get("random", 0))):
+      add("random", f"random #{k}", f"random-r{k}", ["baseline.kind=random", f"baseline.arch_seed={k}"])
+  return jobs
+
+
+def manifest(spec: dict, jobs: list[dict]) -> dict:
+  steps = spec["steps"]
+  return {
+      "name": spec["name"], "variant": spec["variant"], "dataset": _override(spec, "dataset"),
+      "model": _override(spec, "model"),
+      "steps": {"search": steps["search"], "finetune": steps["finetune"],
+                "baseline": steps["baseline"]},
+      "comparisons": [{"target": c["target"], "metric": BUDGET_METRICS[c["metric"]], "default": c["default"]}
+                      for c in spec["comparisons"]],
+      "jobs": [{k: v for k, v in j.items() if k != "overrides"} | {"overrides": j["overrides"]} for j in jobs]}
+
+
+def _override(spec: dict, key: str) -> str | None:
+  for o in spec.get("common", []):
+    if o.startswith(f"{key}="):
+      return o.split("=", 1)[1]
+  return None
+
+
+def run_job(job: dict, out: pathlib.Path, python: str) -> dict:
+  """One experiments.search run in ``out/job['dir']``; its output goes to log.txt there."""
+  folder = out / job["dir"]
+  folder.mkdir(parents=True, exist_ok=True)
+  cmd = [python, "-m", "experiments.search", *job["overrides"], f"hydra.run.dir={folder}",
+         f"checkpoint.dir={out / 'checkpoints'}", "hydra.output_subdir=.hydra"]
+  env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))
+  t0 = time.time()
+  with open(folder / "log.txt", "w") as log:
+    log.write(" ".join(cmd) + "\n")
+    log.flush()
+    rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=pathlib.Path(__file__).parent.parent).returncode
+  if rc != 0 and not (folder / "error.json").exists():
+    write_json_atomic(folder / "error.json", {"error": f"exit status {rc}; see {folder / 'log.txt'}",
+                                              "type": "JobFailed"})
+  return {"rc": rc, "seconds": time.time() - t0}
+
+
+def preflight(jobs: list[dict], out: pathlib.Path, python: str) -> str | None:
+  """Runs the first searched and the first baseline job shrunk to seconds (debug=true, no checkpoints) so
+  that bad input (a missing dataset, a typo in an override) stops the protocol before hours of work; returns
+  the error, or None."""
+  firsts = [next((j for j in jobs if j["role"] == role), None) for role in ("searched", "baseline")]
+  for job in filter(None, firsts):
+    folder = out / ".preflight" / job["role"]
+    cmd = [python, "-m", "experiments.search", *job["overrides"], "debug=true", "checkpoint.dir=null",
+           f"hydra.run.dir={folder}"]
+    env = dict(os.environ, WANDB_MODE="disabled")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=pathlib.Path(__file__).parent.parent)
+    if proc.returncode != 0:
+      try:
+        return json.loads((folder / "error.json").read_text())["error"]
+      except (OSError, ValueError, KeyError):
+        return (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+  return None
+
+
+def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = sys.executable) -> int:
+  """Runs the jobs not done yet, then writes the report; returns the number of failed jobs.
+
+  Raises:
+    ValueError: the first jobs fail in a seconds-long debug run (nothing is started then).
+  """
+  jobs = plan_jobs(spec)
+  out.mkdir(parents=True, exist_ok=True)
+  todo = [j for j in jobs if not (out / j["dir"] / "result.json").exists()]
+  if todo:
+    error = preflight(todo, out, python)
+    if error:
+      raise ValueError(f"the protocol's first job fails before any work: {error}")
+  write_json_atomic(out / "protocol.json", manifest(spec, jobs))
+  for j in todo:  # a previous failure is retried
+    (out / j["dir"] / "error.json").unlink(missing_ok=True)
+  print(f"{spec['name']} ({spec['variant']}): {len(jobs)} jobs, {len(jobs) - len(todo)} already done, "
+        f"{len(todo)} to run with {workers} worker(s) -> {out}", flush=True)
+  lock, done, failed, t_start = threading.Lock(), [0], [], time.time()
+
+  def one(job):
+    res = run_job(job, out, python)
+    with lock:
+      done[0] += 1
+      elapsed = time.time() - t_start
+      eta = elapsed / done[0] * (len(todo) - done[0])
+      status = "failed" if res["rc"] else _accuracy_text(out / job["dir"])
+      if res["rc"]:
+        failed.append(job["dir"])
+      print(f"[{done[0]}/{len(todo)}] {job['dir']}: {status} in {res['seconds']:.0f} s "
+            f"(elapsed {elapsed / 60:.1f} min, about {eta / 60:.0f} min left)", flush=True)
+
+  # Workers run jobs concurrently; one process per job, so XLA's thread pools share the cores.
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    for f in concurrent.futures.as_completed([pool.submit(one, j) for j in todo]):
+      f.result()
+  report = benchmark_report.build_report(out)
+  paths = benchmark_report.write_report(out, report)
+  print(f"report: {paths[0]}", flush=True)
+  if failed:
+    print(f"{len(failed)} job(s) failed: {', '.join(failed)} (error.json and log.txt in each folder); "
+          f"run the same command again to retry them.", file=sys.stderr)
+  return len(failed)
+
+
+def _accuracy_text(folder: pathlib.Path) -> str:
+  try:
+    return f"accuracy {json.loads((folder / 'result.json').read_text())['accuracy']:.4f}"
+  except (OSError, ValueError, KeyError):
+    return "done"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.split("\n")[0])
+  parser.add_argument("name", help="a protocol in conf/benchmark/, e.g. fashion")
+  parser.add_argument("--quick", action="store_true", help="the protocol's quick variant (fewer budgets, one seed)")
+  parser.add_argument("--out", help="output folder (default benchmarks/<name>-<variant>)")
+  parser.add_argument("--workers", type=int, default=1, help="jobs run at once (default 1)")
+  parser.add_argument("--set", action="append", default=[], metavar="OVERRIDE",
+                      help="a Hydra override added to every job, e.g. --set dataset.root=/data/fmnist")
+  args = parser.parse_args(argv)
+  if args.workers < 1:
+    print(f"error: --workers={args.workers} must be >= 1.", file=sys.stderr)
+    return 2
+  try:
+    spec = load_protocol(args.name, args.quick, args.set)
+    out = pathlib.Path(args.out or f"benchmarks/{spec['name']}-{spec['variant']}")
+    failed = run_protocol(spec, out, args.workers)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
