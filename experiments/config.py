@@ -51,10 +51,10 @@ class SearchGroupConfig:
   tau_start: float = 3.0
   tau_end: float = 0.3
   dual_lr: float = 0.05
-  penalty: str = "lagrange"
+  penalty: str = "target"              # target | lagrange (upper bounds) | hinge
   penalty_strength: float = 1.0
   entropy_weight: float = 0.3
-  fill_budget: bool = False             # move choices up after the argmax while every budget still holds
+  fill_budget: bool = True              # move choices up after the argmax while every budget still holds
 
 
 @dataclasses.dataclass

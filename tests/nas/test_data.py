@@ -370,3 +370,30 @@ def test_augment_offsets_cover_the_range_and_flip_half(key):
   for axis in (dy, dx):
     freq = np.bincount(axis, minlength=2 * pad + 1) / n
     assert np.all(np.abs(freq - 0.2) <= 4 * np.sqrt(0.2 * 0.8 / n)), freq
+
+
+# ------------------------------------------------------------------------------------------ Fashion-MNIST
+def test_fashion_mnist_reads_the_idx_files_of_a_folder(tmp_path):
+  arrays = mnist_arrays(seed=3)
+  ds = data.load_fashion_mnist(str(write_mnist(tmp_path, arrays, gz=(True,) * 4)))
+  assert (ds.name, ds.num_classes, ds.input_shape) == ("fashion_mnist", 10, (28, 28, 1))
+  np.testing.assert_array_equal(ds.x_train[..., 0], arrays["train"][0].astype(np.float32) / 255.0)
+  np.testing.assert_array_equal(ds.y_test, arrays["t10k"][1])
+
+
+def test_fashion_mnist_default_folder_is_debians_package(monkeypatch, tmp_path):
+  assert data.FASHION_MNIST_ROOT == "/usr/share/datasets/fashion-mnist"
+  monkeypatch.setattr(data, "FASHION_MNIST_ROOT", str(write_mnist(tmp_path / "pkg", mnist_arrays())))
+  assert len(data.load_fashion_mnist().x_train) == 5  # root=None reads the package folder
+
+
+def test_fashion_mnist_missing_is_one_sentence_with_the_folder_and_the_apt_command(monkeypatch, tmp_path):
+  missing = tmp_path / "nowhere"
+  monkeypatch.setattr(data, "FASHION_MNIST_ROOT", str(missing))
+  for root in (None, str(missing)):
+    with pytest.raises(FileNotFoundError) as e:
+      data.load_fashion_mnist(root)
+    text = str(e.value)
+    for part in [str(missing), "apt-get install dataset-fashion-mnist", "dataset.root=", *MNIST_NAMES]:
+      assert part in text, part
+    assert text.count(". ") <= 1 and "\n" not in text
