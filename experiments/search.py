@@ -101,7 +101,10 @@ def checkpoint_dirs(cfg: DictConfig) -> dict:
              "steps": cfg.finetune.teacher_steps, "lr": cfg.finetune.teacher_lr or cfg.finetune.lr,
              "optimizer": cfg.finetune.optimizer, "batch": cfg.finetune.batch_size}
   h = config_hash(job)
-  return {"search": root / h / "search", "finetune": root / h / "finetune",
+  # The search depends on neither the fine-tuning nor the baseline settings: jobs that differ only there
+  # (inherited weights or from scratch, fine-tuning steps) share one search.
+  search_key = config_hash({k: v for k, v in job.items() if k not in ("finetune", "baseline")})
+  return {"search": root / "searches" / search_key, "finetune": root / h / "finetune",
           "teacher": root / "teachers" / config_hash(teacher)}
 
 

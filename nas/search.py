@@ -77,6 +77,7 @@ class SearchConfig:
       their budgets. A target keeps it at the budget (an equality constraint, as TuNAS's absolute-value
       reward does), so the derived network spends what it was given.
     penalty_strength: the hinge penalty's fixed strength.
+    target_rho: the quadratic term of the target budget (augmented Lagrangian, ``penalty="target"``).
     entropy_weight: final weight of the mean choice entropy in the loss, ramped up linearly from zero over
       the search phase so that the choices end close to one-hot and the argmax network is the one whose
       expected cost met the budget.
@@ -96,6 +97,7 @@ class SearchConfig:
   dual_lr: float = 0.05
   penalty: str = "target"
   penalty_strength: float = 1.0
+  target_rho: float = 10.0
   entropy_weight: float = 0.3
   fill_budget: bool = True
   augment: bool = False
@@ -128,7 +130,7 @@ def arch_optimizer(model, lr) -> nnx.Optimizer:
 
 @nnx.jit(static_argnames=("tables", "metrics", "penalty", "augment"))
 def _search_step(model, w_opt, a_opt, x, y, key, tau, lam, arch_on, arrays, limits, two_sided, tables, metrics,
-                 penalty, strength, dual_lr, entropy_weight, augment=False):
+                 penalty, strength, rho, dual_lr, entropy_weight, augment=False):
   if augment:
     key, aug_key = jax.random.split(key)
     x = random_crop_flip(aug_key, x)
@@ -140,12 +142,15 @@ def _search_step(model, w_opt, a_opt, x, y, key, tau, lam, arch_on, arrays, limi
     expected = costlib.expected_costs(tables, arrays, probs)
     excess = jnp.stack([expected[m] for m in metrics]) / limits - 1.0
     weight = strength * jnp.ones_like(lam) if penalty == "hinge" else lam
-    # A target (two-sided) budget enters as lambda * g with lambda of either sign; an upper bound as
-    # lambda * max(0, g).
-    term = jnp.where(two_sided, excess, jax.nn.relu(excess))
+    # An upper bound enters as lambda * max(0, g). A target enters as lambda * g + (rho / 2) g^2, lambda of
+    # either sign (the method of multipliers): the multiplier lags behind the cost, and under Adam, which
+    # follows the sign of the gradient, a lagging positive multiplier alone kept shrinking the network long
+    # after it was under budget; lambda + rho g flips sign as soon as the cost crosses the budget.
+    budget_loss = jnp.sum(jnp.where(two_sided, lam * excess + 0.5 * rho * excess ** 2,
+                                    weight * jax.nn.relu(excess)))
     entropy = jnp.mean(jnp.stack([-jnp.mean(jnp.sum(p * jnp.log(p + 1e-12), -1)) for n, p in probs.items()
                                   if p.shape[-1] > 1] or [jnp.zeros(())]))
-    loss = ce + arch_on * (jnp.sum(weight * term) + entropy_weight * entropy)
+    loss = ce + arch_on * (budget_loss + entropy_weight * entropy)
     return loss, (ce, logits, expected, excess)
 
   grads, (ce, logits, expected, excess) = nnx.grad(
@@ -225,7 +230,8 @@ def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], 
     ce, acc, expected, excess, lam = step_fn(
         x, y, jax.random.fold_in(base_key, step), tau, lam,
         arch_on, arrays, limits_device, two_sided_device, hashable_tables, metrics, cfg.penalty,
-        cfg.penalty_strength, jnp.float32(cfg.dual_lr), jnp.float32(cfg.entropy_ramp(step)), cfg.augment)
+        cfg.penalty_strength, jnp.float32(cfg.target_rho), jnp.float32(cfg.dual_lr),
+        jnp.float32(cfg.entropy_ramp(step)), cfg.augment)
     ckpt.maybe_save(step, {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lam": lam}, last=step == cfg.steps - 1)
     if step % 25 == 0 or step == cfg.steps - 1:
       ce = float(ce)

@@ -155,3 +155,14 @@ def test_code_fingerprint_names_a_missing_package():
   with pytest.raises(ValueError, match="not_a_package"):
     code_fingerprint(("nas", "not_a_package"))
   assert code_fingerprint(("nas",)) != code_fingerprint(("nas", "hardware"))
+
+
+def test_jobs_that_differ_only_in_fine_tuning_share_one_search_checkpoint():
+  """Inherited weights or from scratch, other fine-tuning steps: the search is the same, so is its folder;
+  anything the search depends on (its steps, the budget, the seed) gives another."""
+  base = app.checkpoint_dirs(_compose(["debug=true"], checkpoint_dir="ck"))
+  other_ft = app.checkpoint_dirs(_compose(["debug=true", "finetune.inherit=false", "finetune.steps=7"],
+                                          checkpoint_dir="ck"))
+  assert other_ft["search"] == base["search"] and other_ft["finetune"] != base["finetune"]
+  for override in ("search.steps=31", "budget.fraction=0.3", "seed=1"):
+    assert app.checkpoint_dirs(_compose(["debug=true", override], checkpoint_dir="ck"))["search"] != base["search"]

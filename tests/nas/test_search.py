@@ -20,14 +20,15 @@ def digits():
   return load_digits(limit=400)
 
 
-def _search(data, fraction, metric="latency_s", extra=()):
+def _search(data, fraction, metric="latency_s", extra=(), penalty="target"):
   hw = instantiate(OmegaConf.load(RISCV), _convert_="all")
   model = build_model("digits_cnn", SearchSpace(), seed=0, widths=(8, 16), strides=(1, 2))
   ref = model.reference_architecture()
   ref_cost = {**costlib.architecture_cost(ref, hw), **costlib.architecture_metrics(ref)}
   constraints = [Constraint(metric, fraction * ref_cost[metric])]
   constraints += [Constraint(m, f * ref_cost[m]) for m, f in extra]
-  res = search(model, data, hw, constraints, SearchConfig(steps=160, warmup_steps=40, seed=0))
+  res = search(model, data, hw, constraints, SearchConfig(steps=160, warmup_steps=40, seed=0,
+                                                                penalty=penalty))
   arch = model.architecture(res.choices)
   true = {**costlib.architecture_cost(arch, hw), **costlib.architecture_metrics(arch)}
   return res, true, constraints
@@ -48,7 +49,19 @@ def test_two_metric_budget_holds_both(digits):
   for c in constraints:
     assert true[c.metric] <= c.limit * (1 + 1e-9), (c, true)
   assert set(res.multipliers) == {"latency_s", "weight_bytes"}
-  assert all(v >= 0 for v in res.multipliers.values())
+  assert res.multipliers["weight_bytes"] >= 0  # an upper bound; the first budget (a target) may go negative
+
+
+def test_a_target_budget_keeps_the_expected_cost_at_the_budget_an_upper_bound_lets_it_fall(digits):
+  """With upper bounds only, the expected cost overshoots under the budget (the multiplier lags, Adam follows
+  its sign) and stays there; the target (augmented Lagrangian, multiplier of either sign) brings it back to
+  the budget, and the derived network spends at least 90 % of it."""
+  target, target_true, c = _search(digits, 0.3, penalty="target")
+  upper, _, _ = _search(digits, 0.3, penalty="lagrange")
+  limit = c[0].limit
+  assert 0.85 * limit <= target.expected_cost["latency_s"] <= 1.15 * limit
+  assert upper.expected_cost["latency_s"] < 0.85 * limit
+  assert 0.9 * limit <= target_true["latency_s"] <= limit * (1 + 1e-9)
 
 
 def test_nan_loss_is_reported_with_the_field_to_change(digits):
