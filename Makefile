@@ -1,4 +1,5 @@
-# make demo  -- create .venv, install, run the main job (a 4-budget RISC-V sweep on digits) and its Pareto front
+# make demo  -- create .venv, install, run the main job (a 4-budget RISC-V sweep on digits, uniform W8A8/W4A4/W2A2
+#              beside it) and its Pareto front
 # make test  -- create or refresh .venv and run the test suite (what CI runs)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,7 +18,8 @@ install: $(VENV)/.installed
 
 demo: install
 	$(PY) -m experiments.search -m budget.fraction=0.2,0.4,0.6,0.8 hardware=riscv hydra.sweep.dir=$(SWEEP)
-	$(PY) -m experiments.pareto $(SWEEP)
+	$(PY) -m experiments.search -m 'baseline={kind:uniform,w_bits:8,a_bits:8},{kind:uniform,w_bits:4,a_bits:4},{kind:uniform,w_bits:2,a_bits:2}' hardware=riscv hydra.sweep.dir=$(SWEEP)-uniform
+	$(PY) -m experiments.pareto $(SWEEP) $(SWEEP)-uniform --label searched --label uniform --out $(SWEEP)
 	@echo "results: $(SWEEP)/<job>/result.json   front: $(SWEEP)/pareto.json  plot: $(SWEEP)/pareto.png  table: $(SWEEP)/pareto.html"
 
 test: install

@@ -3,10 +3,11 @@ so a typo in a key fails before any work. Values are then checked (``validate``)
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from experiments.tracking import WandbConfig
 
@@ -53,6 +54,7 @@ class SearchGroupConfig:
   dual_lr: float = 0.05
   penalty: str = "target"              # target | lagrange (upper bounds) | hinge
   penalty_strength: float = 1.0
+  target_rho: float = 10.0              # quadratic term of the target budget (augmented Lagrangian)
   entropy_weight: float = 0.3
   fill_budget: bool = True              # move choices up after the argmax while every budget still holds
 
@@ -117,13 +119,61 @@ class AppConfig:
   objectives: list[str] = dataclasses.field(default_factory=list)
 
 
+_SCHEMAS = {cls.__name__: cls for cls in (DatasetConfig, ModelConfig, SearchGroupConfig, BudgetConfig,
+                                          FinetuneConfig, BaselineConfig, CheckpointConfig, WandbConfig)}
+
+
 def register() -> None:
   cs = ConfigStore.instance()
   cs.store(name="app_schema", node=AppConfig)
 
 
+# Numbers that must be > 0 (rates, temperatures, sizes) or >= 0 (decays, weights of loss terms), by field.
+POSITIVE = ("search.lr", "search.arch_lr", "search.tau_start", "search.tau_end", "search.batch_size",
+            "search.steps", "finetune.lr", "finetune.steps", "finetune.batch_size", "finetune.kd_temperature",
+            "finetune.teacher_steps", "finetune.teacher_lr", "baseline.steps", "checkpoint.every",
+            "dataset.limit", "search.channel_multiple")
+NON_NEGATIVE = ("search.weight_decay", "search.dual_lr", "search.penalty_strength", "search.target_rho",
+                "search.entropy_weight", "search.warmup_steps", "finetune.weight_decay")
+# Config nodes whose keys are free (a cost model's constants, a model's keyword arguments, wandb tags).
+FREE_NODES = ("hardware", "model.args")
+
+
+def unknown_keys(cfg, schema=AppConfig, prefix: str = "") -> list[tuple[str, list[str]]]:
+  """Keys of ``cfg`` that the schema does not have (added with Hydra's ``+``, e.g. a misspelt
+  ``+budget.fracton=0.5``), each with the keys it could have meant; free nodes are not checked."""
+  known = {f.name: f for f in dataclasses.fields(schema)}
+  out = []
+  for key in cfg.keys():
+    path = f"{prefix}{key}"
+    if path in FREE_NODES:
+      continue
+    if key not in known:
+      out.append((path, [f"{prefix}{k}" for k in difflib.get_close_matches(str(key), known, n=2, cutoff=0.5)]))
+      continue
+    sub_type = known[key].type
+    sub_schema = _SCHEMAS.get(sub_type if isinstance(sub_type, str) else getattr(sub_type, "__name__", ""))
+    node = cfg[key]
+    if sub_schema is not None and isinstance(node, DictConfig):
+      out += unknown_keys(node, sub_schema, f"{path}.")
+  return out
+
+
 def validate(cfg) -> None:
   """Value checks Hydra's types cannot express; each error names the field and the fix."""
+  unknown = unknown_keys(cfg)
+  if unknown:
+    key, close = unknown[0]
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; see conf/config.yaml for the known keys."
+    raise ValueError(f"{key} is not a setting of this app (added with '+', it would be ignored){hint}")
+  for field in POSITIVE + NON_NEGATIVE:
+    value = OmegaConf.select(cfg, field)
+    if value is None:
+      continue
+    if field in POSITIVE and not value > 0:
+      raise ValueError(f"{field}={value} must be > 0.")
+    if field in NON_NEGATIVE and not value >= 0:
+      raise ValueError(f"{field}={value} must be >= 0.")
   if cfg.budget.metric not in BUDGET_METRICS:
     raise ValueError(f"budget.metric={cfg.budget.metric!r} is unknown; use one of {sorted(BUDGET_METRICS)}.")
   if not cfg.budget.fraction > 0:

@@ -220,15 +220,26 @@ def build_group(target: str, metric: str, points: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------- reports
 
 
+COST_UNITS = {"latency_s": ((1, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")),
+              "energy_j": ((1, "J"), (1e-3, "mJ"), (1e-6, "µJ"), (1e-9, "nJ")),
+              "weight_bytes": ((2 ** 20, "MiB"), (2 ** 10, "KiB"), (1, "B"))}
+METRIC_WORDS = {"latency_s": "latency", "energy_j": "energy", "weight_bytes": "weights"}
+
+
+def cost_unit(metric: str, value: float) -> tuple[float, str]:
+  """(scale, unit) that shows ``value`` of ``metric`` readably, e.g. (1e-6, "µs"); (1, "") if unknown."""
+  scales = COST_UNITS.get(metric)
+  if scales is None:
+    return 1.0, ""
+  return next(((s, u) for s, u in scales if abs(value) >= s), scales[-1])
+
+
 def format_cost(metric: str, value: float | None) -> str:
   if value is None:
     return "–"
-  scales = {"latency_s": ((1, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")),
-            "energy_j": ((1, "J"), (1e-3, "mJ"), (1e-6, "µJ"), (1e-9, "nJ")),
-            "weight_bytes": ((2 ** 20, "MiB"), (2 ** 10, "KiB"), (1, "B"))}.get(metric)
-  if scales is None:
+  if metric not in COST_UNITS:
     return f"{value:.4g}"
-  scale, unit = next(((s, u) for s, u in scales if abs(value) >= s), scales[-1])
+  scale, unit = cost_unit(metric, value)
   return f"{value / scale:.4g} {unit}"
 
 
@@ -242,6 +253,7 @@ def _budget_text(p: dict) -> str:
 def plot(groups: list[dict], labels: Sequence[str], path: pathlib.Path) -> None:
   """Accuracy vs cost, one panel per (target, metric): every point, each series' front as a step line."""
   from matplotlib.figure import Figure
+  from matplotlib.ticker import FuncFormatter
   ncols = min(len(groups), 3)
   nrows = math.ceil(len(groups) / ncols)
   fig = Figure(figsize=(6.4 * ncols, 4.8 * nrows), layout="constrained")
@@ -288,7 +300,15 @@ def plot(groups: list[dict], labels: Sequence[str], path: pathlib.Path) -> None:
     ratio = ", ".join(f"{k.split(':', 1)[1]}: {v:.3g}" for k, v in g["ratio"].items() if v is not None)
     ax.set_title(f"{g['target']} / {g['metric']}" + (f" — HV / best baseline: {ratio}" if ratio else ""),
                  fontsize=10)
-    ax.set_xlabel(f"{g['metric']} on {g['target']}")
+    budgets = sorted({p["budget"]["value"] for p in pts if p.get("budget") and p["budget"].get("value")
+                      and p["budget"].get("metric") == g["metric"]})
+    for i, b in enumerate(budgets):  # each searched network's budget, where it was searched on this metric
+      ax.axvline(b, color="0.45", linestyle="-", linewidth=0.6, alpha=0.5,
+                 label="budgets" if i == 0 else "_nolegend_")
+    scale, unit = cost_unit(g["metric"], float(np.median(costs)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v / scale:.3g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
+    ax.set_xlabel(f"{METRIC_WORDS.get(g['metric'], g['metric'])} on {g['target']} ({unit})")
     ax.set_ylabel("test accuracy")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")

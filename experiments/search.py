@@ -55,6 +55,8 @@ def apply_debug(cfg: DictConfig) -> None:
     cfg.search.warmup_steps = min(cfg.search.warmup_steps, 10)
     cfg.finetune.steps = min(cfg.finetune.steps, 20)
     cfg.finetune.teacher_steps = min(cfg.finetune.teacher_steps, 20)
+    if cfg.baseline.steps is not None:
+      cfg.baseline.steps = min(cfg.baseline.steps, 50)
     cfg.dataset.limit = min(cfg.dataset.limit or 10**9, 256)
 
 
@@ -112,7 +114,7 @@ def search_config(cfg: DictConfig) -> SearchConfig:
   s = cfg.search
   return SearchConfig(steps=s.steps, warmup_steps=s.warmup_steps, batch_size=s.batch_size, lr=s.lr,
                       weight_decay=s.weight_decay, arch_lr=s.arch_lr, tau_start=s.tau_start, tau_end=s.tau_end,
-                      dual_lr=s.dual_lr, penalty=s.penalty, penalty_strength=s.penalty_strength,
+                      dual_lr=s.dual_lr, penalty=s.penalty, penalty_strength=s.penalty_strength, target_rho=s.target_rho,
                       entropy_weight=s.entropy_weight, fill_budget=s.fill_budget, augment=cfg.dataset.augment,
                       seed=cfg.seed)
 
