@@ -91,7 +91,11 @@ def plan_jobs(spec: dict) -> list[dict]:
              f"baseline.width_mult={width}"])
     for k in range(int(base.get("random", 0))):
       add("random", f"random #{k}", f"random-r{k}", ["baseline.kind=random", f"baseline.arch_seed={k}"])
-  return jobs
+  # Seed by seed, so that an interrupted protocol has whole seeds to report: the baselines, then the default
+  # search of each comparison, then the other search variants.
+  defaults = {(c["target"], c["default"]) for c in spec["comparisons"]}
+  rank = lambda j: 0 if j["role"] == "baseline" else 1 if (j.get("target"), j["family"]) in defaults else 2
+  return sorted(jobs, key=lambda j: (j["seed"], rank(j)))
 
 
 def manifest(spec: dict, jobs: list[dict]) -> dict:
@@ -150,7 +154,8 @@ def preflight(jobs: list[dict], out: pathlib.Path, python: str) -> str | None:
   return None
 
 
-def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = sys.executable) -> int:
+def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = sys.executable,
+                 check_first: bool = True) -> int:
   """Runs the jobs not done yet, then writes the report; returns the number of failed jobs.
 
   Raises:
@@ -159,7 +164,7 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
   jobs = plan_jobs(spec)
   out.mkdir(parents=True, exist_ok=True)
   todo = [j for j in jobs if not (out / j["dir"] / "result.json").exists()]
-  if todo:
+  if todo and check_first:
     error = preflight(todo, out, python)
     if error:
       raise ValueError(f"the protocol's first job fails before any work: {error}")
@@ -208,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--quick", action="store_true", help="the protocol's quick variant (fewer budgets, one seed)")
   parser.add_argument("--out", help="output folder (default benchmarks/<name>-<variant>)")
   parser.add_argument("--workers", type=int, default=1, help="jobs run at once (default 1)")
+  parser.add_argument("--no-preflight", action="store_true",
+                      help="skip the seconds-long debug run of the first jobs that checks the input first")
   parser.add_argument("--set", action="append", default=[], metavar="OVERRIDE",
                       help="a Hydra override added to every job, e.g. --set dataset.root=/data/fmnist")
   args = parser.parse_args(argv)
@@ -217,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     spec = load_protocol(args.name, args.quick, args.set)
     out = pathlib.Path(args.out or f"benchmarks/{spec['name']}-{spec['variant']}")
-    failed = run_protocol(spec, out, args.workers)
+    failed = run_protocol(spec, out, args.workers, check_first=not args.no_preflight)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

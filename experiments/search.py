@@ -26,8 +26,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import config as appconfig
 from experiments.tracking import Tracker, WandbConfig
+from hardware.host import host_mismatch
 from nas import cost as costlib
-from nas.checkpoint import code_fingerprint
+from nas.checkpoint import code_fingerprint, module_source_hash
 from nas.data import Dataset, load_cifar10, load_digits, load_fashion_mnist, load_mnist
 from nas.models import build_model
 from nas.search import Constraint, SearchConfig, search
@@ -97,7 +98,9 @@ def checkpoint_dirs(cfg: DictConfig) -> dict:
   root = pathlib.Path(cfg.checkpoint.dir)
   job = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in
          ("dataset", "model", "hardware", "search", "budget", "finetune", "baseline")}
-  job.update(seed=cfg.seed, debug=cfg.debug, code=code_fingerprint(("nas", "hardware", "experiments")))
+  # The code: this repository's packages, and the module of the cost model (a user's plugin lives elsewhere).
+  job.update(seed=cfg.seed, debug=cfg.debug, code=code_fingerprint(("nas", "hardware", "experiments")),
+             hardware_code=module_source_hash(str(cfg.hardware.get("_target_", ""))))
   teacher = {"dataset": job["dataset"], "model": job["model"], "seed": cfg.seed, "debug": cfg.debug,
              "code": job["code"],
              "steps": cfg.finetune.teacher_steps, "lr": cfg.finetune.teacher_lr or cfg.finetune.lr,
@@ -213,6 +216,10 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
                      augment=cfg.dataset.augment, seed=cfg.seed)
   target = instantiate_hardware(cfg.hardware)
   target.check_bits(np.asarray(space.w_bits), np.asarray(space.a_bits))
+  # A preset calibrated on another machine: say so loudly (log, result.json, wandb summary), with the fix.
+  mismatch = host_mismatch(target)
+  if mismatch:
+    log.warning(mismatch)
   data = load_dataset(cfg)
   supernet = build_model(cfg.model.name, space, seed=cfg.seed, **_model_args(cfg, data))
   reference = supernet.reference_architecture()
@@ -244,6 +251,7 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
         "metrics": costlib.architecture_metrics(arch),
         "reference": ref_cost,
         "architecture": arch.to_dict(),
+        "warnings": [mismatch] if mismatch else [],
     })
     result["weight_bytes"] = result["metrics"]["weight_bytes"]
     result["time_s"]["total"] = time.time() - t_start
@@ -254,7 +262,8 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
     undecided = {f"search/max_prob/{k}": v for k, v in max_prob.items()}
     tracker.summary({"accuracy": result["accuracy"], "weight_bytes": result["weight_bytes"], **undecided,
                      **{f"cost/{target.name}/{k}": v for k, v in own.items()},
-                     "budget/fraction": cfg.budget.fraction, "budget/value": constraints[0].limit})
+                     "budget/fraction": cfg.budget.fraction, "budget/value": constraints[0].limit,
+                     **({"warnings/host_mismatch": mismatch} if mismatch else {})})
     tracker.finish()
     return result
   except BaseException:

@@ -105,6 +105,9 @@ class CostModel(Protocol):
   Implementations must: return finite, non-negative arrays of the broadcast shape of their four choice
   arguments; raise ``ValueError`` for a layer kind they do not model (never cost it zero); raise
   ``ValueError`` naming the bit-width for a precision the hardware cannot run (``check_bits``).
+
+  Optional attributes: ``bits_monotone`` (True if fewer bits never cost more; ``python -m hardware.check``
+  then verifies it) and ``fitted_on`` (the machine a calibrated model was fitted on; see ``hardware.host``).
   """
 
   name: str

@@ -6,10 +6,15 @@ overhead per layer kind, the memory bandwidth, the rate of the generic few-chann
 measured layers; the other 25% are held out and the written YAML reports the fit on them. Energy cannot be
 measured here: the preset's energy constants are labelled assumptions (Horowitz 2014 45 nm proxies).
 
-Usage (measure, then fit; about a minute on 2 cores):
+The preset records the machine it was fitted on (``fitted_on``: CPU model and kernel-relevant flags), so
+:func:`hardware.host.host_mismatch` can warn when it is used on another one.
+
+Usage (measure, then fit; 1-2 minutes on 2 cores):
   python -m hardware.calibrate --measure --out conf/hardware/cpu_host.yaml
 Fit existing measurements only:
   python -m hardware.calibrate --measurements hardware/data/cpu_host_measurements.json --out conf/hardware/cpu_host.yaml
+A missing or corrupt measurements file, or an ``--out`` that cannot be written, stops it before any fitting with
+one sentence on stderr and exit status 2.
 
 References:
   Williams, Waterman and Patterson, "Roofline", CACM 2009.
@@ -18,12 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import sys
+import tempfile
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
 from scipy import optimize, stats
 
+from hardware import host as host_info
 from hardware.base import LayerSpec
 from hardware.cpu import KINDS, SIMDCPU
 
@@ -134,6 +143,15 @@ def _load(value) -> str:
   return "unknown" if value is None else f"{value:.2f}"
 
 
+def _fitted_flags(host: Dict) -> str:
+  """The measured machine's kernel flags as a YAML value; a sentence where they were not recorded."""
+  if "cpu_flags" not in host:
+    return json.dumps(host_info.UNKNOWN)
+  if host["cpu_flags"] is None:
+    return json.dumps("unknown (not readable on the measured machine)")
+  return json.dumps(sorted(host["cpu_flags"]))
+
+
 def preset_yaml(p: Dict[str, float], host: Dict, fit_q: Dict, held_q: Dict, measurements_path: str) -> str:
   """The preset's text; every constant's comment says where it came from."""
   return f"""# THIS HOST's CPU as seen by XLA, calibrated: written by `python -m hardware.calibrate --measure --out ...`.
@@ -162,29 +180,94 @@ cout_multiple: {int(p['cout_multiple'])}                # (64 int8 = one AMX til
 fallback_channels: {int(p['fallback_channels'])}            # chosen by fit loss among {list(FALLBACKS)}: convs with max(cin, cout) <= it
 fallback_mac_rate: {_fmt(p['rate_fallback']) if p['fallback_channels'] else 'null'}  # fitted MAC/s of XLA's generic (non-library) convolution loop
 kernel_bits: 8                  # timed kernels are int8 x int8 -> int32 (measure.py)
-e_mac_j: 0.3e-12                # ASSUMPTION, 45 nm proxy: Horowitz ISSCC 2014 int8 mult 0.2 pJ + int32 add 0.1 pJ (FACTS.md sec. 5)
-e_byte_j: 162.5e-12             # ASSUMPTION (U), 45 nm proxy: Horowitz DRAM read 1.3 nJ per 64 b (FACTS.md sec. 5: U), /8 B
+e_mac_j: 0.3e-12                # ASSUMPTION, 45 nm proxy: Horowitz ISSCC 2014 int8 mult 0.2 pJ + int32 add 0.1 pJ
+e_byte_j: 162.5e-12             # ASSUMPTION (U: unverified figure), 45 nm proxy: Horowitz ISSCC 2014 DRAM read 1.3 nJ per 64 b, /8 B
 static_power_w: 12.5            # ASSUMPTION (U): 2 cores' share of a 56-core 350 W Xeon, 350/56 x 2; energy is not measured here
+fitted_on:                      # the machine timed; hardware.host.host_mismatch warns on any other (hardware/README.md)
+  cpu: {json.dumps(str(host.get('cpu')))}  # `host.cpu` of {measurements_path} (/proc/cpuinfo model name)
+  flags: {_fitted_flags(host)}  # its CPU flags among hardware.host.KERNEL_FLAGS (those that change XLA's kernels)
 """
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--measure", action="store_true", help="time the default grid on this host first")
-  parser.add_argument("--measurements", default=DEFAULT_MEASUREMENTS,
-                      help="measurement JSON to read (with --measure: to write)")
-  parser.add_argument("--grid", choices=("default", "tiny"), default="default")
-  parser.add_argument("--out", required=True, help="preset YAML to write, e.g. conf/hardware/cpu_host.yaml")
-  args = parser.parse_args(argv)
-  from hardware import measure  # imports jax only when needed
+class InputError(Exception):
+  """A command-line input calibrate cannot use; the message is one sentence naming the flag, the file and the fix."""
+
+
+def check_writable(path: str, flag: str) -> None:
+  """Raise InputError unless ``path`` can be written (checked before measuring or fitting, not after)."""
+  if os.path.isdir(path):
+    raise InputError(f"{flag} {path} is a folder; give a file path, e.g. {os.path.join(path, 'cpu_host.yaml')}.")
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise InputError(f"{flag} {path} cannot be written: its folder {folder} does not exist; create it or choose "
+                     f"another path.")
+  try:
+    with tempfile.TemporaryFile(dir=folder):  # a real write: os.access says yes to root even on read-only mounts
+      pass
+  except OSError as e:
+    raise InputError(f"{flag} {path} cannot be written: its folder {folder} is not writable ({e.strerror}); "
+                     f"choose a folder you can write to.") from None
+  if os.path.exists(path) and not os.access(path, os.W_OK):
+    raise InputError(f"{flag} {path} exists and is read-only; make it writable or choose another path.")
+
+
+def _min_records() -> int:
+  """Fewest records whose seeded split leaves one per fitted constant and two held-out layers."""
+  return next(n for n in range(len(PARAMS), 10 * len(PARAMS))
+              if len(split(n)[0]) >= len(PARAMS) and len(split(n)[1]) >= 2)
+
+
+def read_measurements(path: str) -> Dict:
+  """The measurements JSON of ``hardware.measure``, checked so that fitting cannot fail on it.
+
+  Raises:
+    InputError: naming ``--measurements`` and ``path``: missing, unreadable, not JSON, no machine record,
+      a record that is not a layer with a positive time, or too few records.
+  """
+  from hardware.measure import records_to_layers
+  redo = (f"measure again with `python -m hardware.calibrate --measure --measurements {path} "
+          f"--out conf/hardware/cpu_host.yaml`")
+  if not os.path.isfile(path):
+    raise InputError(f"--measurements {path} does not exist; pass a file written by `python -m hardware.measure "
+                     f"--out FILE`, or {redo}.")
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except json.JSONDecodeError as e:
+    raise InputError(f"--measurements {path} is not valid JSON ({e.msg} at line {e.lineno}); {redo}.") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise InputError(f"--measurements {path} cannot be read ({type(e).__name__}: {e}); {redo}.") from None
+  records = data.get("records") if isinstance(data, dict) else None
+  if not isinstance(records, list) or not isinstance(data.get("host"), dict) or "cpu" not in data["host"]:
+    raise InputError(f"--measurements {path} lacks a \"records\" list or a \"host\" record with \"cpu\"; {redo}.")
+  for i, r in enumerate(records):
+    try:
+      records_to_layers([r])
+      seconds = float(r["median_s"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+      raise InputError(f"--measurements {path}: record {i} is not a measured layer ({type(e).__name__}: {e}); "
+                       f"{redo}.") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+      raise InputError(f"--measurements {path}: record {i} has median_s={r['median_s']}, not a positive time; "
+                       f"{redo}.")
+  if len(records) < _min_records():
+    raise InputError(f"--measurements {path} has {len(records)} records and the fit needs at least "
+                     f"{_min_records()}; {redo} (the default grid times 359 layers).")
+  return data
+
+
+def _run(args) -> None:
+  check_writable(args.out, "--out")
   if args.measure:
+    check_writable(args.measurements, "--measurements")
+    from hardware import measure  # imports jax only when needed
     layers = measure.default_grid() if args.grid == "default" else measure.tiny_grid()
     data = measure.measure(layers, verbose=True)
     with open(args.measurements, "w") as f:
       json.dump(data, f, indent=1)
-  with open(args.measurements) as f:
-    data = json.load(f)
-  layers = measure.records_to_layers(data["records"])
+  data = read_measurements(args.measurements)
+  from hardware.measure import records_to_layers
+  layers = records_to_layers(data["records"])
   t = np.asarray([r["median_s"] for r in data["records"]])
   fit_idx, held_idx = split(len(layers))
   p = fit([layers[i] for i in fit_idx], t[fit_idx])
@@ -197,6 +280,22 @@ def main(argv=None) -> None:
   with open(args.out, "w") as f:
     f.write(preset_yaml(p, data["host"], fit_q, held_q, shown))
   print(f"fit set {fit_q}\nheld out {held_q}\nwrote {args.out}")
+
+
+def main(argv=None) -> None:
+  """Command line; an unusable input exits with status 2 and one sentence on stderr, before any fitting."""
+  parser = argparse.ArgumentParser(prog="python -m hardware.calibrate", description=__doc__.splitlines()[0])
+  parser.add_argument("--measure", action="store_true", help="time the default grid on this host first")
+  parser.add_argument("--measurements", default=DEFAULT_MEASUREMENTS,
+                      help="measurement JSON to read (with --measure: to write)")
+  parser.add_argument("--grid", choices=("default", "tiny"), default="default")
+  parser.add_argument("--out", required=True, help="preset YAML to write, e.g. conf/hardware/cpu_host.yaml")
+  args = parser.parse_args(argv)
+  try:
+    _run(args)
+  except InputError as e:
+    print(f"hardware.calibrate: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from hardware import host
 from hardware.base import Cost, LayerSpec, broadcast_choices, require_kind, round_up_to_supported
 
 KINDS = ("conv", "dwconv", "dense")
@@ -64,14 +65,21 @@ class SIMDCPU:
       library kernel (XLA's CPU backend does this for <= 16 channels, ~100x slower); 0 disables it. This
       is the one place a wider layer can be faster than a narrower one.
     fallback_mac_rate: MACs per second of that generic loop.
+    fitted_on: for a preset calibrated on one machine, that machine (``cpu`` model name and kernel-relevant
+      ``flags``, written by ``hardware.calibrate``); :func:`hardware.host.host_mismatch` compares it with the
+      machine running. None for a preset that describes a CPU rather than a measurement of one.
   """
+
+  bits_monotone = True  # compute unpacks to the kernel precision (same time), packed memory traffic shrinks
 
   def __init__(self, name: str, mac_rate: Mapping[str, float], mem_bw: float,
                layer_overhead_s: Union[float, Mapping[str, float]],
                e_mac_j: float, e_byte_j: float, static_power_w: float, kernel_bits: int = 8,
                storage_bits: Optional[Sequence[int]] = None, cin_multiple: int = 1, cout_multiple: int = 1,
-               fallback_channels: int = 0, fallback_mac_rate: Optional[float] = None):
+               fallback_channels: int = 0, fallback_mac_rate: Optional[float] = None,
+               fitted_on: Optional[Mapping] = None):
     self.name = name
+    self.fitted_on = host.machine_record(fitted_on, name)
     self.mac_rate = _per_kind(mac_rate, "mac_rate", name)
     if any(v <= 0 for v in self.mac_rate.values()):
       raise ValueError(f"mac_rate of {name!r} must be positive MAC/s for each kind; got {self.mac_rate}.")

@@ -92,6 +92,8 @@ class DSPPackedFPGA(_OnChipMemory):
     e_ddr_byte_j: energy per byte of DDR traffic.
   """
 
+  bits_monotone = True  # fewer bits: as many or more MACs per DSP, fewer DDR bytes
+
   def __init__(self, name: str, dsp_count: int, freq_hz: float, macs_per_dsp: Mapping[int, float],
                efficiency: Mapping[str, float], weight_buffer_bytes: float, act_buffer_bytes: float,
                ddr_bw: float, layer_overhead_s: float, power_w: float, e_ddr_byte_j: float):
@@ -123,6 +125,8 @@ class BitSerialFPGA(_OnChipMemory):
     efficiency, weight_buffer_bytes, act_buffer_bytes, ddr_bw, layer_overhead_s, power_w, e_ddr_byte_j:
       as in :class:`DSPPackedFPGA`.
   """
+
+  bits_monotone = True  # time ~ w x a
 
   def __init__(self, name: str, binary_macs_per_s: float, max_bits: int, efficiency: Mapping[str, float],
                weight_buffer_bytes: float, act_buffer_bytes: float, ddr_bw: float, layer_overhead_s: float,

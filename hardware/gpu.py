@@ -47,6 +47,10 @@ class TensorCoreGPU:
     power_w: board power charged over the latency (TDP).
   """
 
+  # Fewer bits never cost more when channels are multiples of 32 (a narrower MMA is faster and moves fewer
+  # bytes); with fewer channels INT4's 32-channel padding can outweigh its 2x rate.
+  bits_monotone = True
+
   def __init__(self, name: str, peak_ops: Mapping[int, float], channel_multiple: Mapping[int, int],
                tile_m: int, efficiency: float, cuda_core_ops: float, mem_bw: float,
                launch_overhead_s: float, power_w: float):

@@ -85,6 +85,8 @@ class LUTModel:
     off_table: ``"error"`` or ``"scale"``: what a layer off the table's measured lines gets (module doc).
   """
 
+  bits_monotone = False  # the BitFusion table itself has 400 entries where fewer bits cost more energy
+
   def __init__(self, name: str, table: str, latency_unit_s: float, energy_unit_j: float, off_table: str = "error"):
     self.name = name
     self.table_path = table if os.path.isabs(table) else os.path.join(DATA_DIR, table)

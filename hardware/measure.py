@@ -24,6 +24,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from hardware import host
 from hardware.base import LayerSpec
 
 DTYPE_NOTE = "int8 x int8 -> int32 accumulate (preferred_element_type), requantised to int8; XLA CPU"
@@ -179,23 +180,15 @@ class _Prepared:
 
 
 def host_description() -> Dict:
-  """What was measured on: CPU model, core count, platform, jax version and backend, dtype, UTC date."""
+  """What was measured on: CPU model and kernel-relevant flags, cores, platform, jax and backend, dtype, UTC date."""
   import jax
-  model = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          model = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
+  cpu = host.current_host()  # flags None where /proc/cpuinfo cannot be read
   try:
     load = os.getloadavg()[0]  # other work on the machine inflates and scatters the timings
   except OSError:
     load = None
-  return {"cpu": model, "cores": os.cpu_count(), "load_avg_1min": load, "platform": platform.platform(),
-          "jax": jax.__version__,
+  return {"cpu": cpu["cpu"], "cpu_flags": cpu["flags"], "cores": os.cpu_count(), "load_avg_1min": load,
+          "platform": platform.platform(), "jax": jax.__version__,
           "backend": jax.default_backend(), "dtype": DTYPE_NOTE,
           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 

@@ -88,6 +88,12 @@ class MacTableRISCV:
                        "must be >= 0.")
     self.overlap_dma = bool(overlap_dma)
 
+  @property
+  def bits_monotone(self) -> bool:
+    """Fewer bits never cost more on a core that runs packed data natively (MPIC: its table rises as bits
+    fall), but not on one that unpacks sub-byte data (GAP8): unpacking costs cycles."""
+    return self.unpack_cycles_per_element == 0
+
   def check_bits(self, w_bits, a_bits) -> None:
     round_up_to_supported(w_bits, self.bits, "w_bits", self.name)
     round_up_to_supported(a_bits, self.bits, "a_bits", self.name)

@@ -44,6 +44,21 @@ def code_fingerprint(packages: tuple[str, ...] = ("nas", "hardware")) -> str:
   return source_hash(roots)
 
 
+def module_source_hash(dotted: str) -> str | None:
+  """The hash of the source file of the module that defines ``dotted`` (``pkg.mod.Class``: the longest
+  importable module prefix), or None if it cannot be found. Keys checkpoints on a user's plugin: a cost
+  model defined outside this repository's packages is not in ``code_fingerprint``."""
+  parts = dotted.split(".")
+  for i in range(len(parts), 0, -1):
+    try:
+      spec = importlib.util.find_spec(".".join(parts[:i]))
+    except (ImportError, ValueError):
+      continue
+    if spec is not None and spec.origin and pathlib.Path(spec.origin).is_file():
+      return hashlib.sha256(pathlib.Path(spec.origin).read_bytes()).hexdigest()[:16]
+  return None
+
+
 def _pure(tree):
   """Pure (array) pytrees of NNX objects; other leaves pass through."""
   return {k: (nnx.to_pure_dict(nnx.state(v)) if isinstance(v, nnx.Pytree) else v) for k, v in tree.items()}

@@ -27,6 +27,10 @@ def test_fashion_protocol_plans_every_family_seed_budget_and_baseline():
   # per seed: 9 uniform pairs + 2 pruned pairs x 2 widths + 2 random = 15; 3 seeds.
   assert len(baselines) == 45
   assert len({j["dir"] for j in jobs}) == len(jobs)  # one folder each
+  # Whole seeds first (an interrupted run has complete seeds); within one, baselines then the default search.
+  assert [j["seed"] for j in jobs] == sorted(j["seed"] for j in jobs)
+  seed0 = [(j["role"], j["family"]) for j in jobs if j["seed"] == 0]
+  assert seed0[0][0] == "baseline" and seed0[15] == ("searched", "gumbel") and seed0[-1][1] != "gumbel"
   for j in jobs:  # the protocol's steps reach every job, and every job has its own seed
     o = _overrides(j)
     assert (o["search.steps"], o["finetune.steps"], o["baseline.steps"]) == ("800", "2000", "2000")
@@ -75,10 +79,10 @@ def _run(args, cwd=ROOT):
 
 def test_a_two_job_protocol_runs_reports_and_resumes(tmp_path):
   out = tmp_path / "bench"
-  proc = _run([str(_tiny_protocol(tmp_path)), "--out", str(out), "--workers", "2"])
+  proc = _run([str(_tiny_protocol(tmp_path)), "--out", str(out), "--workers", "2", "--no-preflight"])
   assert proc.returncode == 0, proc.stderr[-2000:]
   manifest = json.loads((out / "protocol.json").read_text())
-  assert [j["role"] for j in manifest["jobs"]] == ["searched", "baseline"]
+  assert [j["role"] for j in manifest["jobs"]] == ["baseline", "searched"]
   for job in manifest["jobs"]:
     assert json.loads((out / job["dir"] / "result.json").read_text())["accuracy"] > 0
   report = (out / "report.md").read_text()

@@ -166,3 +166,69 @@ def test_jobs_that_differ_only_in_fine_tuning_share_one_search_checkpoint():
   assert other_ft["search"] == base["search"] and other_ft["finetune"] != base["finetune"]
   for override in ("search.steps=31", "budget.fraction=0.3", "seed=1"):
     assert app.checkpoint_dirs(_compose(["debug=true", override], checkpoint_dir="ck"))["search"] != base["search"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["search.lr=-0.01"], "search.lr=-0.01 must be > 0"),
+    (["finetune.lr=-1"], "finetune.lr=-1.0 must be > 0"),
+    (["search.arch_lr=0"], "search.arch_lr=0.0 must be > 0"),
+    (["finetune.steps=0"], "finetune.steps=0 must be > 0"),
+    (["baseline.steps=0"], "baseline.steps=0 must be > 0"),
+    (["search.weight_decay=-1e-4"], "search.weight_decay=-0.0001 must be >= 0"),
+    (["checkpoint.every=0"], "checkpoint.every=0 must be > 0"),
+    (["+budget.fracton=0.5"], "budget.fracton is not a setting of this app (added with '+', it would be ignored); "
+                              "did you mean budget.fraction?"),
+    (["+search.lrr=0.1"], "did you mean search.lr?"),
+    (["+nonsense=1"], "nonsense is not a setting of this app"),
+])
+def test_rates_steps_and_unknown_keys_are_refused_before_any_work(overrides, message):
+  from experiments.config import validate
+  cfg = _compose(overrides)
+  with pytest.raises(ValueError) as e:
+    validate(cfg)
+  assert message in str(e.value)
+
+
+def test_shipped_presets_and_free_nodes_pass_the_unknown_key_check():
+  from experiments.config import unknown_keys
+  for overrides in ([], ["+sweep=budgets"], ["+sweep=optuna"], ["hardware=gpu", "model=resnet20"],
+                    ["model=fmnist_cnn", "dataset=fashion_mnist", "model.args.widths=[8,8,8,8]"]):
+    assert unknown_keys(_compose(overrides)) == [], overrides
+
+
+def test_cli_misspelt_plus_key_exits_2_naming_it_and_the_closest_key(tmp_path):
+  p = _run_cli([f"hydra.run.dir={tmp_path / 'run'}", "+budget.fracton=0.5", "wandb.mode=disabled",
+                "checkpoint.dir=null"], cwd=ROOT)
+  assert p.returncode == 2 and "Traceback" not in p.stderr
+  lines = [l for l in p.stderr.strip().splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "budget.fracton" in lines[0] and "budget.fraction" in lines[0], p.stderr[-2000:]
+
+
+def test_checkpoint_key_follows_the_source_of_a_plugin_cost_model(tmp_path, monkeypatch):
+  """A cost model defined outside this repository (a user's plugin): editing its formula must start the
+  search afresh, not resume the old one."""
+  plugin = tmp_path / "my_hw_plugin.py"
+  plugin.write_text("class MyHW:\n  latency_per_mac = 1.0\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  cfg = _compose(["hardware._target_=my_hw_plugin.MyHW"], checkpoint_dir="ck")
+  first = app.checkpoint_dirs(cfg)
+  assert app.checkpoint_dirs(cfg) == first
+  plugin.write_text("class MyHW:\n  latency_per_mac = 2.0\n")
+  second = app.checkpoint_dirs(cfg)
+  assert second["search"] != first["search"] and second["finetune"] != first["finetune"]
+
+
+def test_a_host_calibrated_preset_used_on_another_machine_says_so_in_result_and_summary(tmp_path, monkeypatch):
+  """cpu_host was fitted on one machine; on another (faked here) the run warns, and result.json and the wandb
+  summary carry the sentence with the command that recalibrates."""
+  from hardware import host
+  monkeypatch.setattr(host, "current_host", lambda: {"cpu": "Imaginary CPU 9000", "flags": ["avx2"]})
+  cfg = _compose(["debug=true", "hardware=cpu_host", "baseline.kind=uniform", "wandb.mode=disabled"])
+  result = app.run(cfg, tmp_path)
+  assert len(result["warnings"]) == 1
+  text = result["warnings"][0]
+  assert "Imaginary CPU 9000" in text and "python -m hardware.calibrate" in text
+  assert json.loads((tmp_path / "result.json").read_text())["warnings"] == [text]
+  summary = [json.loads(l) for l in (tmp_path / "tracking.jsonl").read_text().splitlines()
+             if json.loads(l)["event"] == "summary"]
+  assert summary and summary[-1]["values"]["warnings/host_mismatch"] == text
