@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments.pareto import _write_json_atomic, format_cost
+from experiments.pareto import METRIC_WORDS, _write_json_atomic, format_cost
 from nas.pareto import hypervolume_2d
 
 ALL_BASELINES = "all baselines"
@@ -394,7 +394,8 @@ def plot_comparison(comparison: dict, path: pathlib.Path) -> None:
   verdict = (c["hypervolume"].get("verdict") or {}).get("outcome")
   ax.set_title(f"{c['target']} / {c['metric']}" + (f" — {c['default']} {verdict} vs all baselines (HV)"
                                                    if verdict else ""), fontsize=10)
-  ax.set_xlabel(f"{c['metric']} on {c['target']} ({unit})" if unit else f"{c['metric']} on {c['target']}")
+  words = METRIC_WORDS.get(c['metric'], c['metric'])
+  ax.set_xlabel(f"{words} on {c['target']} ({unit})" if unit else f"{words} on {c['target']}")
   ax.set_ylabel("test accuracy (%)")
   ax.grid(True, alpha=0.3)
   if c["points"]:
