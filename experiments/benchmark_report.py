@@ -331,7 +331,7 @@ def build_report(bench_dir) -> dict:
     jobs without a result (missing, failed with error.json's message, or unreadable).
 
   References:
-    Zitzler & Thiele, PPSN 1998 (hypervolume indicator); METHODS.md section 8 (its reference point).
+    Zitzler & Thiele, PPSN 1998 (hypervolume indicator); Ishibuchi et al., "How to specify a reference point in hypervolume calculation", 2017.
   """
   bench = pathlib.Path(bench_dir)
   manifest_path = bench / "protocol.json"

@@ -170,7 +170,7 @@ class SDQChoice(_Choice):
 
   References:
     Huang et al., "SDQ: Stochastic Differentiable Quantization with Mixed Precision", ICML 2022 (formulation
-    adopted from the abstract; the paper's exact DBP estimator is not public, see METHODS.md §5).
+    adopted from the abstract; the paper's exact DBP estimator is not public).
   """
 
   def __init__(self, values: Sequence[int], channels: int | None = None):

@@ -84,7 +84,7 @@ def hypervolume_2d(accuracy, cost, ref_accuracy: float, ref_cost: float) -> floa
   """Area dominated by the points and bounded by the reference point (r_a below, r_c to the right).
 
   Only points with a > r_a and c < r_c count. Their front, sorted by cost ascending, gives
-  HV = sum_i (a_i - a_{i-1}) * (r_c - c_i) with a_0 = r_a (METHODS.md section 8). Dominated points and points
+  HV = sum_i (a_i - a_{i-1}) * (r_c - c_i) with a_0 = r_a. Dominated points and points
   beyond the reference contribute nothing; no points give 0.
 
   Args:

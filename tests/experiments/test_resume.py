@@ -27,14 +27,14 @@ def test_killed_search_resumes_to_the_uninterrupted_result(tmp_path):
   deadline = time.time() + 240
   saved = []
   while time.time() < deadline and proc.poll() is None:
-    saved = [p for p in ckpt.glob("*/search/*") if p.name.isdigit()]
+    saved = [p for p in ckpt.glob("searches/*/*") if p.name.isdigit()]
     if saved:
       break
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert saved, "no search checkpoint appeared before the deadline"
-  steps_at_kill = sorted(int(p.name) for p in ckpt.glob("*/search/*") if p.name.isdigit())
+  steps_at_kill = sorted(int(p.name) for p in ckpt.glob("searches/*/*") if p.name.isdigit())
   assert max(steps_at_kill) < 299, steps_at_kill  # killed during the search, not after it
   assert not (tmp_path / "killed" / "result.json").exists()
 

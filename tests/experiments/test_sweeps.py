@@ -66,7 +66,7 @@ def test_presets_exist_and_say_how_to_run_them():
     lines = text.splitlines()
     assert lines[0] == "# @package _global_", name
     header = "\n".join(l for l in lines[1:] if l.startswith("#"))
-    # STYLE.md: the exact command, what it produces, how long it takes.
+    # Each preset starts with: the exact command, what it produces, how long it takes.
     assert f"python -m experiments.search +sweep={name}" in header, name
     assert "result.json" in header and ("min" in header or " s " in header), name
     assert yaml.safe_load(text)["hydra"]["mode"] == "MULTIRUN", name

@@ -38,7 +38,7 @@ def entry(key):
 
 
 def test_documented_example_entries():
-  # hwdata/README.md: 1x1 conv 96->456 on 14x14, W4A4 0.0622 / 0.1069, W8A8 0.0741 / 0.1342.
+  # APQ's BitFusion table (mit-han-lab/apq, lut/BitFusion_new.b1.dict; hardware/data/README.md): 1x1 conv 96->456 on 14x14, W4A4 0.0622 / 0.1069, W8A8 0.0741 / 0.1342.
   c = strict().cost(PW14, np.array([4, 8]), np.array([4, 8]), 96, 456)
   np.testing.assert_allclose(c.latency_s, [0.062192e-3, 0.074136e-3], rtol=1e-12)
   np.testing.assert_allclose(c.energy_j, [0.10688197403091196e-3, 0.1342e-3], rtol=1e-3)

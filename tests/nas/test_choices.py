@@ -145,7 +145,7 @@ def test_per_channel_choice_rows_are_independent_categoricals(key):
   assert choice.mixing_weights("sample", key).shape == (4, 3)
 
 
-# SDQ (METHODS.md section 5): beta in [b_min, b_max]; b_lo <= beta <= b_hi adjacent candidates;
+# SDQ (Huang et al., ICML 2022): beta in [b_min, b_max]; b_lo <= beta <= b_hi adjacent candidates;
 # p = (beta - b_lo) / (b_hi - b_lo) on b_hi, 1 - p on b_lo.
 @pytest.mark.parametrize("beta,expected", [
     (2.0, [1, 0, 0]), (3.0, [0.5, 0.5, 0]), (4.0, [0, 1, 0]), (6.5, [0, 0.375, 0.625]), (8.0, [0, 0, 1]),

@@ -130,7 +130,7 @@ def build(case):
 
 
 def sdq_probs(values, beta):
-  """SDQ (METHODS.md section 5): p = (beta - b_lo) / (b_hi - b_lo) on b_hi, 1 - p on b_lo, the adjacent pair."""
+  """SDQ (Huang et al., ICML 2022): p = (beta - b_lo) / (b_hi - b_lo) on b_hi, 1 - p on b_lo, the adjacent pair."""
   v = np.asarray(values, np.float64)
   j = min(int(np.searchsorted(v, beta, side="right")) - 1, len(v) - 2)  # v[j] <= beta <= v[j + 1]
   out = np.zeros(len(v))

@@ -1,6 +1,6 @@
 """LSQ fake quantisation (nas/quant.py) against a NumPy re-implementation and hand-worked values.
 
-Reference: Esser et al., LSQ, ICLR 2020 (METHODS.md section 1). Ranges: signed Q_N = 2^(b-1), Q_P = 2^(b-1)-1;
+Reference: Esser et al., LSQ, ICLR 2020. Ranges: signed Q_N = 2^(b-1), Q_P = 2^(b-1)-1;
 unsigned Q_N = 0, Q_P = 2^b - 1. Forward round(clip(x/s, -Q_N, Q_P)) * s, rounding half to even as NumPy.
 
 Steps in the exact tests are powers of two, so x = v * s is exact in float32 and x / s gives v back exactly.
@@ -22,7 +22,7 @@ BITS_SIGNED = list(itertools.product(BITS, (True, False)))
 
 
 def ref_range(bits: int, signed: bool) -> tuple[int, int]:
-  """(Q_N, Q_P) written out from METHODS.md section 1, independently of quant.qrange."""
+  """(Q_N, Q_P) written out from the LSQ paper (its section 2), independently of quant.qrange."""
   return (2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
 
 
