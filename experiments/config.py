@@ -114,7 +114,7 @@ class AppConfig:
   wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
   seed: int = 0
-  debug: bool = False                   # shrink to a seconds-long run (tests)
+  debug: bool = False                   # a smoke test: 30 search, 20 training steps, 256 images (~1 CPU-minute)
   # What the job returns to a sweeper (Optuna): e.g. [accuracy, latency_s]; costs are on the searched target.
   objectives: list[str] = dataclasses.field(default_factory=list)
 
