@@ -49,10 +49,6 @@ def load_protocol(name: str, quick: bool, extra: Sequence[str] = ()) -> dict:
   return spec
 
 
-def _width_text(width: float) -> str:
-  return f"×{width:g}"
-
-
 def plan_jobs(spec: dict) -> list[dict]:
   """Every job of the protocol: manifest entry (for the report) plus the Hydra overrides that run it."""
   seeds = list(spec["seeds"])
@@ -86,7 +82,7 @@ def plan_jobs(spec: dict) -> list[dict]:
     pruned = base.get("pruned") or {}
     for w, a in pruned.get("pairs", []):
       for width in pruned.get("widths", []):
-        add("uniform-pruned", f"W{w}A{a} {_width_text(width)}", f"uniform-w{w}a{a}-x{width:g}",
+        add("uniform-pruned", f"W{w}A{a} ×{width:g}", f"uniform-w{w}a{a}-x{width:g}",
             ["baseline.kind=uniform", f"baseline.w_bits={w}", f"baseline.a_bits={a}",
              f"baseline.width_mult={width}"])
     for k in range(int(base.get("random", 0))):
@@ -107,7 +103,7 @@ def manifest(spec: dict, jobs: list[dict]) -> dict:
                 "baseline": steps["baseline"]},
       "comparisons": [{"target": c["target"], "metric": BUDGET_METRICS[c["metric"]], "default": c["default"]}
                       for c in spec["comparisons"]],
-      "jobs": [{k: v for k, v in j.items() if k != "overrides"} | {"overrides": j["overrides"]} for j in jobs]}
+      "jobs": jobs}
 
 
 def _override(spec: dict, key: str) -> str | None:

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments.pareto import METRIC_WORDS, _write_json_atomic, format_cost
+from experiments.pareto import METRIC_WORDS, _cost_of, _write_json_atomic, format_cost
 from nas.pareto import hypervolume_2d
 
 ALL_BASELINES = "all baselines"
@@ -69,17 +69,13 @@ def read_jobs(bench_dir: pathlib.Path, manifest: dict) -> tuple[list[dict], list
 
 
 def cost_on(result: dict, target: str, metric: str) -> float:
-  """The network's cost on one target and metric; ValueError saying why when it has none."""
-  if metric == "weight_bytes":
-    value = result.get("weight_bytes")
-  else:
-    entry = (result.get("cost") or {}).get(target)
-    if entry is None:
-      raise ValueError(f"no cost on target {target!r}")
-    if "error" in entry:
-      raise ValueError(f"cost on {target!r} failed: {entry['error']}")
-    value = entry.get(metric)
-  if value is None or not math.isfinite(float(value)):
+  """The network's cost on one target and metric (experiments.pareto's reading of result.json); ValueError
+  saying why when it has none."""
+  try:
+    value = _cost_of(result, target, metric)
+  except KeyError as e:
+    raise ValueError(str(e).strip("'\"")) from e
+  if not math.isfinite(value):
     raise ValueError(f"no finite {metric!r} on {target!r}: {value!r}")
   return float(value)
 

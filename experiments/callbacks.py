@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import json
-import logging
 import pathlib
 import sys
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
-
-log = logging.getLogger("experiments.search")
 
 
 def failed_jobs(sweep_dir: pathlib.Path) -> list[tuple[str, str]]:

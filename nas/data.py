@@ -261,8 +261,6 @@ def load_mnist(root: str | None, limit: int | None = None) -> Dataset:
 
 # Where Debian's dataset-fashion-mnist package installs the four IDX files (gzipped).
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                         "Ankle boot")
 
 
 def load_fashion_mnist(root: str | None = None, limit: int | None = None) -> Dataset:

@@ -55,7 +55,8 @@ STEP_ADAM_EPS = 1e-12
 
 
 def _is_step(path, leaf) -> bool:
-  """Whether a leaf of the weights' state is an LSQ step (by type, or by name where optax passes arrays)."""
+  """Whether a leaf of the weights' state is an LSQ step: by type, or by name where optax passes plain arrays
+  (its update calls the labels on the gradients, whose leaves are no Variables)."""
   if isinstance(leaf, layers.QuantStep):
     return True
   names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
