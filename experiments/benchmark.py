@@ -31,6 +31,7 @@ from experiments.config import BUDGET_METRICS
 from experiments.search import write_json_atomic
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf" / "benchmark"
+SAME_TOTAL = benchmark_report.SAME_TOTAL  # family of the baselines trained for search + fine-tuning steps
 
 
 def load_protocol(name: str, quick: bool, extra: Sequence[str] = ()) -> dict:
@@ -53,14 +54,13 @@ def plan_jobs(spec: dict) -> list[dict]:
   """Every job of the protocol: manifest entry (for the report) plus the Hydra overrides that run it."""
   seeds = list(spec["seeds"])
   steps = spec["steps"]
-  common = list(spec.get("common", [])) + [f"search.steps={steps['search']}", f"finetune.steps={steps['finetune']}",
-                                           f"baseline.steps={steps['baseline']}"]
+  common = list(spec.get("common", [])) + [f"search.steps={steps['search']}", f"finetune.steps={steps['finetune']}"]
   jobs = []
   for comp in spec["comparisons"]:
     metric = BUDGET_METRICS[comp["metric"]]
     for family, fam in comp["families"].items():
       for seed in seeds[:fam.get("seeds", len(seeds))]:
-        for budget in comp["budgets"]:
+        for budget in fam.get("budgets", comp["budgets"]):
           jobs.append({
               "dir": f"search/{family}-{comp['target']}-{metric}-b{budget:g}-s{seed}", "role": "searched",
               "family": family, "seed": seed, "target": comp["target"], "metric": metric, "budget": budget,
@@ -71,9 +71,11 @@ def plan_jobs(spec: dict) -> list[dict]:
   # A baseline is trained once; its target only sets the budget-free bookkeeping (its cost is on every preset).
   target = spec["comparisons"][0]["target"]
   for seed in seeds:
-    def add(family, config, name, overrides):
+    def add(family, config, name, overrides, n_steps=steps["baseline"]):
       jobs.append({"dir": f"baseline/{name}-s{seed}", "role": "baseline", "family": family, "config": config,
-                   "seed": seed, "overrides": common + overrides + [f"hardware={target}", f"seed={seed}"]})
+                   "seed": seed, "steps": n_steps,
+                   "overrides": common + overrides + [f"baseline.steps={n_steps}", f"hardware={target}",
+                                                      f"seed={seed}"]})
     uniform = base.get("uniform") or {}
     for w, a in uniform.get("pairs", []):
       width = float(uniform.get("width", 1.0))
@@ -87,6 +89,14 @@ def plan_jobs(spec: dict) -> list[dict]:
              f"baseline.width_mult={width}"])
     for k in range(int(base.get("random", 0))):
       add("random", f"random #{k}", f"random-r{k}", ["baseline.kind=random", f"baseline.arch_seed={k}"])
+    # The same uniform networks trained for the searched network's total steps (search + fine-tuning): the
+    # "same total compute" framing, kept apart as their own family.
+    total = steps["search"] + steps["finetune"]
+    for w, a, width in (base.get("same_total") or {}).get("configs", []):
+      add(SAME_TOTAL, f"W{w}A{a}" + ("" if float(width) == 1.0 else f" ×{float(width):g}"),
+          f"total-uniform-w{w}a{a}-x{float(width):g}",
+          ["baseline.kind=uniform", f"baseline.w_bits={w}", f"baseline.a_bits={a}",
+           f"baseline.width_mult={float(width)}"], n_steps=total)
   # Seed by seed, so that an interrupted protocol has whole seeds to report: the baselines, then the default
   # search of each comparison, then the other search variants.
   defaults = {(c["target"], c["default"]) for c in spec["comparisons"]}

@@ -31,6 +31,7 @@ from experiments.pareto import METRIC_WORDS, _cost_of, _write_json_atomic, forma
 from nas.pareto import hypervolume_2d
 
 ALL_BASELINES = "all baselines"
+SAME_TOTAL = "same total steps"  # baselines trained for the searched network's search + fine-tuning steps
 REFERENCE_CONFIG = ("uniform", "W8A8")  # (family, config) of the reference network: every layer W8A8, width 1
 UNDER_USE = 0.9  # mean cost / budget below this is flagged: the derived network leaves budget unused
 OVER_USE_TOL = 1e-9  # cost / budget above 1 + this is flagged; below it is float rounding of cost == budget
