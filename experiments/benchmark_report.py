@@ -27,18 +27,16 @@ from typing import Sequence
 
 import numpy as np
 
-from experiments.pareto import METRIC_WORDS, _cost_of, _write_json_atomic, format_cost
+from experiments.benchmark_plot import plot_comparison
+from experiments.pareto import _cost_of, _write_json_atomic, format_cost
 from nas.pareto import hypervolume_2d
 
 ALL_BASELINES = "all baselines"
 SAME_TOTAL = "same total steps"  # baselines trained for the searched network's search + fine-tuning steps
+WITH_SAME_TOTAL = "all baselines, either step count"  # ALL_BASELINES plus the SAME_TOTAL family
 REFERENCE_CONFIG = ("uniform", "W8A8")  # (family, config) of the reference network: every layer W8A8, width 1
 UNDER_USE = 0.9  # mean cost / budget below this is flagged: the derived network leaves budget unused
 OVER_USE_TOL = 1e-9  # cost / budget above 1 + this is flagged; below it is float rounding of cost == budget
-PLOT_UNITS = {"latency_s": ((1, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")),
-              "energy_j": ((1, "J"), (1e-3, "mJ"), (1e-6, "µJ"), (1e-9, "nJ")),
-              "weight_bytes": ((2 ** 20, "MiB"), (2 ** 10, "KiB"), (1, "B"))}
-BASELINE_MARKERS = ("s", "^", "D", "v", "P", "X", "*")
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -170,10 +168,12 @@ def _hypervolume_over_seeds(points: list[dict], ref: dict) -> dict:
   return {"seeds": seeds, "per_seed": per_seed, **mean_std(per_seed)}
 
 
-def hypervolume_verdict(family: str, searched: dict, baselines: dict, box: float) -> dict:
-  """Whether the searched family's mean hypervolume beats all baselines' by more than twice the spread."""
+def hypervolume_verdict(family: str, searched: dict, baselines: dict, box: float,
+                        against: str = ALL_BASELINES) -> dict:
+  """Whether the searched family's mean hypervolume beats the baselines' (``against`` names them) by more than
+  twice the spread."""
   notes = [f"the std of {name} (one seed) is treated as 0" for name, hv in ((family, searched),
-                                                                         (ALL_BASELINES, baselines))
+                                                                         (against, baselines))
            if hv["std"] is None]
   spread = math.hypot(searched["std"] or 0.0, baselines["std"] or 0.0)
   margin = searched["mean"] - baselines["mean"]
@@ -184,11 +184,12 @@ def hypervolume_verdict(family: str, searched: dict, baselines: dict, box: float
   paired = {**mean_std(diffs), "seeds": [s for s in searched["seeds"] if s in b_seeds]}
   pm = lambda hv: f"{hv['mean'] / box:.4g}" + (" (one seed)" if hv["std"] is None else f" ± {hv['std'] / box:.2g}")
   verb = {"wins": "wins against", "tie": "ties with", "loses": "loses to"}[outcome]
-  sentence = (f"Verdict: {family} {verb} {ALL_BASELINES}: normalised "
+  sentence = (f"Verdict: {family} {verb} {against}: normalised "
               f"hypervolume {pm(searched)} vs {pm(baselines)}"
               + (f" (ratio {ratio:.3g})" if ratio is not None else "")
               + f"; margin {margin / box:+.3g}, 2 × spread {2 * spread / box:.3g}.")
-  return {"family": family, "outcome": outcome, "margin": margin, "spread": spread, "ratio": ratio,
+  return {"family": family, "against": against, "outcome": outcome, "margin": margin, "spread": spread,
+          "ratio": ratio,
           "paired_difference": paired, "notes": notes, "sentence": sentence}
 
 
@@ -201,15 +202,23 @@ def hypervolumes(points: list[dict], ref: dict, default: str) -> dict:
     for family in sorted({p["family"] for p in points if p["role"] == role}):
       families[family] = {"role": role, **_hypervolume_over_seeds([p for p in points if p["family"] == family
                                                                   and p["role"] == role], ref)}
-  baseline_points = [p for p in points if p["role"] == "baseline"]
+  # Same final training: every baseline trained for the baseline steps. Same total compute: those plus the
+  # SAME_TOTAL family (networks of the front retrained for search + fine-tuning steps), when the protocol has it.
+  baseline_points = [p for p in points if p["role"] == "baseline" and p["family"] != SAME_TOTAL]
   union = _hypervolume_over_seeds(baseline_points, ref) if baseline_points else None
+  with_total = [p for p in points if p["role"] == "baseline"]
+  union_total = (_hypervolume_over_seeds(with_total, ref) if len(with_total) > len(baseline_points) else None)
   baseline_families = [f for f, hv in families.items() if hv["role"] == "baseline"]
   best = max(baseline_families, key=lambda f: families[f]["mean"]) if baseline_families else None
   for hv in families.values():
     hv["ratio_to_all_baselines"] = hv["mean"] / union["mean"] if union and union["mean"] > 0 else None
-  out = {"families": families, "all_baselines": union, "best_baseline_family": best, "verdict": None}
+  out = {"families": families, "all_baselines": union, "with_same_total": union_total,
+         "best_baseline_family": best, "verdict": None, "verdict_same_total": None}
   if default in families and union is not None:
     out["verdict"] = hypervolume_verdict(default, families[default], union, ref["box"])
+  if default in families and union_total is not None:
+    out["verdict_same_total"] = hypervolume_verdict(default, families[default], union_total, ref["box"],
+                                                    WITH_SAME_TOTAL)
   else:
     out["note"] = f"no verdict: {'no ' + default + ' result' if default not in families else 'no baseline'} yet"
   return out
@@ -240,7 +249,10 @@ def compare_to_baseline(accuracy: dict, max_cost: float, configs: list[dict]) ->
 
 
 def budget_rows(points: list[dict], configs: list[dict], ref: dict) -> list[dict]:
-  """One row per searched family and budget fraction: accuracy, cost, budget use and the baseline it beats."""
+  """One row per searched family and budget fraction: accuracy, cost, budget use and the baseline it beats
+  (``vs_baseline``: baselines with the same final training; ``vs_same_total``: any baseline, the SAME_TOTAL
+  family included, None when the protocol has none)."""
+  final_configs = [c for c in configs if c["family"] != SAME_TOTAL]
   groups = collections.defaultdict(list)
   for p in points:
     if p["role"] == "searched":
@@ -262,7 +274,9 @@ def budget_rows(points: list[dict], configs: list[dict], ref: dict) -> list[dict
                  "seeds": sorted((p["seed"] for p in ps), key=str), "accuracy": accuracy,
                  "cost": {"mean": float(np.mean(costs)), "min": min(costs), "max": max(costs)},
                  "budget_use": use_stats, "flags": flags,
-                 "vs_baseline": compare_to_baseline(accuracy, max(costs), configs),
+                 "vs_baseline": compare_to_baseline(accuracy, max(costs), final_configs),
+                 "vs_same_total": (compare_to_baseline(accuracy, max(costs), configs)
+                                   if len(final_configs) < len(configs) else None),
                  "networks": [{"seed": p["seed"], "accuracy": p["accuracy"], "cost": p["cost"],
                                "architecture": p["architecture"]} for p in sorted(ps, key=lambda p: str(p["seed"]))]})
   return rows
@@ -280,8 +294,9 @@ def build_comparison(spec: dict, jobs: list[dict]) -> dict:
           "excluded": excluded, "plot": f"{target}-{metric}.png".replace("/", "_")}
 
 
-def training_steps(steps: dict) -> dict:
-  """The step counts and both framings of the comparison: same total steps, and final training."""
+def training_steps(steps: dict, same_total_jobs: int = 0) -> dict:
+  """The step counts and both framings of the comparison: same total steps, and final training
+  (``same_total_jobs``: how many baselines of the SAME_TOTAL family the protocol has)."""
   search, finetune, baseline = (steps.get(k) for k in ("search", "finetune", "baseline"))
   text = (f"Baselines train from scratch for {baseline} steps; a searched network gets {search} search steps "
           f"then {finetune} fine-tuning steps, with the same recipe.")
@@ -298,6 +313,9 @@ def training_steps(steps: dict) -> dict:
            + f" Final training: {finetune} fine-tuning steps vs {baseline} baseline steps"
            + (" (equal)." if final_equal else f" ({abs(finetune - baseline)} "
                                                f"{'more' if finetune > baseline else 'fewer'} for the searched network)."))
+  if same_total_jobs:
+    text += (f" The {same_total_jobs} baseline jobs of the '{SAME_TOTAL}' family train for {total} steps: the "
+             "same total compute as a searched network.")
   return {**steps, "same_total": same_total, "final_training_equal": final_equal, "text": text}
 
 
@@ -342,7 +360,8 @@ def build_report(bench_dir) -> dict:
       "protocol": {k: manifest.get(k) for k in ("name", "variant", "dataset", "model", "steps")},
       "jobs": {"total": len(manifest.get("jobs", [])), "done": len(jobs), "failed": status["failed"],
                "missing": status["missing"], "unreadable": status["unreadable"]},
-      "training": training_steps(manifest.get("steps") or {}),
+      "training": training_steps(manifest.get("steps") or {},
+                                 sum(j.get("family") == SAME_TOTAL for j in manifest.get("jobs", []))),
       "time": time_summary(jobs),
       "comparisons": [build_comparison(spec, jobs) for spec in manifest.get("comparisons", [])],
       "absent": absent,
@@ -350,54 +369,6 @@ def build_report(bench_dir) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- writing
-
-
-def _plot_unit(metric: str, values: Sequence[float]) -> tuple[float, str]:
-  scales = PLOT_UNITS.get(metric, ((1, ""),))
-  largest = max((abs(v) for v in values), default=1.0)
-  return next(((s, u) for s, u in scales if largest >= s), scales[-1])
-
-
-def plot_comparison(comparison: dict, path: pathlib.Path) -> None:
-  """Accuracy (%) vs cost: searched families per budget, baseline configs, faint lines at the budgets."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  c, ref = comparison, comparison["reference"]
-  scale, unit = _plot_unit(c["metric"], [p["cost"] for p in c["points"]] + [ref["cost"] or 0.0])
-  fig = Figure(figsize=(7.5, 5.0), layout="constrained")
-  FigureCanvasAgg(fig)
-  ax = fig.add_subplot()
-  searched = sorted({r["family"] for r in c["budgets"]})
-  for i, family in enumerate(searched):
-    rows = [r for r in c["budgets"] if r["family"] == family]
-    seeds = max(len(r["seeds"]) for r in rows)
-    ax.errorbar([r["cost"]["mean"] / scale for r in rows], [100 * r["accuracy"]["mean"] for r in rows],
-                yerr=[100 * (r["accuracy"]["std"] or 0.0) for r in rows], color=f"C{i}", marker="o", capsize=3,
-                label=f"{family} (searched, {seeds} seed{'s' if seeds > 1 else ''})")
-  for j, family in enumerate(sorted({b["family"] for b in c["baselines"]}, key=str)):
-    rows = [b for b in c["baselines"] if b["family"] == family]
-    colour = f"C{(len(searched) + j) % 10}"
-    ax.errorbar([b["cost"] / scale for b in rows], [100 * b["accuracy"]["mean"] for b in rows],
-                yerr=[100 * (b["accuracy"]["std"] or 0.0) for b in rows], color=colour, linestyle="none",
-                marker=BASELINE_MARKERS[j % len(BASELINE_MARKERS)], capsize=2, label=f"{family} (baseline)")
-    if family == "uniform":
-      for b in rows:
-        ax.annotate(str(b["config"]), (b["cost"] / scale, 100 * b["accuracy"]["mean"]), fontsize=7,
-                    xytext=(4, -10), textcoords="offset points", color=colour)
-  for fraction in sorted({r["fraction"] for r in c["budgets"] if r["fraction"] is not None}):
-    value = fraction * ref["cost"] if ref["cost"] is not None else None
-    if value is not None:
-      ax.axvline(value / scale, color="0.5", alpha=0.25, linewidth=1, zorder=0)
-  verdict = (c["hypervolume"].get("verdict") or {}).get("outcome")
-  ax.set_title(f"{c['target']} / {c['metric']}" + (f" — {c['default']} {verdict} vs all baselines (HV)"
-                                                   if verdict else ""), fontsize=10)
-  words = METRIC_WORDS.get(c['metric'], c['metric'])
-  ax.set_xlabel(f"{words} on {c['target']} ({unit})" if unit else f"{words} on {c['target']}")
-  ax.set_ylabel("test accuracy (%)")
-  ax.grid(True, alpha=0.3)
-  if c["points"]:
-    ax.legend(fontsize=7, loc="lower right")
-  fig.savefig(path, dpi=120)
 
 
 def _pm(stats: dict, scale: float = 1.0, fmt: str = ".4g") -> str:
@@ -435,16 +406,20 @@ def comparison_markdown(c: dict) -> list[str]:
     rows = [(f, h["role"], len(h["seeds"]), _pm(h, 1 / box),
              "–" if h["ratio_to_all_baselines"] is None else f"{h['ratio_to_all_baselines']:.3g}")
             for f, h in hv["families"].items()]
-    if hv["all_baselines"]:
-      rows.append((ALL_BASELINES, "baseline", len(hv["all_baselines"]["seeds"]), _pm(hv["all_baselines"], 1 / box),
-                   "1"))
+    for name, key in ((ALL_BASELINES, "all_baselines"), (WITH_SAME_TOTAL, "with_same_total")):
+      if hv.get(key):
+        ratio = hv[key]["mean"] / hv["all_baselines"]["mean"] if hv["all_baselines"] else None
+        rows.append((name, "baseline", len(hv[key]["seeds"]), _pm(hv[key], 1 / box),
+                     "–" if not ratio else f"{ratio:.3g}"))
     out += _table(("family", "role", "seeds", "hypervolume", "/ all baselines"), rows)
-    v = hv["verdict"]
-    if v:
-      out += [f"**{v['sentence']}**" + (f" ({'; '.join(v['notes'])}.)" if v["notes"] else ""), ""]
-      d = v["paired_difference"]
-      out += [f"Paired per-seed difference ({v['family']} − {ALL_BASELINES}, seeds {d['seeds']}): "
-              + _pm(d, 1 / box) + ".", ""]
+    if hv["verdict"]:
+      for v, framing in ((hv["verdict"], "same final training"), (hv.get("verdict_same_total"), "same total steps")):
+        if v:
+          d = v["paired_difference"]
+          out += [f"**{framing.capitalize()}. {v['sentence']}**"
+                  + (f" ({'; '.join(v['notes'])}.)" if v["notes"] else ""), "",
+                  f"Paired per-seed difference ({v['family']} − {v['against']}, seeds {d['seeds']}): "
+                  + _pm(d, 1 / box) + ".", ""]
     else:
       out += [hv["note"].capitalize() + ".", ""]
     if hv["best_baseline_family"]:
@@ -468,6 +443,21 @@ def comparison_markdown(c: dict) -> list[str]:
                  "–" if b is None else f"{100 * vs['difference']:+.2f}", vs["verdict"]))
   out += _table(("family", "budget", "limit", "seeds", "accuracy", "cost mean (min–max)", "cost / limit mean (max)",
                  "flags", "best baseline at ≤ cost", "its accuracy", "Δ points", "verdict"), rows)
+  total_rows = [r for r in c["budgets"] if r.get("vs_same_total")]
+  if total_rows:
+    out += [f"Same total compute: against every baseline, the {SAME_TOTAL} family included (the networks of the "
+            "front trained for search + fine-tuning steps).", ""]
+    rows = []
+    for r in total_rows:
+      vs = r["vs_same_total"]
+      b = vs["baseline"]
+      rows.append((r["family"], f"{r['fraction']:g}" if r["fraction"] is not None else "?",
+                   _pm(r["accuracy"], 100, ".2f") + " %",
+                   "–" if b is None else f"{b['family']} {b['config']} ({format_cost(m, b['cost'])})",
+                   "–" if b is None else _pm(b["accuracy"], 100, ".2f") + " %",
+                   "–" if b is None else f"{100 * vs['difference']:+.2f}", vs["verdict"]))
+    out += _table(("family", "budget", "accuracy", "best baseline at ≤ cost, either step count", "its accuracy",
+                   "Δ points", "verdict"), rows)
   out += ["Searched networks (per-channel bits shown as their mean, ~):", ""]
   out += _table(("family", "budget", "seed", "accuracy", "cost", "architecture"),
                 [(r["family"], f"{r['fraction']:g}" if r["fraction"] is not None else "?", n["seed"],

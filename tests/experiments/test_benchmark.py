@@ -22,19 +22,24 @@ def test_fashion_protocol_plans_every_family_seed_budget_and_baseline():
   jobs = benchmark.plan_jobs(spec)
   searched = [j for j in jobs if j["role"] == "searched"]
   baselines = [j for j in jobs if j["role"] == "baseline"]
-  # riscv: gumbel 3 seeds x 4 budgets + sdq 4 + per-channel 4; bitfusion: gumbel 3 x 4.
-  assert len(searched) == 12 + 4 + 4 + 12
-  # per seed: 9 uniform pairs + 2 pruned pairs x 2 widths + 2 random = 15; 3 seeds.
-  assert len(baselines) == 45
+  # riscv: gumbel 3 seeds x 7 budgets + sdq 4 + per-channel 4 (their own 4 budgets); bitfusion: gumbel 3 x 5.
+  assert len(searched) == 21 + 4 + 4 + 15
+  assert {j["budget"] for j in searched if j["family"] == "sdq"} == {0.1, 0.15, 0.3, 0.45}
+  # per seed: 9 uniform pairs + 2 pruned pairs x 2 widths + 2 random + 7 same-total-steps = 22; 3 seeds.
+  assert len(baselines) == 66
   assert len({j["dir"] for j in jobs}) == len(jobs)  # one folder each
   # Whole seeds first (an interrupted run has complete seeds); within one, baselines then the default search.
   assert [j["seed"] for j in jobs] == sorted(j["seed"] for j in jobs)
   seed0 = [(j["role"], j["family"]) for j in jobs if j["seed"] == 0]
-  assert seed0[0][0] == "baseline" and seed0[15] == ("searched", "gumbel") and seed0[-1][1] != "gumbel"
+  assert seed0[0][0] == "baseline" and seed0[22] == ("searched", "gumbel") and seed0[-1][1] != "gumbel"
   for j in jobs:  # the protocol's steps reach every job, and every job has its own seed
     o = _overrides(j)
-    assert (o["search.steps"], o["finetune.steps"], o["baseline.steps"]) == ("800", "2000", "2000")
+    assert (o["search.steps"], o["finetune.steps"]) == ("800", "2000")
+    if j["role"] == "baseline":  # same final training, or the searched network's 800 + 2000 total steps
+      assert o["baseline.steps"] == str(j["steps"]) == ("2800" if j["family"] == "same total steps" else "2000")
     assert o["seed"] == str(j["seed"]) and o["dataset"] == "fashion_mnist" and o["model"] == "fmnist_cnn"
+  total = {(j["config"], _overrides(j)["baseline.width_mult"]) for j in baselines if j["family"] == "same total steps"}
+  assert ("W2A2 ×0.5", "0.5") in total and ("W4A8", "1.0") in total and len(total) == 7
   sdq = [j for j in searched if j["family"] == "sdq"]
   assert all(_overrides(j)["search"] == "sdq" and j["seed"] == 0 for j in sdq)
   energy = [j for j in searched if j["target"] == "bitfusion"]

@@ -297,3 +297,46 @@ def test_reference_falls_back_to_w8a8_baseline_then_skips(tmp_path):
   assert len(c["baselines"]) == 3
   report_app.write_report(root, report)
   assert "hypervolumes skipped" in (root / "report.md").read_text()
+
+
+def test_same_total_steps_family_gets_its_own_verdict(tmp_path):
+  # Seeds 0 and 1, riscv latency, every cost the same on all targets:
+  #   uniform-pruned "W4A4 ×0.5" (2, 0.70) both seeds: HV (0.70 - 0.1)(10 - 2) = 4.8, std 0.
+  #   same total steps "W4A4 ×0.5" (2, 0.74) / (2, 0.76): with them the baselines' HV is 0.64·8 = 5.12 /
+  #   0.66·8 = 5.28: mean 5.20, std 0.16 / sqrt(2) = 0.113137.
+  #   gumbel at 0.2: (2, 0.78) / (2, 0.81): HV 5.44 / 5.68, mean 5.56, std 0.24 / sqrt(2) = 0.169706.
+  #   Same final training: margin 0.76 > 2 · sqrt(0.0288 + 0) = 0.3394: wins.
+  #   Same total steps: margin 0.36 <= 2 · sqrt(0.0288 + 0.0128) = 0.4079: tie.
+  #   Per budget: accuracy 0.795 ± 0.021213; against the pruned baseline (0.70) +0.095, better; against the
+  #   same-total one (0.75 ± 0.014142) +0.045 > 0.021213, better.
+  jobs = [b for s, a in ((0, 0.74), (1, 0.76)) for b in (
+      baseline("uniform-pruned", "W4A4 ×0.5", s, 0.70, 2.0), baseline(report_app.SAME_TOTAL, "W4A4 ×0.5", s, a, 2.0))]
+  jobs += [searched("gumbel", "riscv", "latency_s", 0.2, s, a, 2.0) for s, a in ((0, 0.78), (1, 0.81))]
+  root = make_bench(tmp_path / "b", jobs, comparisons=COMPARISONS[:1], extra_jobs=())
+  report = report_app.build_report(root)
+  hv = report["comparisons"][0]["hypervolume"]
+  assert hv["all_baselines"]["per_seed"] == pytest.approx([4.8, 4.8])
+  assert hv["with_same_total"]["per_seed"] == pytest.approx([5.12, 5.28])
+  assert hv["verdict"]["outcome"] == "wins"
+  assert hv["verdict"]["margin"] == pytest.approx(0.76)
+  same = hv["verdict_same_total"]
+  assert (same["outcome"], same["against"]) == ("tie", report_app.WITH_SAME_TOTAL)
+  assert same["margin"] == pytest.approx(0.36)
+  assert same["spread"] == pytest.approx(math.sqrt(0.0416))
+  row = report["comparisons"][0]["budgets"][0]
+  assert row["vs_baseline"]["baseline"]["family"] == "uniform-pruned"
+  assert row["vs_baseline"]["difference"] == pytest.approx(0.095)
+  assert row["vs_same_total"]["baseline"]["family"] == report_app.SAME_TOTAL
+  assert row["vs_same_total"]["difference"] == pytest.approx(0.045)
+  assert row["vs_same_total"]["verdict"] == "better"
+  assert "2 baseline jobs of the 'same total steps' family train for 2500 steps" in report["training"]["text"]
+  md = report_app.report_markdown(report)
+  assert "**Same total steps. Verdict: gumbel ties with all baselines, either step count" in md
+  assert "**Same final training. Verdict: gumbel wins against all baselines:" in md
+
+
+def test_protocol_without_same_total_family_has_one_verdict(bench):
+  _, report = bench
+  hv = _comparison(report, "riscv", "latency_s")["hypervolume"]
+  assert hv["with_same_total"] is None and hv["verdict_same_total"] is None
+  assert all(r["vs_same_total"] is None for r in _comparison(report, "riscv", "latency_s")["budgets"])
