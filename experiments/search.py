@@ -28,7 +28,7 @@ from experiments import config as appconfig
 from experiments.tracking import Tracker, WandbConfig
 from hardware.host import host_mismatch
 from nas import cost as costlib
-from nas.checkpoint import code_fingerprint, module_source_hash
+from nas.checkpoint import code_fingerprint, module_source_hash, save_network
 from nas.data import Dataset, load_cifar10, load_digits, load_fashion_mnist, load_mnist
 from nas.models import build_model
 from nas.search import Constraint, SearchConfig, search
@@ -36,6 +36,7 @@ from nas.space import SearchSpace
 from nas.train import TrainConfig, calibrate, evaluate, finetune, inherit_weights
 
 log = logging.getLogger("experiments.search")
+NETWORK_FILE = "network.npz"  # the fine-tuned network's NNX state, beside result.json (nas.checkpoint.save_network)
 CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf"
 appconfig.register()
 
@@ -242,6 +243,9 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
   try:
     result = _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, tcfg, space, tracker)
     arch = result.pop("_arch")
+    # The fine-tuned network itself, before result.json: a folder with a result has its network
+    # (experiments.export reads both).
+    save_network(result.pop("_network"), out_dir / NETWORK_FILE)
     result.update({
         "kind": kind, "label": name, "target": target.name, "model": cfg.model.name, "dataset": data.name,
         "num_classes": data.num_classes, "method": space.method, "seed": cfg.seed,
@@ -332,7 +336,7 @@ def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, t
                   checkpoint_every=cfg.checkpoint.every)
   times["finetune"] = time.time() - t0
   return {"accuracy": ft["test_accuracy"], "expected_cost": expected, "search": search_info,
-          "teacher_accuracy": teacher_acc, "time_s": times, "_arch": arch}
+          "teacher_accuracy": teacher_acc, "time_s": times, "_arch": arch, "_network": derived}
 
 
 def _model_args(cfg, data) -> dict:

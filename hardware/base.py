@@ -157,6 +157,14 @@ def require_kind(layer, kinds: Sequence[str], model: str) -> None:
                      f"not model; use one of {tuple(kinds)} or add that kind to the model.")
 
 
+def check_batch_size(batch_size, model: str) -> int:
+  """``batch_size`` as an int >= 1, or one ValueError naming the field and the fix."""
+  if isinstance(batch_size, bool) or not float(batch_size).is_integer() or int(batch_size) < 1:
+    raise ValueError(f"batch_size={batch_size!r} of {model!r} must be an integer >= 1 (images per kernel call; "
+                     f"costs are per image at that batch), e.g. hardware.batch_size=1.")
+  return int(batch_size)
+
+
 def round_up_to_supported(bits, supported: Sequence[int], field: str, model: str) -> np.ndarray:
   """Each bit-width mapped to the smallest supported precision >= it (a kernel of that precision runs it).
 

@@ -5,6 +5,10 @@ VNNI), so going below 8 bits buys no compute speed-up; tensors are read and writ
 so it does cut memory traffic. Depthwise and dense (GEMV at batch 1) layers use the SIMD units far less well
 than convolutions, hence one effective MAC rate per layer kind.
 
+Batch size: the cost is per image at batch ``batch_size``: one library call runs the whole batch, so its
+fixed overhead and its weight traffic are shared by the B images (a fitted preset was measured at batch 1;
+its per-MAC rates are then assumed to hold at batch B).
+
 References:
   Williams, Waterman and Patterson, "Roofline: An Insightful Visual Performance Model", CACM 2009.
   Horowitz, "Computing's Energy Problem (and what we can do about it)", ISSCC 2014 (energy per op / byte).
@@ -17,7 +21,8 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 
 from hardware import host
-from hardware.base import Cost, LayerSpec, broadcast_choices, require_kind, round_up_to_supported
+from hardware.base import (Cost, LayerSpec, broadcast_choices, check_batch_size, require_kind,
+                           round_up_to_supported)
 
 KINDS = ("conv", "dwconv", "dense")
 
@@ -46,6 +51,9 @@ def input_read_fraction(layer: LayerSpec) -> float:
 class SIMDCPU:
   """Latency = overhead + max(MACs / mac_rate[kind], bytes / mem_bw); energy = per-MAC + per-byte + static.
 
+  At batch B = ``batch_size`` one call runs B images: per image, latency = (overhead + max(B x MACs / rate,
+  (weight bytes + B x activation bytes) / mem_bw)) / B.
+
   Args:
     name: target name used in results.
     mac_rate: effective MACs per second at the kernel precision, per layer kind (``conv``, ``dwconv``,
@@ -68,6 +76,7 @@ class SIMDCPU:
     fitted_on: for a preset calibrated on one machine, that machine (``cpu`` model name and kernel-relevant
       ``flags``, written by ``hardware.calibrate``); :func:`hardware.host.host_mismatch` compares it with the
       machine running. None for a preset that describes a CPU rather than a measurement of one.
+    batch_size: images per call; costs are per image at this batch (default 1).
   """
 
   bits_monotone = True  # compute unpacks to the kernel precision (same time), packed memory traffic shrinks
@@ -77,7 +86,7 @@ class SIMDCPU:
                e_mac_j: float, e_byte_j: float, static_power_w: float, kernel_bits: int = 8,
                storage_bits: Optional[Sequence[int]] = None, cin_multiple: int = 1, cout_multiple: int = 1,
                fallback_channels: int = 0, fallback_mac_rate: Optional[float] = None,
-               fitted_on: Optional[Mapping] = None):
+               fitted_on: Optional[Mapping] = None, batch_size: int = 1):
     self.name = name
     self.fitted_on = host.machine_record(fitted_on, name)
     self.mac_rate = _per_kind(mac_rate, "mac_rate", name)
@@ -100,6 +109,7 @@ class SIMDCPU:
     self.cout_multiple = int(cout_multiple)
     if min(self.cin_multiple, self.cout_multiple) < 1:
       raise ValueError(f"cin_multiple and cout_multiple of {name!r} must be >= 1.")
+    self.batch_size = check_batch_size(batch_size, name)
     self.fallback_channels = int(fallback_channels)
     self.fallback_mac_rate = None if fallback_mac_rate is None else float(fallback_mac_rate)
     if self.fallback_channels > 0 and not (self.fallback_mac_rate or 0) > 0:
@@ -110,7 +120,8 @@ class SIMDCPU:
     round_up_to_supported(a_bits, self.storage_bits, "a_bits", self.name)
 
   def terms(self, layer: LayerSpec, w_bits, a_bits, cin, cout):
-    """The roofline's inputs: (MACs as computed after lane padding, bytes of memory traffic)."""
+    """The roofline's inputs per image: (MACs as computed after lane padding, bytes of memory traffic, the
+    weights' share read once per batch)."""
     require_kind(layer, KINDS, self.name)
     w, a, ci, co = broadcast_choices(w_bits, a_bits, cin, cout)
     w_store = round_up_to_supported(w, self.storage_bits, "w_bits", self.name)
@@ -121,7 +132,8 @@ class SIMDCPU:
     macs = layer.macs(_pad(ci, self.cin_multiple), _pad(co, self.cout_multiple))
     # Weights read at their packed size, input read and output written at the activation precision.
     inputs = layer.input_count(ci) * input_read_fraction(layer)
-    traffic = (layer.weight_count(ci, co) * w_store + (inputs + layer.output_count(co)) * a_store) / 8.0
+    traffic = (layer.weight_count(ci, co) * w_store / self.batch_size
+               + (inputs + layer.output_count(co)) * a_store) / 8.0
     return macs, traffic
 
   def cost(self, layer: LayerSpec, w_bits, a_bits, cin, cout) -> Cost:
@@ -133,6 +145,6 @@ class SIMDCPU:
       macs = np.where(generic, layer.macs(ci, co), macs)
       compute_s = np.where(generic, macs / self.fallback_mac_rate, compute_s)
     memory_s = traffic / self.mem_bw
-    latency = self.layer_overhead_s[layer.kind] + np.maximum(compute_s, memory_s)
+    latency = self.layer_overhead_s[layer.kind] / self.batch_size + np.maximum(compute_s, memory_s)
     energy = self.e_mac_j * macs + self.e_byte_j * traffic + self.static_power_w * latency
     return Cost(latency_s=latency, energy_j=energy)

@@ -14,6 +14,10 @@ BRAM; what does not fit streams from DDR once per image (weights) or is written 
 board power x latency + DDR bytes x energy per byte, so layers that spill cost more energy than their
 latency alone says.
 
+Batch size: a layer-serial overlay can run each layer over B = ``batch_size`` images before the next
+(weights loaded once, instructions fetched once): the cost is per image at batch B, the overhead and the
+weights' DDR traffic shared by the B images, the batch's activations held in (or spilling from) the buffer.
+
 References:
   Fu et al., "Deep Learning with INT8 Optimization on Xilinx Devices", Xilinx WP486, 2017.
   Umuroglu, Rasnayake and Själander, "BISMO: A Scalable Bit-Serial Matrix Multiplication Overlay for
@@ -26,7 +30,8 @@ from typing import Mapping
 
 import numpy as np
 
-from hardware.base import Cost, LayerSpec, broadcast_choices, require_kind, round_up_to_supported
+from hardware.base import (Cost, LayerSpec, broadcast_choices, check_batch_size, require_kind,
+                           round_up_to_supported)
 
 KINDS = ("conv", "dwconv", "dense")
 
@@ -40,7 +45,8 @@ class _OnChipMemory:
     round_up_to_supported(a_bits, self.precisions, "a_bits", self.name)
 
   def _init_memory(self, efficiency, weight_buffer_bytes, act_buffer_bytes, ddr_bw, layer_overhead_s,
-                   power_w, e_ddr_byte_j):
+                   power_w, e_ddr_byte_j, batch_size=1):
+    self.batch_size = check_batch_size(batch_size, self.name)
     self.efficiency = {k: float(v) for k, v in dict(efficiency).items()}
     missing = [k for k in KINDS if k not in self.efficiency]
     if missing or any(not 0 < v <= 1 for v in self.efficiency.values()):
@@ -57,11 +63,14 @@ class _OnChipMemory:
       raise ValueError(f"buffers, layer_overhead_s and e_ddr_byte_j of {self.name!r} must be >= 0.")
 
   def ddr_bytes(self, layer: LayerSpec, w_store, a_store, ci, co) -> np.ndarray:
-    """Bytes moved to or from DDR for one image: weights beyond the weight buffer, activations beyond theirs."""
+    """Bytes moved to or from DDR per image: weights beyond the weight buffer (once per batch), the batch's
+    activations beyond theirs."""
+    b = self.batch_size
     weights = layer.weight_count(ci, co) * w_store / 8.0
-    acts = (layer.input_count(ci) + layer.output_count(co)) * a_store / 8.0
+    acts = b * (layer.input_count(ci) + layer.output_count(co)) * a_store / 8.0
     # Spilled activations are written by the producer and read by this layer: both count.
-    return np.maximum(weights - self.weight_buffer_bytes, 0.0) + 2.0 * np.maximum(acts - self.act_buffer_bytes, 0.0)
+    return (np.maximum(weights - self.weight_buffer_bytes, 0.0)
+            + 2.0 * np.maximum(acts - self.act_buffer_bytes, 0.0)) / b
 
   def cost(self, layer: LayerSpec, w_bits, a_bits, cin, cout) -> Cost:
     require_kind(layer, KINDS, self.name)
@@ -71,7 +80,7 @@ class _OnChipMemory:
     rate, w_store, a_store = self.macs_per_second(w, a)
     compute_s = layer.macs(ci, co) / (rate * self.efficiency[layer.kind])
     ddr = self.ddr_bytes(layer, w_store, a_store, ci, co)
-    latency = self.layer_overhead_s + np.maximum(compute_s, ddr / self.ddr_bw)
+    latency = self.layer_overhead_s / self.batch_size + np.maximum(compute_s, ddr / self.ddr_bw)
     return Cost(latency_s=latency, energy_j=latency * self.power_w + ddr * self.e_ddr_byte_j)
 
 
@@ -90,13 +99,14 @@ class DSPPackedFPGA(_OnChipMemory):
     layer_overhead_s: fixed time per layer (instruction fetch, pipeline fill).
     power_w: board power charged over the latency.
     e_ddr_byte_j: energy per byte of DDR traffic.
+    batch_size: images each layer runs before the next; costs are per image at this batch (default 1).
   """
 
   bits_monotone = True  # fewer bits: as many or more MACs per DSP, fewer DDR bytes
 
   def __init__(self, name: str, dsp_count: int, freq_hz: float, macs_per_dsp: Mapping[int, float],
                efficiency: Mapping[str, float], weight_buffer_bytes: float, act_buffer_bytes: float,
-               ddr_bw: float, layer_overhead_s: float, power_w: float, e_ddr_byte_j: float):
+               ddr_bw: float, layer_overhead_s: float, power_w: float, e_ddr_byte_j: float, batch_size: int = 1):
     self.name = name
     self.dsp_count = int(dsp_count)
     self.freq_hz = float(freq_hz)
@@ -105,7 +115,7 @@ class DSPPackedFPGA(_OnChipMemory):
     if self.dsp_count <= 0 or self.freq_hz <= 0 or min(self.macs_per_dsp.values()) <= 0:
       raise ValueError(f"dsp_count, freq_hz and macs_per_dsp of {name!r} must be positive.")
     self._init_memory(efficiency, weight_buffer_bytes, act_buffer_bytes, ddr_bw, layer_overhead_s,
-                      power_w, e_ddr_byte_j)
+                      power_w, e_ddr_byte_j, batch_size)
 
   def macs_per_second(self, w, a):
     w_run = round_up_to_supported(w, self.precisions, "w_bits", self.name)
@@ -122,22 +132,22 @@ class BitSerialFPGA(_OnChipMemory):
     name: target name used in results.
     binary_macs_per_s: peak binary (1 x 1 bit) MACs per second of the array.
     max_bits: widest precision the overlay is built for.
-    efficiency, weight_buffer_bytes, act_buffer_bytes, ddr_bw, layer_overhead_s, power_w, e_ddr_byte_j:
-      as in :class:`DSPPackedFPGA`.
+    efficiency, weight_buffer_bytes, act_buffer_bytes, ddr_bw, layer_overhead_s, power_w, e_ddr_byte_j,
+      batch_size: as in :class:`DSPPackedFPGA`.
   """
 
   bits_monotone = True  # time ~ w x a
 
   def __init__(self, name: str, binary_macs_per_s: float, max_bits: int, efficiency: Mapping[str, float],
                weight_buffer_bytes: float, act_buffer_bytes: float, ddr_bw: float, layer_overhead_s: float,
-               power_w: float, e_ddr_byte_j: float):
+               power_w: float, e_ddr_byte_j: float, batch_size: int = 1):
     self.name = name
     self.binary_macs_per_s = float(binary_macs_per_s)
     self.precisions = tuple(range(1, int(max_bits) + 1))
     if self.binary_macs_per_s <= 0 or int(max_bits) < 1:
       raise ValueError(f"binary_macs_per_s and max_bits of {name!r} must be positive.")
     self._init_memory(efficiency, weight_buffer_bytes, act_buffer_bytes, ddr_bw, layer_overhead_s,
-                      power_w, e_ddr_byte_j)
+                      power_w, e_ddr_byte_j, batch_size)
 
   def macs_per_second(self, w, a):
     w_run = round_up_to_supported(w, self.precisions, "w_bits", self.name)

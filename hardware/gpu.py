@@ -7,6 +7,10 @@ K (input channels) are padded to the MMA tile and the 128-bit alignment of that 
 channel count pays for the padding. Depthwise convolutions have no channel reduction for a tensor core to
 use and run on the CUDA cores. Batch 1 leaves most small layers bound by memory or launch overhead.
 
+Batch size: GPUs are deployed at batch B > 1, so the cost is per image at batch ``batch_size``: one kernel
+runs the whole batch (M grows B-fold before padding to the tile), its launch and weight traffic are shared
+by the B images, and the per-image cost is the kernel's time over B (throughput, not the batch's latency).
+
 Energy = power x latency, with the board power at its TDP while the layer runs (an upper bound: a small
 layer does not draw TDP). This makes energy proportional to latency on a GPU preset; per-op energies for
 these parts were not found.
@@ -22,7 +26,8 @@ from typing import Mapping
 
 import numpy as np
 
-from hardware.base import Cost, LayerSpec, broadcast_choices, require_kind, round_up_to_supported
+from hardware.base import (Cost, LayerSpec, broadcast_choices, check_batch_size, require_kind,
+                           round_up_to_supported)
 
 KINDS = ("conv", "dwconv", "dense")
 
@@ -32,7 +37,8 @@ def _pad(x: np.ndarray, multiple) -> np.ndarray:
 
 
 class TensorCoreGPU:
-  """Latency = launch + max(padded MACs x 2 / (peak_ops[p] x efficiency), bytes at p / mem_bw).
+  """Latency per image = (launch + max(padded MACs x 2 / (peak_ops[p] x efficiency), bytes at p / mem_bw)) / B
+  for a kernel over a batch of B = ``batch_size`` images.
 
   Args:
     name: target name used in results.
@@ -45,6 +51,7 @@ class TensorCoreGPU:
     mem_bw: DRAM bandwidth in bytes per second.
     launch_overhead_s: fixed time per layer (kernel launch).
     power_w: board power charged over the latency (TDP).
+    batch_size: images per kernel; costs are per image at this batch (default 1).
   """
 
   # Fewer bits never cost more when channels are multiples of 32 (a narrower MMA is faster and moves fewer
@@ -53,7 +60,7 @@ class TensorCoreGPU:
 
   def __init__(self, name: str, peak_ops: Mapping[int, float], channel_multiple: Mapping[int, int],
                tile_m: int, efficiency: float, cuda_core_ops: float, mem_bw: float,
-               launch_overhead_s: float, power_w: float):
+               launch_overhead_s: float, power_w: float, batch_size: int = 1):
     self.name = name
     self.peak_ops = {int(k): float(v) for k, v in dict(peak_ops).items()}
     self.precisions = tuple(sorted(self.peak_ops))
@@ -68,6 +75,7 @@ class TensorCoreGPU:
     self.mem_bw = float(mem_bw)
     self.launch_overhead_s = float(launch_overhead_s)
     self.power_w = float(power_w)
+    self.batch_size = check_batch_size(batch_size, name)
     positive = (min(self.peak_ops.values()), self.tile_m, self.efficiency, self.cuda_core_ops, self.mem_bw, self.power_w)
     if min(positive) <= 0 or self.efficiency > 1 or self.launch_overhead_s < 0:
       raise ValueError(f"{name!r}: peak_ops, tile_m, cuda_core_ops, mem_bw, power_w must be positive, "
@@ -89,16 +97,17 @@ class TensorCoreGPU:
     p = self.precision(w, a)
     mult = np.vectorize(self.channel_multiple.get, otypes=[np.float64])(p)
     peak = np.vectorize(self.peak_ops.get, otypes=[np.float64])(p)
-    pixels = layer.out_h * layer.out_w
+    b = self.batch_size
+    pixels = layer.out_h * layer.out_w * b  # the batch's output pixels are the GEMM's M
     if layer.kind == "dwconv":
       # One channel per filter: no reduction over channels for an MMA, so CUDA cores at their own rate.
-      compute_s = 2.0 * layer.macs(co, co) / self.cuda_core_ops
+      compute_s = 2.0 * b * layer.macs(co, co) / self.cuda_core_ops
       weights, ci = layer.weight_count(co, co), co
     else:
       padded_macs = (_pad(pixels, self.tile_m) * layer.kernel * layer.kernel * _pad(ci, mult) * _pad(co, mult))
       compute_s = 2.0 * padded_macs / (peak * self.efficiency)
       weights = layer.weight_count(ci, co)
-    # Both operands and the requantised output move at the kernel precision p.
-    traffic = (weights + layer.input_count(ci) + layer.output_count(co)) * p / 8.0
-    latency = self.launch_overhead_s + np.maximum(compute_s, traffic / self.mem_bw)
+    # Both operands and the requantised output move at the kernel precision p; weights once per batch.
+    traffic = (weights + b * (layer.input_count(ci) + layer.output_count(co))) * p / 8.0
+    latency = (self.launch_overhead_s + np.maximum(compute_s, traffic / self.mem_bw)) / b
     return Cost(latency_s=latency, energy_j=latency * self.power_w)

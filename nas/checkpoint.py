@@ -129,3 +129,57 @@ class LoopCheckpointer:
   def close(self) -> None:
     if self.manager is not None:
       self.manager.close()
+
+
+def _flatten(tree, prefix=()) -> dict:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, prefix + (str(k),)))
+    return out
+  return {"/".join(prefix): tree}
+
+
+_SAVED = nnx.Not(nnx.RngState)  # the network: everything but its random-number streams
+
+
+def save_network(model: nnx.Module, path) -> pathlib.Path:
+  """The model's NNX state (parameters, LSQ steps, BatchNorm statistics; not its RNG streams) as one ``.npz``, keyed by the
+  state path joined with ``/`` (e.g. ``convs/0/conv/kernel``); written to a temporary file, then renamed."""
+  import numpy as np
+  path = pathlib.Path(path)
+  flat = {k: np.asarray(v) for k, v in _flatten(nnx.to_pure_dict(nnx.state(model, _SAVED))).items()}
+  tmp = path.with_name(path.name + ".tmp.npz")
+  np.savez(tmp, **flat)
+  tmp.replace(path)
+  return path
+
+
+def load_network(model: nnx.Module, path) -> nnx.Module:
+  """Loads what :func:`save_network` wrote into ``model`` (built with the same architecture), in place.
+
+  Raises:
+    ValueError: naming the first path that is missing, unexpected or of another shape.
+  """
+  import numpy as np
+  pure = nnx.to_pure_dict(nnx.state(model, _SAVED))
+  flat = _flatten(pure)
+  with np.load(path) as data:
+    stored = {k: data[k] for k in data.files}
+  missing, extra = sorted(set(flat) - set(stored)), sorted(set(stored) - set(flat))
+  if missing or extra:
+    raise ValueError(f"{path} does not match the network: missing {missing[:3]}, unexpected {extra[:3]}; was it "
+                     "saved from another architecture?")
+  for k, v in flat.items():
+    if tuple(np.shape(v)) != stored[k].shape:
+      raise ValueError(f"{path}: {k} has shape {stored[k].shape}, the network expects {tuple(np.shape(v))}.")
+
+  def fill(tree, prefix=()):
+    if isinstance(tree, dict):
+      return {k: fill(v, prefix + (str(k),)) for k, v in tree.items()}
+    return jax.numpy.asarray(stored["/".join(prefix)])
+
+  state = nnx.state(model, _SAVED)
+  nnx.replace_by_pure_dict(state, fill(pure))
+  nnx.update(model, state)
+  return model

@@ -42,6 +42,7 @@ def test_cli_debug_run_writes_result(tmp_path):
   # The derived network's latency honours the budget (the derive step projects onto it).
   assert r["cost"]["riscv"]["latency_s"] <= r["budget"]["value"] * (1 + 1e-9)
   assert r["weight_bytes"] > 0 and r["architecture"]["layers"]
+  assert (out / "network.npz").is_file()  # the fine-tuned network travels with its result (experiments.export)
   # Every hardware preset is reported, not only the searched one.
   presets = {p.stem for p in (ROOT / "conf" / "hardware").glob("*.yaml")}
   assert len(r["cost"]) >= 1 and "riscv" in r["cost"]

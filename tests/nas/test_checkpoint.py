@@ -77,3 +77,20 @@ def test_finetune_resumes_to_the_same_weights(tmp_path):
   assert out["test_accuracy"] == ref["test_accuracy"]
   for a, b in zip(_leaves(model), _leaves(ref_model)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_saved_network_reloads_into_a_fresh_model_of_its_architecture(tmp_path):
+  from nas.checkpoint import load_network, save_network
+  space = SearchSpace()
+  sup = build_model("digits_cnn", space, seed=0, widths=(8, 16), strides=(1, 2))
+  arch = sup.architecture({n: max(c.values) for n, c in sup.choices.items()})
+  a = build_model("digits_cnn", space, seed=1, arch=arch, widths=(8, 16), strides=(1, 2))
+  b = build_model("digits_cnn", space, seed=2, arch=arch, widths=(8, 16), strides=(1, 2))
+  assert any(not np.array_equal(x, y) for x, y in zip(_leaves(a), _leaves(b)))  # different seeds differ
+  load_network(b, save_network(a, tmp_path / "net.npz"))
+  for x, y in zip(_leaves(a), _leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  narrow = sup.architecture({n: min(c.values) for n, c in sup.choices.items()})
+  c = build_model("digits_cnn", space, seed=0, arch=narrow, widths=(8, 16), strides=(1, 2))
+  with pytest.raises(ValueError, match="net.npz: .* has shape"):
+    load_network(c, tmp_path / "net.npz")
