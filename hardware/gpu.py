@@ -46,7 +46,8 @@ class TensorCoreGPU:
       ``{4: 1248e12, 8: 624e12, 16: 312e12}``; the widest key is the widest precision the part runs.
     channel_multiple: per precision, the multiple input and output channels are padded to.
     tile_m: MMA tile rows; the output pixels (M) are padded to it.
-    efficiency: fraction of peak a real kernel reaches on tensor cores.
+    efficiency: fraction of peak a real kernel reaches on tensor cores: one number, or one per precision of
+      ``peak_ops`` (``python -m hardware.fit_gpu`` fits them to measured layers).
     cuda_core_ops: operations per second of the CUDA cores (depthwise convolutions).
     mem_bw: DRAM bandwidth in bytes per second.
     launch_overhead_s: fixed time per layer (kernel launch).
@@ -59,7 +60,7 @@ class TensorCoreGPU:
   bits_monotone = True
 
   def __init__(self, name: str, peak_ops: Mapping[int, float], channel_multiple: Mapping[int, int],
-               tile_m: int, efficiency: float, cuda_core_ops: float, mem_bw: float,
+               tile_m: int, efficiency: float | Mapping[int, float], cuda_core_ops: float, mem_bw: float,
                launch_overhead_s: float, power_w: float, batch_size: int = 1):
     self.name = name
     self.peak_ops = {int(k): float(v) for k, v in dict(peak_ops).items()}
@@ -70,14 +71,22 @@ class TensorCoreGPU:
       raise ValueError(f"channel_multiple of {name!r} needs an entry for each precision of peak_ops; missing {missing}.")
     self.channel_multiple = multiples
     self.tile_m = int(tile_m)
-    self.efficiency = float(efficiency)
+    if isinstance(efficiency, Mapping):
+      self.efficiency = {int(k): float(v) for k, v in dict(efficiency).items()}
+      missing = [p for p in self.precisions if p not in self.efficiency]
+      if missing:
+        raise ValueError(f"efficiency of {name!r} needs an entry for each precision of peak_ops; missing {missing} "
+                         "(or give one number for all).")
+    else:
+      self.efficiency = {p: float(efficiency) for p in self.precisions}
     self.cuda_core_ops = float(cuda_core_ops)
     self.mem_bw = float(mem_bw)
     self.launch_overhead_s = float(launch_overhead_s)
     self.power_w = float(power_w)
     self.batch_size = check_batch_size(batch_size, name)
-    positive = (min(self.peak_ops.values()), self.tile_m, self.efficiency, self.cuda_core_ops, self.mem_bw, self.power_w)
-    if min(positive) <= 0 or self.efficiency > 1 or self.launch_overhead_s < 0:
+    positive = (min(self.peak_ops.values()), self.tile_m, min(self.efficiency.values()), self.cuda_core_ops,
+                self.mem_bw, self.power_w)
+    if min(positive) <= 0 or max(self.efficiency.values()) > 1 or self.launch_overhead_s < 0:
       raise ValueError(f"{name!r}: peak_ops, tile_m, cuda_core_ops, mem_bw, power_w must be positive, "
                        f"efficiency in (0, 1] and launch_overhead_s >= 0.")
 
@@ -96,7 +105,7 @@ class TensorCoreGPU:
     w, a, ci, co = broadcast_choices(w_bits, a_bits, cin, cout)
     p = self.precision(w, a)
     mult = np.vectorize(self.channel_multiple.get, otypes=[np.float64])(p)
-    peak = np.vectorize(self.peak_ops.get, otypes=[np.float64])(p)
+    peak = np.vectorize(lambda q: self.peak_ops[q] * self.efficiency[q], otypes=[np.float64])(p)
     b = self.batch_size
     pixels = layer.out_h * layer.out_w * b  # the batch's output pixels are the GEMM's M
     if layer.kind == "dwconv":
@@ -105,7 +114,7 @@ class TensorCoreGPU:
       weights, ci = layer.weight_count(co, co), co
     else:
       padded_macs = (_pad(pixels, self.tile_m) * layer.kernel * layer.kernel * _pad(ci, mult) * _pad(co, mult))
-      compute_s = 2.0 * padded_macs / (peak * self.efficiency)
+      compute_s = 2.0 * padded_macs / peak
       weights = layer.weight_count(ci, co)
     # Both operands and the requantised output move at the kernel precision p; weights once per batch.
     traffic = (weights + b * (layer.input_count(ci) + layer.output_count(co))) * p / 8.0

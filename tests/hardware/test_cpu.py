@@ -61,3 +61,14 @@ def test_few_channel_convolutions_take_the_fallback_rate():
   assert float(model.cost(layer, 8, 8, 16, 24).latency_s) == pytest.approx(64 * 9 * 64 * 24 / 1e11)
   with pytest.raises(ValueError, match="fallback_mac_rate"):
     SIMDCPU("t", 1e9, 1e9, 0.0, 0.0, 0.0, 0.0, fallback_channels=16)
+
+
+def test_batch_size_shares_overhead_and_weights_by_hand():
+  layer = LayerSpec("conv", 16, 32, 3, 1, 8, 8)
+  model = hydra.utils.instantiate(OmegaConf.load(CONF / "cpu.yaml"), batch_size=8)
+  c = model.cost(layer, 8, 8, 16, 32)
+  macs = 8 * 8 * 9 * 16 * 32
+  traffic = 4608 / 8 + 1024 + 2048  # weights once per batch of 8, activations per image
+  latency = 20e-6 / 8 + max(macs / 24e9, traffic / 4.8e9)
+  assert float(c.latency_s) == pytest.approx(latency, rel=1e-12)
+  assert float(c.energy_j) == pytest.approx(0.3e-12 * macs + 162.5e-12 * traffic + 2.7 * latency, rel=1e-12)

@@ -49,3 +49,15 @@ def test_bit_serial_time_is_proportional_to_w_times_a():
   for w, a in [(2, 2), (3, 5), (8, 8)]:
     expected = 5e-6 + macs * w * a / (7.7e12 * 0.5)
     assert float(model.cost(CONV, w, a, 64, 64).latency_s) == pytest.approx(expected, rel=1e-12)
+
+
+def test_batch_size_shares_overhead_and_spills_the_batch_activations():
+  model = hydra.utils.instantiate(OmegaConf.load(CONF / "fpga.yaml"), batch_size=32)
+  macs = 784 * 9 * 64 * 64
+  # 32 images of 2 x 50,176 B activations = 3,211,264 B > 2.05 MB buffer: the excess is written and read back.
+  spill = 2 * (32 * 2 * 784 * 64 - 2.05e6) / 32
+  assert float(model.ddr_bytes(CONV, 8, 8, 64, 64)) == pytest.approx(spill)
+  latency = 5e-6 / 32 + max(macs / (2520 * 2 * 281e6 * 0.5), spill / 19.2e9)
+  c = model.cost(CONV, 8, 8, 64, 64)
+  assert float(c.latency_s) == pytest.approx(latency, rel=1e-12)
+  assert float(c.energy_j) == pytest.approx(7.9 * latency + spill * 162.5e-12, rel=1e-12)
