@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
 import sys
@@ -232,6 +233,8 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
   for extra in cfg.budget.extra:
     m = appconfig.BUDGET_METRICS[extra.metric]
     constraints.append(Constraint(m, extra.fraction * ref_cost[m]))
+  if cfg.baseline.kind == "none":
+    _check_room(supernet, target, constraints, ref_cost)
   presets = all_presets(target)
 
   kind = "searched" if cfg.baseline.kind == "none" else f"baseline:{cfg.baseline.kind}"
@@ -337,6 +340,23 @@ def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, t
   times["finetune"] = time.time() - t0
   return {"accuracy": ft["test_accuracy"], "expected_cost": expected, "search": search_info,
           "teacher_accuracy": teacher_acc, "time_s": times, "_arch": arch, "_network": derived}
+
+
+def _check_room(supernet, target, constraints, ref_cost) -> None:
+  """One sentence before any training when a budget is below every network of the space, with the fraction
+  of the reference the cheapest one costs and what to change."""
+  from nas.search import cost_lower_bound
+  bound = cost_lower_bound(costlib.build_cost_tables(supernet, target), [c.metric for c in constraints])
+  for c in constraints:
+    if bound[c.metric] > c.limit:
+      least = bound[c.metric] / ref_cost[c.metric]
+      raise ValueError(
+          f"budget {c.limit:.4g} on {c.metric} ({c.limit / ref_cost[c.metric]:.3g} x the reference) is below the "
+          f"cheapest network of the search space on {target.name!r} ({least:.3g} x the reference); use "
+          f"budget.fraction={min(1.0, math.ceil(least * 100) / 100 + 0.01):g} or more, another budget.metric "
+          f"(e.g. weight_bytes), smaller candidates (search.width_mults, search.w_bits)"
+          + (", or a larger hardware.batch_size (it shares the fixed time per layer)"
+             if hasattr(target, "batch_size") else "") + ".")
 
 
 def _model_args(cfg, data) -> dict:
