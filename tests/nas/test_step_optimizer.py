@@ -58,14 +58,16 @@ def _one_update(bits):
   net = build_model("digits_cnn", space, seed=0)
   x = jnp.asarray(np.random.default_rng(1).random((16, 8, 8, 1), np.float32))
   y = jnp.arange(16) % 10
-  net(x, mode="argmax")
+  nnx.jit(lambda model: model(x, mode="argmax"))(net)
   opt = weights_optimizer(net, 1e-2, 0.0)
   before = np.asarray(net.convs[1].wq.step[...]).copy()
 
-  def loss(model):
-    return optax.softmax_cross_entropy_with_integer_labels(model(x, mode="argmax"), y).mean()
-  grads = nnx.grad(loss)(net)
-  opt.update(net, grads)
+  @nnx.jit  # one compiled step: op-by-op eager differentiation of the network takes a minute on 2 cores
+  def update(model, opt):
+    def loss(model):
+      return optax.softmax_cross_entropy_with_integer_labels(model(x, mode="argmax"), y).mean()
+    opt.update(model, nnx.grad(loss)(model))
+  update(net, opt)
   return before, np.asarray(net.convs[1].wq.step[...])
 
 
