@@ -4,6 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+TEST_WORKERS ?= 2
 SWEEP ?= multirun/demo-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: install demo test clean
@@ -23,7 +24,7 @@ demo: install
 	@echo "results: $(SWEEP)/<job>/result.json   front: $(SWEEP)/pareto.json  plot: $(SWEEP)/pareto.png  table: $(SWEEP)/pareto.html"
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 clean:
 	rm -rf outputs multirun

@@ -1,0 +1,212 @@
+"""experiments.export on a tiny run folder: ONNX and QONNX files, agreement, timing, and each bad input."""
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+
+from experiments import export as ex
+from nas import integer
+from nas.arch import Architecture
+from nas.checkpoint import save_network
+from nas.cost import architecture_metrics
+from nas.data import load_digits
+from nas.models import build_model
+from nas.space import SearchSpace
+from nas.train import calibrate
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+WIDTHS, STRIDES = (4, 6, 8), (1, 2, 1)
+SPACE = dict(w_bits=[2, 4, 8], a_bits=[2, 4, 8], width_mults=[1.0], first_layer_bits=8, last_layer_bits=8,
+             channel_multiple=1, method="gumbel", hard=True, per_channel_w=True)
+
+
+def _tiny_network(classifier: str = "pool"):
+  """A calibrated (untrained) digits_cnn with 2/4/8-bit layers, one of them per channel, and one BatchNorm gain
+  made negative (a negative requantisation multiplier)."""
+  data = load_digits(limit=64)
+  space = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in SPACE.items()})
+  kwargs = dict(widths=WIDTHS, strides=STRIDES, classifier=classifier)
+  sup = build_model("digits_cnn", space, seed=0, **kwargs)
+  choices = {n: max(c.values) for n, c in sup.choices.items()}
+  choices.update({"convs.1.w_bits": (2, 4, 8, 2, 4, 8), "convs.1.a_bits": 2, "convs.2.w_bits": 2,
+                  "convs.2.a_bits": 4})
+  arch = sup.architecture(choices)
+  net = build_model("digits_cnn", space, seed=0, arch=arch, **kwargs)
+  calibrate(net, data.x_train[:64])
+  net.bns[1].scale[...] = net.bns[1].scale[...].at[0].multiply(-1.0)
+  net.eval()
+  return net, arch, data
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  net, arch, data = _tiny_network()
+  run = tmp_path_factory.mktemp("run")
+  save_network(net, run / "network.npz")
+  (run / "result.json").write_text(json.dumps({
+      "architecture": arch.to_dict(), "accuracy": None, "target": "cpu",
+      "weight_bytes": architecture_metrics(arch)["weight_bytes"], "cost": {"cpu": {"latency_s": 1e-5}}}))
+  (run / ".hydra").mkdir()
+  cfg = {"dataset": {"name": "digits", "root": None, "test_fraction": 0.3, "split_seed": 0, "limit": 64},
+         "model": {"name": "digits_cnn", "args": {"widths": list(WIDTHS), "strides": list(STRIDES)}},
+         "search": SPACE, "seed": 0, "debug": False}
+  (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+  return run
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir):
+  info = ex.export(run_dir, do_measure=True, repeats=10)
+  return run_dir / "export", info
+
+
+def test_export_writes_every_file_and_the_onnx_checker_passes(exported):
+  out, info = exported
+  assert {p.name for p in out.iterdir()} == {"model.onnx", "model.qonnx.onnx", "weights.bin", "export.json",
+                                             "measure.json"}
+  onnx.checker.check_model(onnx.load(out / "model.onnx"), full_check=True)
+  assert json.loads((out / "export.json").read_text()) == json.loads(json.dumps(info))
+
+
+def test_integers_are_stored_in_the_narrowest_onnx_type(exported):
+  out, info = exported
+  # convs.0 and head: 8 bits; convs.1: per channel 2/4/8 (its widest); convs.2: 2 bits, which needs opset 25
+  assert info["onnx"]["opset"] == 25
+  assert {k: v for k, v in info["onnx"]["storage"].items() if k.endswith("w_int")} == {
+      "convs.0/w_int": "INT8", "convs.1/w_int": "INT8", "convs.2/w_int": "INT2", "head/w_int": "INT8"}
+  model = onnx.load(out / "model.onnx")
+  zero_points = {i.name: onnx.TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer
+                 if i.name.endswith("/a_zero")}
+  # activations: input 8 bits, into convs.1 2 bits, into convs.2 4 bits, into the head 8 bits
+  assert zero_points == {"convs.0/input/a_zero": "UINT8", "convs.0/out/a_zero": "UINT2",
+                         "convs.1/out/a_zero": "UINT4", "convs.2/pool/a_zero": "UINT8"}
+
+
+def test_onnxruntime_gives_the_integer_reference_predictions(exported, run_dir):
+  out, info = exported
+  _, _, net, data = ex.load_run(run_dir)
+  inet = integer.from_network(net)
+  acc, logits = integer.run(inet, data.x_test)
+  ort_logits = ex.ort_session((out / "model.onnx").read_bytes()).run(None, {"image": data.x_test})[0]
+  np.testing.assert_array_equal(ort_logits.argmax(-1), logits.argmax(-1))
+  np.testing.assert_allclose(ort_logits, logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+  assert info["agreement"]["identical_top1"] >= 0.98  # an untrained network: near-ties are common
+  assert info["agreement"]["qonnx_executor_vs_jax_identical_top1"] >= 0.98
+
+
+def test_flattening_classifier_agrees_too():
+  net, _, data = _tiny_network("flatten")
+  inet = integer.from_network(net)
+  _, logits = integer.run(inet, data.x_test)
+  ort_logits = ex.ort_session(ex.qdq_model(inet).SerializeToString()).run(None, {"image": data.x_test})[0]
+  np.testing.assert_array_equal(ort_logits.argmax(-1), logits.argmax(-1))
+  assert np.mean(ex.jax_logits(net, data.x_test).argmax(-1) == logits.argmax(-1)) >= 0.98
+
+
+def _weight_bits(graph, name: str, nodes: dict, inits: dict) -> list[int]:
+  """Per-output-channel bit-widths of a weight input, read from the Quant nodes (through Concat/Gather)."""
+  node = nodes[name]
+  if node.op_type == "Quant":
+    n = inits[node.input[1]].size
+    return [int(inits[node.input[3]])] * n
+  if node.op_type == "Gather":
+    cat = _weight_bits(graph, node.input[0], nodes, inits)
+    return [cat[i] for i in inits[node.input[1]]]
+  assert node.op_type == "Concat", node.op_type
+  return [b for i in node.input for b in _weight_bits(graph, i, nodes, inits)]
+
+
+def test_qonnx_bit_widths_equal_the_architecture(exported, run_dir):
+  out, _ = exported
+  from qonnx.core.modelwrapper import ModelWrapper
+  model = ModelWrapper(str(out / "model.qonnx.onnx"))
+  graph = model.graph
+  nodes = {o: n for n in graph.node for o in n.output}
+  inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+  arch = Architecture.from_dict(json.loads((run_dir / "result.json").read_text())["architecture"])
+  compute = [n for n in graph.node if n.op_type in ("Conv", "MatMul")]
+  assert len(compute) == len(arch.layers)
+  for node, layer in zip(compute, arch.layers):
+    act = nodes[node.input[0]]
+    assert act.op_type == "Quant" and int(inits[act.input[3]]) == layer.a_bits, layer.spec.name
+    expected = list(layer.w_bits) if isinstance(layer.w_bits, tuple) else [layer.w_bits] * layer.spec.cout
+    assert _weight_bits(graph, node.input[1], nodes, inits) == expected, layer.spec.name
+
+
+def test_packed_weights_agree_with_weight_bytes(exported):
+  _, info = exported
+  sizes = info["sizes"]
+  # ceil(n b / 8) per layer: at most one byte of padding per layer over result.json's n b / 8
+  assert 0 <= sizes["packed_weight_bytes"] - sizes["result_weight_bytes"] < len(info["layers"])
+  assert sizes["weights_bin_bytes"] == sizes["packed_weight_bytes"] + sizes["overhead_bytes"]
+
+
+def test_measure_writes_end_to_end_and_per_node_latency(exported):
+  out, _ = exported
+  m = json.loads((out / "measure.json").read_text())
+  assert m["batch"] == 1 and m["intra_op_threads"] == 1 and m["end_to_end_us"]["median"] > 0
+  assert m["predicted_cost"] == {"cpu": {"latency_s": 1e-5}}
+  convs = [n for n in m["nodes"] if n["layer"] == "convs.1" and "Conv" in n["op_type"]]
+  assert convs and convs[0]["w_bits"] == {"2": 2, "4": 2, "8": 2} and convs[0]["a_bits_in"] == 2
+  assert all({"op_type", "input_shapes", "output_shapes", "measured_us"} <= set(n) for n in m["nodes"])
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+
+def _copy(run_dir, tmp_path) -> pathlib.Path:
+  run = tmp_path / "run"
+  shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("export"))
+  return run
+
+
+def _fails(capsys, argv, match: str, parent: pathlib.Path):
+  before = set(parent.iterdir()) if parent.is_dir() else set()
+  assert ex.main([str(a) for a in argv]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "\n" not in err and match in err, err
+  assert (set(parent.iterdir()) if parent.is_dir() else set()) == before  # nothing half-written
+
+
+@pytest.mark.parametrize("missing", ["result.json", "network.npz"])
+def test_a_run_without_a_finished_network_is_refused(run_dir, tmp_path, capsys, missing):
+  run = _copy(run_dir, tmp_path)
+  (run / missing).unlink()
+  _fails(capsys, [run], f"{missing} is missing", run)
+
+
+def test_an_unknown_model_is_refused(run_dir, tmp_path, capsys):
+  run = _copy(run_dir, tmp_path)
+  result = json.loads((run / "result.json").read_text())
+  result["architecture"]["model"] = "resnet20"
+  (run / "result.json").write_text(json.dumps(result))
+  _fails(capsys, [run], "model 'resnet20' cannot be exported", run)
+
+
+def test_an_unwritable_output_folder_is_refused(run_dir, tmp_path, capsys):
+  (tmp_path / "a_file").write_text("")
+  _fails(capsys, [run_dir, "--out", tmp_path / "a_file" / "export"], "cannot write", tmp_path)
+  _fails(capsys, [run_dir, "--out", tmp_path / "a_file"], "cannot write", tmp_path)
+
+
+def test_a_failure_half_way_leaves_nothing_behind(run_dir, tmp_path, monkeypatch):
+  def boom(*args):
+    raise RuntimeError("disk full")
+  monkeypatch.setattr(ex.pack, "write_weights", boom)
+  with pytest.raises(RuntimeError, match="disk full"):
+    ex.export(run_dir, tmp_path / "out")
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_exits_with_status_2(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "experiments.export", str(tmp_path)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [f"error: {tmp_path} holds no finished network: result.json is "
+                                              "missing; export a run folder written by a finished "
+                                              "`python -m experiments.search` job."]
