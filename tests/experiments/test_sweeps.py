@@ -155,7 +155,7 @@ def test_joblib_sweep_runs_in_parallel_and_a_failed_job_does_not_sink_it(tmp_pat
                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
   # The sweep finishes every job, then exits non-zero and names the failed one, without a traceback.
   assert p.returncode == 1, p.stderr[-3000:]
-  assert "1 job(s) of the sweep" in p.stderr and "job 2: budget on latency_s" in p.stderr, p.stderr[-3000:]
+  assert "1 job(s) of the sweep" in p.stderr and "job 2: budget " in p.stderr and "on latency_s (0.001 x the reference)" in p.stderr, p.stderr[-3000:]
   assert "Traceback" not in p.stderr
   assert "Joblib.Parallel(n_jobs=2" in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]  # Hydra's own log line
   fractions = {}
