@@ -47,10 +47,13 @@ def _spec(row) -> LayerSpec:
 
 def predict_s(gpu: TensorCoreGPU, rows: Sequence[dict]) -> np.ndarray:
   """Predicted kernel time of each row at its own batch (the model's per-image cost times the batch)."""
-  out = []
-  for r in rows:
-    gpu.batch_size = r["batch"]
-    out.append(float(gpu.cost(_spec(r), r["bits"], r["bits"], r["cin"], r["cout"]).latency_s) * r["batch"])
+  out, batch = [], gpu.batch_size
+  try:
+    for r in rows:
+      gpu.batch_size = r["batch"]
+      out.append(float(gpu.cost(_spec(r), r["bits"], r["bits"], r["cin"], r["cout"]).latency_s) * r["batch"])
+  finally:
+    gpu.batch_size = batch  # the caller's preset keeps its own batch size
   return np.asarray(out)
 
 
