@@ -68,7 +68,11 @@ class ExtraConstraint:
 @dataclasses.dataclass
 class BudgetConfig:
   metric: str = "latency"               # latency | energy | weight_bytes, on the searched target
-  fraction: float = 0.5                 # of the reference network (all layers W8A8 at base width)
+  # The budget, one of two ways (neither set: room 0.5). fraction: of the reference network's cost (every
+  # layer W8A8 at base width). room: where it lies between the cheapest network of the search space on the
+  # target (0) and the reference (1), so one value means the same on every target.
+  fraction: Optional[float] = None
+  room: Optional[float] = None
   extra: list[ExtraConstraint] = dataclasses.field(default_factory=list)  # more bounds, each its own multiplier
 
 
@@ -176,9 +180,16 @@ def validate(cfg) -> None:
       raise ValueError(f"{field}={value} must be >= 0.")
   if cfg.budget.metric not in BUDGET_METRICS:
     raise ValueError(f"budget.metric={cfg.budget.metric!r} is unknown; use one of {sorted(BUDGET_METRICS)}.")
-  if not cfg.budget.fraction > 0:
+  if cfg.budget.fraction is not None and cfg.budget.room is not None:
+    raise ValueError(f"budget.fraction={cfg.budget.fraction} and budget.room={cfg.budget.room} are both set; "
+                     f"set one of them (a fraction of the reference, or a place between the cheapest network and "
+                     f"the reference).")
+  if cfg.budget.fraction is not None and not cfg.budget.fraction > 0:
     raise ValueError(f"budget.fraction={cfg.budget.fraction} must be > 0: it is a fraction of the reference "
                      f"network's {cfg.budget.metric} (all layers W8A8 at base width), e.g. 0.5.")
+  if cfg.budget.room is not None and not 0.0 <= cfg.budget.room <= 1.0:
+    raise ValueError(f"budget.room={cfg.budget.room} must be in [0, 1]: 0 is the cheapest network of the search "
+                     f"space on the target, 1 the reference network (every layer W8A8 at base width).")
   for i, extra in enumerate(cfg.budget.extra):
     if extra.metric not in BUDGET_METRICS:
       raise ValueError(f"budget.extra[{i}].metric={extra.metric!r} is unknown; use one of {sorted(BUDGET_METRICS)}.")

@@ -247,7 +247,7 @@ def _budget_text(p: dict) -> str:
   b = p["budget"]
   if not b:
     return "–"
-  return f"{b['fraction']:g} × ref {b['metric']}" + (f" ({format_cost(b['metric'], b['value'])})" if b["value"] else "")
+  return f"{b['fraction']:.3g} × ref {b['metric']}" + (f" ({format_cost(b['metric'], b['value'])})" if b["value"] else "")
 
 
 def plot(groups: list[dict], labels: Sequence[str], path: pathlib.Path) -> None:

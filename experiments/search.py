@@ -229,16 +229,22 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
   reference = supernet.reference_architecture()
   ref_cost = {**costlib.architecture_cost(reference, target), **costlib.architecture_metrics(reference)}
   metric = appconfig.BUDGET_METRICS[cfg.budget.metric]
-  constraints = [Constraint(metric, cfg.budget.fraction * ref_cost[metric])]
+  budget = budget_limit(cfg.budget, supernet, target, metric, ref_cost[metric])
+  constraints = [Constraint(metric, budget["value"])]
   for extra in cfg.budget.extra:
     m = appconfig.BUDGET_METRICS[extra.metric]
     constraints.append(Constraint(m, extra.fraction * ref_cost[m]))
   if cfg.baseline.kind == "none":
+    log.info("budget: %s", budget["text"])
+    if budget["cheapest"] > 0.9:
+      log.warning("on %s the cheapest network of the search space costs %.2f x the reference %s: little to trade "
+                  "(fixed per-layer costs dominate this network); see hardware/README.md, 'room to search'.",
+                  target.name, budget["cheapest"], metric)
     _check_room(supernet, target, constraints, ref_cost)
   presets = all_presets(target)
 
   kind = "searched" if cfg.baseline.kind == "none" else f"baseline:{cfg.baseline.kind}"
-  name = (f"{target.name}-{cfg.budget.metric}-{cfg.budget.fraction:g}" if kind == "searched"
+  name = (f"{target.name}-{cfg.budget.metric}-{budget['fraction']:.3g}" if kind == "searched"
           else f"{target.name}-{kind.split(':')[1]}" + (f"-w{cfg.baseline.w_bits}a{cfg.baseline.a_bits}"
                                                          if cfg.baseline.kind == "uniform" else f"-s{cfg.seed}"))
   tracker = Tracker(WandbConfig(**OmegaConf.to_container(cfg.wandb)), out_dir, name,
@@ -252,8 +258,9 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
     result.update({
         "kind": kind, "label": name, "target": target.name, "model": cfg.model.name, "dataset": data.name,
         "num_classes": data.num_classes, "method": space.method, "seed": cfg.seed,
-        "budget": {"metric": metric, "fraction": cfg.budget.fraction, "value": constraints[0].limit,
-                   "reference": ref_cost[metric]} if kind == "searched" else
+        "budget": {"metric": metric, "fraction": budget["fraction"], "room": budget["room"],
+                   "value": constraints[0].limit, "reference": ref_cost[metric],
+                   "cheapest": budget["cheapest"]} if kind == "searched" else
                   {"metric": metric, "fraction": None, "value": None, "reference": ref_cost[metric]},
         "constraints": [{"metric": c.metric, "limit": c.limit} for c in constraints],
         "cost": costs_everywhere(arch, presets),
@@ -271,7 +278,7 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
     undecided = {f"search/max_prob/{k}": v for k, v in max_prob.items()}
     tracker.summary({"accuracy": result["accuracy"], "weight_bytes": result["weight_bytes"], **undecided,
                      **{f"cost/{target.name}/{k}": v for k, v in own.items()},
-                     "budget/fraction": cfg.budget.fraction, "budget/value": constraints[0].limit,
+                     "budget/fraction": budget["fraction"], "budget/value": constraints[0].limit,
                      **({"warnings/host_mismatch": mismatch} if mismatch else {})})
     tracker.finish()
     return result
@@ -342,18 +349,44 @@ def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, t
           "teacher_accuracy": teacher_acc, "time_s": times, "_arch": arch, "_network": derived}
 
 
+DEFAULT_ROOM = 0.5  # neither budget.fraction nor budget.room set: halfway between the cheapest and the reference
+
+
+def budget_limit(budget_cfg, supernet, target, metric: str, reference: float) -> dict:
+  """The searched budget from ``budget.fraction`` or ``budget.room`` (neither: room 0.5).
+
+  room r puts the limit at cheapest + r x (reference - cheapest), where cheapest is the cost of the cheapest
+  network of the search space on the target (``nas.search.cheapest_network``): room 0 allows only it, 1 the
+  reference's cost. Returns value, fraction (value / reference), room, cheapest (as a fraction of the
+  reference) and a sentence for the log.
+  """
+  from nas.search import cheapest_network
+  least = cheapest_network(supernet, costlib.build_cost_tables(supernet, target), metric)[1]
+  if budget_cfg.fraction is not None:
+    room, value = None, float(budget_cfg.fraction) * reference
+    text = f"{budget_cfg.fraction:g} x the reference {metric} (budget.fraction)"
+  else:
+    room = DEFAULT_ROOM if budget_cfg.room is None else float(budget_cfg.room)
+    value = least + room * max(0.0, reference - least)  # room 0: exactly the cheapest network's cost
+    text = (f"{value / reference:.4g} x the reference {metric}: budget.room={room:g} between the cheapest network "
+            f"({least / reference:.4g} x) and the reference")
+  return {"value": value, "fraction": value / reference, "room": room, "cheapest": least / reference, "text": text}
+
+
 def _check_room(supernet, target, constraints, ref_cost) -> None:
   """One sentence before any training when a budget is below every network of the space, with the fraction
   of the reference the cheapest one costs and what to change."""
-  from nas.search import cost_lower_bound
-  bound = cost_lower_bound(costlib.build_cost_tables(supernet, target), [c.metric for c in constraints])
+  from nas.search import cheapest_network
+  tables = costlib.build_cost_tables(supernet, target)
   for c in constraints:
-    if bound[c.metric] > c.limit:
-      least = bound[c.metric] / ref_cost[c.metric]
+    cheapest = cheapest_network(supernet, tables, c.metric)[1]
+    if cheapest > c.limit:
+      least = cheapest / ref_cost[c.metric]
       raise ValueError(
           f"budget {c.limit:.4g} on {c.metric} ({c.limit / ref_cost[c.metric]:.3g} x the reference) is below the "
           f"cheapest network of the search space on {target.name!r} ({least:.3g} x the reference); use "
-          f"budget.fraction={min(1.0, math.ceil(least * 100) / 100 + 0.01):g} or more, another budget.metric "
+          f"budget.fraction={min(1.0, math.ceil(least * 100) / 100 + 0.01):g} or more, budget.room (0-1: between "
+          f"the cheapest network and the reference, on any target), another budget.metric "
           f"(e.g. weight_bytes), smaller candidates (search.width_mults, search.w_bits)"
           + (", or a larger hardware.batch_size (it shares the fixed time per layer)"
              if hasattr(target, "batch_size") else "") + ".")

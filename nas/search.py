@@ -306,6 +306,39 @@ def cost_lower_bound(tables, metrics) -> dict[str, float]:
   return {m: float(sum(np.min(t.grids[m]) for t in tables)) for m in metrics}
 
 
+def cheapest_network(model, tables, metric: str) -> tuple[dict, float]:
+  """A network of the space at (or near) the least cost on ``metric``: (choices, its cost).
+
+  The per-layer bound (``cost_lower_bound``) need not be reached by any network: a width is both one layer's
+  output and the next one's input, and a target whose narrow layers take a slow path has each layer's minimum
+  at a different width. This descends coordinate-wise (every candidate of one choice at a time, per-channel
+  choices kept uniform, until no single change lowers the cost) from the all-smallest and the all-largest
+  networks and keeps the cheaper end point: a real network, so a budget at its cost is always feasible.
+  """
+  def uniform(c, v):
+    return (v,) * c.logits[...].shape[0] if getattr(c, "per_channel", False) else v
+
+  def cost(choices):
+    return discrete_costs(tables, choices, model, [metric])[metric]
+
+  best = None
+  for pick in (min, max):
+    choices = {n: uniform(c, pick(c.values)) for n, c in model.choices.items()}
+    current = cost(choices)
+    improved = True
+    while improved:
+      improved = False
+      for n, c in model.choices.items():
+        for v in c.values:
+          trial = dict(choices, **{n: uniform(c, v)})
+          tc = cost(trial)
+          if tc < current * (1 - 1e-12):
+            choices, current, improved = trial, tc, True
+    if best is None or current < best[1]:
+      best = (choices, current)
+  return best
+
+
 def check_feasible(model, tables, constraints: Sequence[Constraint]) -> None:
   """Raises before training if a budget is below what any network of the space can cost."""
   bound = cost_lower_bound(tables, [c.metric for c in constraints])

@@ -77,7 +77,11 @@ def test_cli_bad_input_exits_with_one_sentence(tmp_path):
     (["budget.fraction=0.001"], "budget.fraction"),  # below the cheapest network of the space
     # every network of the digits space costs ~the reference on a GPU (fixed time per kernel): the sentence
     # names the fraction to use, other metrics and the batch size
-    (["hardware=gpu"], r"budget.fraction=1 or more, another budget.metric .*hardware.batch_size"),
+    (["hardware=gpu", "budget.fraction=0.5"],
+     r"budget.fraction=1 or more, budget.room .*another budget.metric .*hardware.batch_size"),
+    (["budget.room=1.5"], "budget.room"),
+    (["budget.room=-0.1"], "budget.room"),
+    (["budget.fraction=0.3", "budget.room=0.2"], r"budget.fraction=0.3 and budget.room=0.2 are both set"),
 ])
 def test_bad_input_names_the_field_before_training(tmp_path, overrides, field, monkeypatch):
   import nas.search as searchlib
@@ -236,3 +240,40 @@ def test_a_host_calibrated_preset_used_on_another_machine_says_so_in_result_and_
   summary = [json.loads(l) for l in (tmp_path / "tracking.jsonl").read_text().splitlines()
              if json.loads(l)["event"] == "summary"]
   assert summary and summary[-1]["values"]["warnings/host_mismatch"] == text
+
+
+def test_every_preset_is_searchable_with_its_defaults():
+  """The default budget (budget.room=0.5) is feasible on every shipped preset, on the default model: halfway
+  between the cheapest network of the space and the reference. On four presets the cheapest network is found
+  by brute force over all 5,184 architectures of digits_cnn (costed layer by layer by architecture_cost, not
+  from the search's tables); cpu_host is one where the per-layer lower bound is no network's cost."""
+  import itertools
+  from hydra.utils import instantiate
+  from nas import cost as costlib
+  from nas.models import build_model
+  from nas.search import cost_lower_bound
+  cfg = _compose(["wandb.mode=disabled"])
+  data = app.load_dataset(cfg)
+  supernet = build_model(cfg.model.name, app.search_space(cfg), seed=0, **app._model_args(cfg, data))
+  names = list(supernet.choices)
+  grid = list(itertools.product(*(supernet.choices[n].values for n in names)))
+  assert len(grid) == 5184
+  for yaml in sorted((ROOT / "conf" / "hardware").glob("*.yaml")):
+    target = instantiate(_compose([f"hardware={yaml.stem}"]).hardware)
+    reference = costlib.architecture_cost(supernet.reference_architecture(), target)["latency_s"]
+    b = app.budget_limit(cfg.budget, supernet, target, "latency_s", reference)
+    assert b["room"] == 0.5 and 0 < b["cheapest"] <= 1.0, yaml.stem
+    assert b["value"] == pytest.approx(reference * (b["cheapest"] + 0.5 * (1 - b["cheapest"])), rel=1e-9)
+    app._check_room(supernet, target, [app.Constraint("latency_s", b["value"])], {"latency_s": reference})
+    if yaml.stem in ("cpu_host", "bitfusion", "riscv", "gpu"):
+      least = min(costlib.architecture_cost(supernet.architecture(dict(zip(names, c))), target)["latency_s"]
+                  for c in grid)
+      assert b["cheapest"] * reference == pytest.approx(least, rel=1e-9), yaml.stem
+      if yaml.stem == "cpu_host":  # the per-layer bound is below every network here
+        bound = cost_lower_bound(costlib.build_cost_tables(supernet, target), ["latency_s"])["latency_s"]
+        assert bound < least * 0.99
+    # room 0 is exactly the cheapest network; fraction wins when it is the one set
+    zero = app.budget_limit(_compose(["budget.room=0"]).budget, supernet, target, "latency_s", reference)
+    assert zero["value"] == pytest.approx(b["cheapest"] * reference, rel=1e-12)
+  frac = app.budget_limit(_compose(["budget.fraction=0.7"]).budget, supernet, target, "latency_s", reference)
+  assert frac["room"] is None and frac["value"] == pytest.approx(0.7 * reference, rel=1e-12)

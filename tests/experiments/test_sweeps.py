@@ -74,7 +74,7 @@ def test_presets_exist_and_say_how_to_run_them():
 
 @pytest.mark.parametrize("name, sweep, n_jobs", [
     ("budgets", {"budget.fraction": "0.2,0.4,0.6,0.8"}, 4),
-    ("targets", {"hardware": "riscv,riscv_gap8,bitfusion", "budget.fraction": "0.4,0.6,0.8"}, 9),
+    ("targets", {"hardware": "riscv,riscv_gap8,bitfusion,cpu", "budget.room": "0.25,0.5,0.75"}, 12),
     ("baselines", None, 15),
 ])
 def test_basic_presets_compose(name, sweep, n_jobs):
@@ -87,8 +87,9 @@ def test_basic_presets_compose(name, sweep, n_jobs):
   assert len(_jobs(params)) == n_jobs
   assert cfg.hydra.sweep.dir.endswith(f"-{name}")
   # A value given on the command line replaces the preset's (the sweeper keeps the last one per key).
-  n_fractions = len(params["budget.fraction"].split(",")) if "budget.fraction" in params else 1
-  assert len(_jobs({**params, "budget.fraction": "0.5"})) == n_jobs // n_fractions
+  key = next((k for k in ("budget.fraction", "budget.room") if k in params), None)
+  n_budgets = len(params[key].split(",")) if key else 1
+  assert len(_jobs({**params, key or "budget.fraction": "0.5"})) == n_jobs // n_budgets
 
 
 def test_targets_preset_names_existing_hardware_presets():
