@@ -212,6 +212,16 @@ def hypervolumes(points: list[dict], ref: dict, default: str) -> dict:
   best = max(baseline_families, key=lambda f: families[f]["mean"]) if baseline_families else None
   for hv in families.values():
     hv["ratio_to_all_baselines"] = hv["mean"] / union["mean"] if union and union["mean"] > 0 else None
+  # Another search variant against the default search (e.g. one shared supernet against one search per budget):
+  # the ratio of means, and the per-seed ratios of the seeds both have.
+  base = families.get(default)
+  for family, hv in families.items():
+    if hv["role"] != "searched" or family == default or base is None or not base["mean"] > 0:
+      continue
+    own = dict(zip(base["seeds"], base["per_seed"]))
+    paired = [v / own[s] for s, v in zip(hv["seeds"], hv["per_seed"]) if s in own and own[s] > 0]
+    hv["vs_default"] = {"family": default, "ratio": hv["mean"] / base["mean"],
+                        "paired_ratio": mean_std(paired) if paired else None}
   out = {"families": families, "all_baselines": union, "with_same_total": union_total,
          "best_baseline_family": best, "verdict": None, "verdict_same_total": None}
   if default in families and union is not None:
@@ -319,18 +329,32 @@ def training_steps(steps: dict, same_total_jobs: int = 0) -> dict:
   return {**steps, "same_total": same_total, "final_training_equal": final_equal, "text": text}
 
 
-def time_summary(jobs: list[dict]) -> dict:
-  """Mean wall seconds of search / finetune / total per job for each family, and the sum over all jobs."""
+def search_steps(result: dict, default: int | None) -> int | None:
+  """Search steps a job ran: its shared supernet's training where it trained it, plus its architecture search
+  (``search.steps`` in result.json, ``search.shared``), else the protocol's search steps."""
+  steps = (result.get("search") or {}).get("steps")
+  return int(steps["supernet"] + steps["arch"]) if steps else default
+
+
+def time_summary(jobs: list[dict], protocol_steps: dict | None = None) -> dict:
+  """Per family: mean wall seconds per job of supernet (shared mode) / search / finetune / total, and the sums
+  over its jobs of total wall time, search wall time (supernet + search) and search steps."""
   by_family = collections.defaultdict(list)
   for job in jobs:
-    by_family[(job.get("role"), job.get("family"))].append(job["result"].get("time_s") or {})
+    by_family[(job.get("role"), job.get("family"))].append(job["result"])
+  default = (protocol_steps or {}).get("search")
   families = []
-  for (role, family), times in sorted(by_family.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
+  for (role, family), results in sorted(by_family.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
+    times = [r.get("time_s") or {} for r in results]
     row = {"role": role, "family": family, "jobs": len(times)}
-    for part in ("search", "finetune", "total"):
+    for part in ("supernet", "search", "finetune", "total"):
       values = [t[part] for t in times if t.get(part) is not None]
       row[part] = float(np.mean(values)) if values else None
     row["sum_total"] = float(sum(t.get("total") or 0.0 for t in times))
+    if role == "searched":
+      row["sum_search"] = float(sum((t.get("supernet") or 0.0) + (t.get("search") or 0.0) for t in times))
+      steps = [search_steps(r, default) for r in results]
+      row["sum_search_steps"] = int(sum(steps)) if all(s is not None for s in steps) else None
     families.append(row)
   return {"families": families, "sum_total": float(sum(r["sum_total"] for r in families))}
 
@@ -362,7 +386,7 @@ def build_report(bench_dir) -> dict:
                "missing": status["missing"], "unreadable": status["unreadable"]},
       "training": training_steps(manifest.get("steps") or {},
                                  sum(j.get("family") == SAME_TOTAL for j in manifest.get("jobs", []))),
-      "time": time_summary(jobs),
+      "time": time_summary(jobs, manifest.get("steps") or {}),
       "comparisons": [build_comparison(spec, jobs) for spec in manifest.get("comparisons", [])],
       "absent": absent,
   }
@@ -412,6 +436,14 @@ def comparison_markdown(c: dict) -> list[str]:
         rows.append((name, "baseline", len(hv[key]["seeds"]), _pm(hv[key], 1 / box),
                      "–" if not ratio else f"{ratio:.3g}"))
     out += _table(("family", "role", "seeds", "hypervolume", "/ all baselines"), rows)
+    for f, h in hv["families"].items():
+      if h.get("vs_default"):
+        v = h["vs_default"]
+        paired = v["paired_ratio"]
+        out += ["", f"{f} / {v['family']}: hypervolume ratio {v['ratio']:.4f}"
+                + (f" (per seed: {paired['mean']:.4f} ± {paired['std'] or 0:.4f} over {len(h['seeds'])} seeds)"
+                   if paired else "") + "."]
+    out += [""]
     if hv["verdict"]:
       for v, framing in ((hv["verdict"], "same final training"), (hv.get("verdict_same_total"), "same total steps")):
         if v:
@@ -485,9 +517,17 @@ def report_markdown(report: dict) -> str:
          + (f", {jobs['unreadable']} unreadable" if jobs["unreadable"] else "")
          + f". Wall time summed over jobs: {t['sum_total'] / 3600:.2f} h.", "",
          report["training"]["text"], "", "Mean wall seconds per job:", ""]
-  out += _table(("role", "family", "jobs", "search", "fine-tuning", "total", "sum of totals"),
-                [(r["role"], r["family"], r["jobs"], _seconds(r["search"]), _seconds(r["finetune"]),
-                  _seconds(r["total"]), _seconds(r["sum_total"])) for r in t["families"]])
+  out += _table(("role", "family", "jobs", "shared supernet", "search", "fine-tuning", "total", "sum of totals",
+                 "search: sum of wall", "search: sum of steps"),
+                [(r["role"], r["family"], r["jobs"], _seconds(r.get("supernet")), _seconds(r["search"]),
+                  _seconds(r["finetune"]), _seconds(r["total"]), _seconds(r["sum_total"]),
+                  _seconds(r.get("sum_search")),
+                  f"{r['sum_search_steps']:,}" if r.get("sum_search_steps") is not None else "–")
+                 for r in t["families"]])
+  if any(r.get("supernet") is not None for r in t["families"]):
+    out += ["", "Shared supernet (`search.shared=true`): the wall time of training it, waiting for it or loading it; "
+            "its steps count once, in the job that trained it. Search steps: supernet training plus each "
+            "budget's architecture search."]
   for c in report["comparisons"]:
     out += comparison_markdown(c)
   out += ["## Missing and failed jobs", ""]

@@ -57,6 +57,13 @@ class SearchGroupConfig:
   target_rho: float = 10.0              # quadratic term of the target budget (augmented Lagrangian)
   entropy_weight: float = 0.3
   fill_budget: bool = True              # move choices up after the argmax while every budget still holds
+  # One supernet for every budget: its weights train once per (data, model, space, seed) on uniformly sampled
+  # sub-networks (shared_steps, shared by every job of a sweep through checkpoint.dir), then each budget's
+  # search trains only the architecture on the frozen weights (arch_steps). steps / warmup_steps are unused.
+  shared: bool = False
+  shared_steps: int = 1200
+  arch_steps: int = 100
+  shared_arch_lr: float = 0.1           # the per-budget search's architecture rate (few steps, weights frozen)
 
 
 @dataclasses.dataclass
@@ -136,7 +143,8 @@ def register() -> None:
 POSITIVE = ("search.lr", "search.arch_lr", "search.tau_start", "search.tau_end", "search.batch_size",
             "search.steps", "finetune.lr", "finetune.steps", "finetune.batch_size", "finetune.kd_temperature",
             "finetune.teacher_steps", "finetune.teacher_lr", "baseline.steps", "checkpoint.every",
-            "dataset.limit", "search.channel_multiple")
+            "dataset.limit", "search.channel_multiple", "search.shared_steps", "search.arch_steps",
+            "search.shared_arch_lr")
 NON_NEGATIVE = ("search.weight_decay", "search.dual_lr", "search.penalty_strength", "search.target_rho",
                 "search.entropy_weight", "search.warmup_steps", "finetune.weight_decay")
 # Config nodes whose keys are free (a cost model's constants, a model's keyword arguments, wandb tags).

@@ -9,6 +9,7 @@ Each job writes ``result.json`` in its run folder (see README, "result.json"); a
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,7 +33,7 @@ from nas import cost as costlib
 from nas.checkpoint import code_fingerprint, module_source_hash, save_network
 from nas.data import Dataset, load_cifar10, load_digits, load_fashion_mnist, load_mnist
 from nas.models import build_model
-from nas.search import Constraint, SearchConfig, search
+from nas.search import Constraint, SearchConfig, search, train_supernet
 from nas.space import SearchSpace
 from nas.train import TrainConfig, calibrate, evaluate, finetune, inherit_weights
 
@@ -58,6 +59,8 @@ def apply_debug(cfg: DictConfig) -> None:
   with open_dict(cfg):
     cfg.search.steps = min(cfg.search.steps, 30)
     cfg.search.warmup_steps = min(cfg.search.warmup_steps, 10)
+    cfg.search.shared_steps = min(cfg.search.shared_steps, 30)
+    cfg.search.arch_steps = min(cfg.search.arch_steps, 20)
     cfg.finetune.steps = min(cfg.finetune.steps, 20)
     cfg.finetune.teacher_steps = min(cfg.finetune.teacher_steps, 20)
     if cfg.baseline.steps is not None:
@@ -98,7 +101,7 @@ def checkpoint_dirs(cfg: DictConfig) -> dict:
   """Checkpoint folders of this job's loops, keyed by what determines their results: the config and the code
   (None: off)."""
   if cfg.checkpoint.dir is None:
-    return {"search": None, "finetune": None, "teacher": None}
+    return {"search": None, "finetune": None, "teacher": None, "supernet": None}
   root = pathlib.Path(cfg.checkpoint.dir)
   job = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in
          ("dataset", "model", "hardware", "search", "budget", "finetune", "baseline")}
@@ -113,8 +116,17 @@ def checkpoint_dirs(cfg: DictConfig) -> dict:
   # The search depends on neither the fine-tuning nor the baseline settings: jobs that differ only there
   # (inherited weights or from scratch, fine-tuning steps) share one search.
   search_key = config_hash({k: v for k, v in job.items() if k not in ("finetune", "baseline")})
+  # The shared supernet (search.shared) depends on the data, the model, the space and its own recipe: not on
+  # the target, the budget or the per-budget search.
+  supernet = {"dataset": job["dataset"], "model": job["model"], "seed": cfg.seed, "debug": cfg.debug,
+              "code": job["code"], "search": {k: v for k, v in job["search"].items() if k not in PER_BUDGET_KEYS}}
   return {"search": root / "searches" / search_key, "finetune": root / h / "finetune",
-          "teacher": root / "teachers" / config_hash(teacher)}
+          "teacher": root / "teachers" / config_hash(teacher), "supernet": root / "supernets" / config_hash(supernet)}
+
+
+# Search settings that do not change a shared supernet's weights (only the per-budget search or derivation).
+PER_BUDGET_KEYS = ("steps", "warmup_steps", "arch_lr", "tau_end", "dual_lr", "penalty", "penalty_strength",
+                   "target_rho", "entropy_weight", "fill_budget", "shared", "arch_steps", "shared_arch_lr")
 
 
 def search_config(cfg: DictConfig) -> SearchConfig:
@@ -309,22 +321,53 @@ def train_teacher(cfg, data, tcfg: TrainConfig, tracker, checkpoint_dir) -> tupl
   return teacher, out["test_accuracy"]
 
 
+def train_shared_supernet(cfg, supernet, data, scfg: SearchConfig, tracker, checkpoint_dir) -> dict:
+  """The budget-agnostic supernet of ``search.shared``: trained here, resumed, or loaded when another job has
+  trained it (its checkpoint folder is keyed by data, model, space, recipe and seed; concurrent jobs take a
+  file lock, so one trains and the others wait, then load it). Without checkpoint.dir every job trains its own.
+  """
+  import contextlib
+  import fcntl
+
+  lock = contextlib.nullcontext()
+  if checkpoint_dir is not None:
+    pathlib.Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    lock = open(pathlib.Path(checkpoint_dir) / ".lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+  with lock, _Progress(cfg.search.shared_steps, "supernet", tracker) as progress:
+    return train_supernet(supernet, data, scfg, cfg.search.shared_steps, callback=progress,
+                          checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint.every)
+
+
 def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, tcfg, space, tracker) -> dict:
   times = {}
   search_info = None
   expected = None
   dirs = checkpoint_dirs(cfg)
+  shared = None
   if kind == "searched":
+    if cfg.search.shared:
+      t0 = time.time()
+      shared = train_shared_supernet(cfg, supernet, data, scfg, tracker, dirs["supernet"])
+      times["supernet"] = time.time() - t0
+      scfg = dataclasses.replace(scfg, steps=cfg.search.arch_steps, warmup_steps=0,
+                                 arch_lr=cfg.search.shared_arch_lr)
     t0 = time.time()
     with _Progress(scfg.steps, "search", tracker) as progress:
       res = search(supernet, data, target, constraints, scfg, callback=progress,
-                   checkpoint_dir=dirs["search"], checkpoint_every=cfg.checkpoint.every)
+                   checkpoint_dir=dirs["search"], checkpoint_every=cfg.checkpoint.every,
+                   frozen_weights=cfg.search.shared)
     times["search"] = time.time() - t0
     choices = res.choices
     expected = res.expected_cost
     search_info = {"mean_max_prob": res.mean_max_prob, "max_prob": res.max_probs, "repairs": res.repairs,
                    "fills": res.fills, "multipliers": res.multipliers,
-                   "supernet_argmax_accuracy": evaluate(supernet, data.x_test, data.y_test)}
+                   "supernet_argmax_accuracy": evaluate(supernet, data.x_test, data.y_test),
+                   # steps this job ran: a shared supernet's training counts only in the job that trained it
+                   "steps": {"supernet": shared["steps"] - min(shared["start"], shared["steps"]) if shared else 0,
+                             "arch": scfg.steps},
+                   "shared": {"steps": shared["steps"], "trained_here": shared["start"] < shared["steps"]}
+                   if shared else None}
   else:
     choices = baseline_choices(supernet, cfg)
     # From scratch; by default as many steps as a searched network gets in search and fine-tuning together.

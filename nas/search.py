@@ -128,9 +128,9 @@ def arch_optimizer(model, lr) -> nnx.Optimizer:
   return nnx.Optimizer(model, optax.flatten(optax.adam(lr)), wrt=ArchParam)
 
 
-@nnx.jit(static_argnames=("tables", "metrics", "penalty", "augment"))
+@nnx.jit(static_argnames=("tables", "metrics", "penalty", "augment", "update_weights"))
 def _search_step(model, w_opt, a_opt, x, y, key, tau, lam, arch_on, arrays, limits, two_sided, tables, metrics,
-                 penalty, strength, rho, dual_lr, entropy_weight, augment=False):
+                 penalty, strength, rho, dual_lr, entropy_weight, augment=False, update_weights=True):
   if augment:
     key, aug_key = jax.random.split(key)
     x = random_crop_flip(aug_key, x)
@@ -153,9 +153,10 @@ def _search_step(model, w_opt, a_opt, x, y, key, tau, lam, arch_on, arrays, limi
     loss = ce + arch_on * (budget_loss + entropy_weight * entropy)
     return loss, (ce, logits, expected, excess)
 
-  grads, (ce, logits, expected, excess) = nnx.grad(
-      loss_fn, argnums=nnx.DiffState(0, nnx.Any(nnx.Param, ArchParam)), has_aux=True)(model)
-  w_opt.update(model, grads.filter(nnx.Param))
+  wrt = nnx.Any(nnx.Param, ArchParam) if update_weights else ArchParam  # frozen weights: no weight gradients
+  grads, (ce, logits, expected, excess) = nnx.grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=True)(model)
+  if update_weights:
+    w_opt.update(model, grads.filter(nnx.Param))
   a_opt.update(model, jax.tree.map(lambda g: g * arch_on, grads.filter(ArchParam)))
   model.project()
   lam = lam + arch_on * dual_lr * excess
@@ -181,13 +182,77 @@ class SearchResult:
     return mean_max_prob(self.max_probs)
 
 
+@nnx.jit(static_argnames=("augment",))
+def _supernet_step(model, w_opt, x, y, key, tau, augment=False):
+  if augment:
+    key, aug_key = jax.random.split(key)
+    x = random_crop_flip(aug_key, x)
+
+  def loss_fn(model):
+    logits = model(x, mode="sample", key=key, tau=tau)
+    return cross_entropy(logits, y), logits
+
+  (ce, logits), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param), has_aux=True)(model)
+  w_opt.update(model, grads)
+  return ce, jnp.mean(jnp.argmax(logits, -1) == y)
+
+
+def train_supernet(model, data: Dataset, cfg: SearchConfig, steps: int,
+                   callback: Callable[[int, dict], None] | None = None, checkpoint_dir=None,
+                   checkpoint_every: int = 100) -> dict:
+  """Trains the supernet's weights for every budget at once: each step one sub-network drawn uniformly from the
+  whole space (every bit-width and width candidate of every choice, as straight-through one-hot samples with
+  the architecture parameters left at their uniform start), AdamW with cosine decay over ``steps``.
+
+  This is single-path one-shot training (Guo et al., "Single Path One-Shot Neural Architecture Search with
+  Uniform Sampling", ECCV 2020): the search's own weight warm-up run longer, with no budget. A step costs
+  what a search step does (one forward and backward pass), so shared and independent searches compare in
+  steps. Checkpointed like the search; a finished checkpoint is loaded, not retrained.
+
+  Returns:
+    {"steps": steps, "start": the step it resumed from (``steps``: it was already trained), "history": [...]}.
+  """
+  dp = DataParallel(cfg.batch_size, "search.batch_size")
+  stream = batches(data.x_train, data.y_train, cfg.batch_size, cfg.seed)
+  x0, _ = next(stream)
+  ckpt = LoopCheckpointer(checkpoint_dir, checkpoint_every)
+  w_opt = weights_optimizer(model, optax.cosine_decay_schedule(cfg.lr, steps), cfg.weight_decay)
+  start = ckpt.restore({"model": model, "w_opt": w_opt})
+  if start == 0:
+    calibrate(model, x0, mode="expected")
+  for _ in range(min(start, steps)):
+    next(stream)
+  dp.replicate(model, w_opt)
+  base_key = jax.random.key(cfg.seed)
+  model.train()
+  step_fn = nnx.cached_partial(_supernet_step, model, w_opt)
+  tau = jnp.float32(cfg.tau_start)
+  history = []
+  for step in range(start, steps):
+    x, y = dp.batch(*next(stream))
+    ce, acc = step_fn(x, y, jax.random.fold_in(base_key, step), tau, cfg.augment)
+    ckpt.maybe_save(step, {"model": model, "w_opt": w_opt}, last=step == steps - 1)
+    if step % 25 == 0 or step == steps - 1:
+      ce = float(ce)
+      if not math.isfinite(ce):
+        raise FloatingPointError(f"supernet loss became {ce} at step {step}; lower search.lr (now {cfg.lr}).")
+      record = {"supernet/step": step, "supernet/ce": ce, "supernet/train_acc": float(acc)}
+      history.append(record)
+      if callback is not None:
+        callback(step, record)
+  ckpt.close()
+  return {"steps": steps, "start": start, "history": history}
+
+
 def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], cfg: SearchConfig,
            callback: Callable[[int, dict], None] | None = None, checkpoint_dir=None,
-           checkpoint_every: int = 100) -> SearchResult:
+           checkpoint_every: int = 100, frozen_weights: bool = False) -> SearchResult:
   """Trains the supernet's weights and architecture under ``constraints`` on ``cost_model``; derives.
 
   With ``checkpoint_dir`` the loop saves its state every ``checkpoint_every`` steps and, if a checkpoint is
-  there, resumes from it (same trajectory as an uninterrupted run).
+  there, resumes from it (same trajectory as an uninterrupted run). With ``frozen_weights`` (a supernet
+  trained by :func:`train_supernet`) only the architecture parameters train: no weight warm-up, no
+  weight update, the quantisers' steps kept as trained.
 
   Raises:
     ValueError: if even the cheapest network of the space exceeds a budget (before any training).
@@ -210,7 +275,7 @@ def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], 
   a_opt = arch_optimizer(model, cfg.arch_lr)
   state = {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lam": jnp.zeros((len(constraints),), jnp.float32)}
   start = ckpt.restore(state)
-  if start == 0:
+  if start == 0 and not frozen_weights:
     calibrate(model, x0, mode="expected")
   for _ in range(start):  # the batch stream is a function of (seed, step): skip what was consumed
     next(stream)
@@ -231,7 +296,7 @@ def search(model, data: Dataset, cost_model, constraints: Sequence[Constraint], 
         x, y, jax.random.fold_in(base_key, step), tau, lam,
         arch_on, arrays, limits_device, two_sided_device, hashable_tables, metrics, cfg.penalty,
         cfg.penalty_strength, jnp.float32(cfg.target_rho), jnp.float32(cfg.dual_lr),
-        jnp.float32(cfg.entropy_ramp(step)), cfg.augment)
+        jnp.float32(cfg.entropy_ramp(step)), cfg.augment, not frozen_weights)
     ckpt.maybe_save(step, {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lam": lam}, last=step == cfg.steps - 1)
     if step % 25 == 0 or step == cfg.steps - 1:
       ce = float(ce)

@@ -340,3 +340,38 @@ def test_protocol_without_same_total_family_has_one_verdict(bench):
   hv = _comparison(report, "riscv", "latency_s")["hypervolume"]
   assert hv["with_same_total"] is None and hv["verdict_same_total"] is None
   assert all(r["vs_same_total"] is None for r in _comparison(report, "riscv", "latency_s")["budgets"])
+
+
+def test_shared_supernet_family_against_the_default_search(tmp_path):
+  # gumbel-shared (one supernet per seed), riscv, seeds 0 and 1, budgets 0.2 and 0.5:
+  #   seed 0: (1.8, 0.72), (3.5, 0.83): HV = 0.62 x 8.2 + 0.11 x 6.5 = 5.084 + 0.715 = 5.799
+  #   seed 1: (2.0, 0.74), (4.0, 0.86): HV = 0.64 x 8.0 + 0.12 x 6.0 = 5.120 + 0.720 = 5.840
+  #   mean 5.8195; against gumbel's 5.906: ratio 0.985354; per seed 5.799 / 5.929 = 0.978074 and
+  #   5.840 / 5.904 = 0.989160: mean 0.983617, sample std 0.011086 / sqrt(2) = 0.0078391.
+  # Steps: the first job of each seed trained the supernet (50 steps) and every job searched 10 steps:
+  #   (50 + 10) + 10 per seed = 70, 140 in all; gumbel's 6 riscv jobs take the protocol's 1000 each: 6000.
+  shared = []
+  for seed, points in ((0, ((0.2, 1.8, 0.72), (0.5, 3.5, 0.83))), (1, ((0.2, 2.0, 0.74), (0.5, 4.0, 0.86)))):
+    for i, (fraction, cost, acc) in enumerate(points):
+      job, result = searched("gumbel-shared", "riscv", "latency_s", fraction, seed, acc, cost)
+      result["search"] = {"steps": {"supernet": 50 if i == 0 else 0, "arch": 10}}
+      result["time_s"] = {"supernet": 5.0, "search": 2.0, "finetune": 20.0, "total": 27.0}
+      shared.append((job, result))
+  comparisons = [c for c in COMPARISONS if c["target"] == "riscv"]
+  root = make_bench(tmp_path / "b", BASELINES + GUMBEL_RISCV + shared, comparisons=comparisons, extra_jobs=())
+  report = report_app.build_report(root)
+  hv = _comparison(report, "riscv", "latency_s")["hypervolume"]["families"]
+  assert hv["gumbel-shared"]["per_seed"] == pytest.approx([5.799, 5.840])
+  v = hv["gumbel-shared"]["vs_default"]
+  assert v["family"] == "gumbel" and v["ratio"] == pytest.approx(5.8195 / 5.906)
+  assert v["paired_ratio"]["mean"] == pytest.approx((5.799 / 5.929 + 5.840 / 5.904) / 2)
+  assert v["paired_ratio"]["std"] == pytest.approx(abs(5.799 / 5.929 - 5.840 / 5.904) / math.sqrt(2))
+  assert "vs_default" not in hv["gumbel"]
+  times = {(r["role"], r["family"]): r for r in report["time"]["families"]}
+  assert times[("searched", "gumbel-shared")]["sum_search_steps"] == 140
+  assert times[("searched", "gumbel-shared")]["sum_search"] == pytest.approx(4 * 7.0)
+  assert times[("searched", "gumbel-shared")]["supernet"] == pytest.approx(5.0)
+  assert times[("searched", "gumbel")]["sum_search_steps"] == 6000
+  paths = report_app.write_report(root, report)
+  md = pathlib.Path(paths[0]).read_text()
+  assert "gumbel-shared / gumbel: hypervolume ratio 0.9854" in md
