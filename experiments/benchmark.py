@@ -117,10 +117,12 @@ def manifest(spec: dict, jobs: list[dict]) -> dict:
 
 
 def _override(spec: dict, key: str) -> str | None:
+  """The protocol's choice of a config group (``dataset``, ``model``), else the search app's default."""
   for o in spec.get("common", []):
     if o.startswith(f"{key}="):
       return o.split("=", 1)[1]
-  return None
+  defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR.parent / "config.yaml")).get("defaults", [])
+  return next((d[key] for d in defaults if isinstance(d, dict) and key in d), None)
 
 
 def run_job(job: dict, out: pathlib.Path, python: str) -> dict:

@@ -527,7 +527,7 @@ def report_markdown(report: dict) -> str:
   if any(r.get("supernet") is not None for r in t["families"]):
     out += ["", "Shared supernet (`search.shared=true`): the wall time of training it, waiting for it or loading it; "
             "its steps count once, in the job that trained it. Search steps: supernet training plus each "
-            "budget's architecture search."]
+            "budget's architecture search.", ""]
   for c in report["comparisons"]:
     out += comparison_markdown(c)
   out += ["## Missing and failed jobs", ""]

@@ -63,7 +63,8 @@ class SearchGroupConfig:
   shared: bool = False
   shared_steps: int = 1200
   arch_steps: int = 100
-  shared_arch_lr: float = 0.1           # the per-budget search's architecture rate (few steps, weights frozen)
+  shared_arch_lr: float = 1.0           # the per-budget search's architecture rate (few steps, weights frozen)
+  shared_entropy_weight: float = 3.0    # ... and its final entropy weight
 
 
 @dataclasses.dataclass
@@ -126,6 +127,9 @@ class AppConfig:
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
   seed: int = 0
   debug: bool = False                   # a smoke test: 30 search, 20 training steps, 256 images (~1 CPU-minute)
+  # JAX's persistent compilation cache: the jobs of a sweep compile the same steps, and each one after the
+  # first loads them (a digits job: about half its CPU time). null: off. JAX_COMPILATION_CACHE_DIR wins.
+  compile_cache: Optional[str] = "~/.cache/hwnas/jax"
   # What the job returns to a sweeper (Optuna): e.g. [accuracy, latency_s]; costs are on the searched target.
   objectives: list[str] = dataclasses.field(default_factory=list)
 
@@ -144,7 +148,7 @@ POSITIVE = ("search.lr", "search.arch_lr", "search.tau_start", "search.tau_end",
             "search.steps", "finetune.lr", "finetune.steps", "finetune.batch_size", "finetune.kd_temperature",
             "finetune.teacher_steps", "finetune.teacher_lr", "baseline.steps", "checkpoint.every",
             "dataset.limit", "search.channel_multiple", "search.shared_steps", "search.arch_steps",
-            "search.shared_arch_lr")
+            "search.shared_arch_lr", "search.shared_entropy_weight")
 NON_NEGATIVE = ("search.weight_decay", "search.dual_lr", "search.penalty_strength", "search.target_rho",
                 "search.entropy_weight", "search.warmup_steps", "finetune.weight_decay")
 # Config nodes whose keys are free (a cost model's constants, a model's keyword arguments, wandb tags).

@@ -126,7 +126,8 @@ def checkpoint_dirs(cfg: DictConfig) -> dict:
 
 # Search settings that do not change a shared supernet's weights (only the per-budget search or derivation).
 PER_BUDGET_KEYS = ("steps", "warmup_steps", "arch_lr", "tau_end", "dual_lr", "penalty", "penalty_strength",
-                   "target_rho", "entropy_weight", "fill_budget", "shared", "arch_steps", "shared_arch_lr")
+                   "target_rho", "entropy_weight", "fill_budget", "shared", "arch_steps", "shared_arch_lr",
+                   "shared_entropy_weight")
 
 
 def search_config(cfg: DictConfig) -> SearchConfig:
@@ -351,7 +352,7 @@ def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, t
       shared = train_shared_supernet(cfg, supernet, data, scfg, tracker, dirs["supernet"])
       times["supernet"] = time.time() - t0
       scfg = dataclasses.replace(scfg, steps=cfg.search.arch_steps, warmup_steps=0,
-                                 arch_lr=cfg.search.shared_arch_lr)
+                                 arch_lr=cfg.search.shared_arch_lr, entropy_weight=cfg.search.shared_entropy_weight)
     t0 = time.time()
     with _Progress(scfg.steps, "search", tracker) as progress:
       res = search(supernet, data, target, constraints, scfg, callback=progress,
@@ -435,6 +436,17 @@ def _check_room(supernet, target, constraints, ref_cost) -> None:
              if hasattr(target, "batch_size") else "") + ".")
 
 
+def use_compile_cache(folder: str | None) -> None:
+  """Turns on JAX's persistent compilation cache in ``folder`` (unless JAX_COMPILATION_CACHE_DIR is set, or
+  ``folder`` is None). Programs that take more than 0.2 s to compile are kept; the cache is keyed by the
+  program, the JAX/XLA version and the device, so a stale entry is never used."""
+  import jax
+  if folder is None or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(str(folder)))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def _model_args(cfg, data) -> dict:
   args = dict(cfg.model.args)
   args.setdefault("num_classes", data.num_classes)
@@ -447,6 +459,7 @@ def main(cfg: DictConfig) -> dict | None:
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" noise on every start
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax INFO lines on every checkpoint
   hc = HydraConfig.get()
+  use_compile_cache(cfg.compile_cache)
   out_dir = pathlib.Path(hc.runtime.output_dir)
   multirun = hc.mode == RunMode.MULTIRUN
   group = pathlib.Path(hc.sweep.dir).name if multirun else None

@@ -22,8 +22,10 @@ def test_fashion_protocol_plans_every_family_seed_budget_and_baseline():
   jobs = benchmark.plan_jobs(spec)
   searched = [j for j in jobs if j["role"] == "searched"]
   baselines = [j for j in jobs if j["role"] == "baseline"]
-  # riscv: gumbel 3 seeds x 7 budgets + sdq 4 + per-channel 4 (their own 4 budgets); bitfusion: gumbel 3 x 5.
-  assert len(searched) == 21 + 4 + 4 + 15
+  # riscv: gumbel and gumbel-shared 3 seeds x 8 budgets each + sdq 4 + per-channel 4 (their own 4 budgets);
+  # bitfusion: gumbel 3 x 6.
+  assert len(searched) == 24 + 24 + 4 + 4 + 18
+  assert all("search.shared=true" in j["overrides"] for j in searched if j["family"] == "gumbel-shared")
   assert {j["budget"] for j in searched if j["family"] == "sdq"} == {0.1, 0.15, 0.3, 0.45}
   # per seed: 9 uniform pairs + 2 pruned pairs x 2 widths + 2 random + 7 same-total-steps = 22; 3 seeds.
   assert len(baselines) == 66
