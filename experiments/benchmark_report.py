@@ -231,6 +231,11 @@ def hypervolumes(points: list[dict], ref: dict, default: str) -> dict:
                                                     WITH_SAME_TOTAL)
   else:
     out["note"] = f"no verdict: {'no ' + default + ' result' if default not in families else 'no baseline'} yet"
+  # The same two verdicts for every other searched family with several seeds (e.g. the shared supernet).
+  out["other_verdicts"] = {
+      f: {"final": hypervolume_verdict(f, hv, union, ref["box"]) if union else None,
+          "same_total": hypervolume_verdict(f, hv, union_total, ref["box"], WITH_SAME_TOTAL) if union_total else None}
+      for f, hv in families.items() if hv["role"] == "searched" and f != default and len(hv["seeds"]) > 1}
   return out
 
 
@@ -454,6 +459,10 @@ def comparison_markdown(c: dict) -> list[str]:
                   + _pm(d, 1 / box) + ".", ""]
     else:
       out += [hv["note"].capitalize() + ".", ""]
+    for f, vs in (hv.get("other_verdicts") or {}).items():
+      for v, framing in ((vs["final"], "same final training"), (vs["same_total"], "same total steps")):
+        if v:
+          out += [f"{framing.capitalize()}, {f}: {v['sentence']}", ""]
     if hv["best_baseline_family"]:
       best = hv["families"][hv["best_baseline_family"]]
       out += [f"Best single baseline family: {hv['best_baseline_family']} ({_pm(best, 1 / box)}).", ""]

@@ -375,3 +375,21 @@ def test_shared_supernet_family_against_the_default_search(tmp_path):
   paths = report_app.write_report(root, report)
   md = pathlib.Path(paths[0]).read_text()
   assert "gumbel-shared / gumbel: hypervolume ratio 0.9854" in md
+
+
+def test_other_searched_families_with_seeds_get_verdicts_too(tmp_path):
+  # gumbel-shared at seeds 0-2 with gumbel's own points shifted: accuracies +0.01 at every point.
+  #   seed s: HV_s(gumbel) + 0.01 x (10 - cheapest cost) = 5.929 + 0.082, 5.904 + 0.081, 5.885 + 0.080
+  #   = 6.011, 5.985, 5.965: mean 5.987; against all baselines 5.40 ± 0.12: margin 0.587 > 2 x spread: wins.
+  shared = []
+  for job, result in GUMBEL_RISCV:
+    job = {**job, "dir": job["dir"].replace("gumbel", "gumbel-shared"), "family": "gumbel-shared"}
+    shared.append((job, {**result, "accuracy": result["accuracy"] + 0.01}))
+  comparisons = [c for c in COMPARISONS if c["target"] == "riscv"]
+  root = make_bench(tmp_path / "b", BASELINES + GUMBEL_RISCV + shared, comparisons=comparisons, extra_jobs=())
+  hv = _comparison(report_app.build_report(root), "riscv", "latency_s")["hypervolume"]
+  assert hv["families"]["gumbel-shared"]["per_seed"] == pytest.approx([6.011, 5.985, 5.965])
+  v = hv["other_verdicts"]["gumbel-shared"]
+  assert v["final"]["outcome"] == "wins" and v["final"]["margin"] == pytest.approx(5.987 - 5.40)
+  assert v["same_total"] is None  # no same-total-steps family in this bench
+  assert "gumbel" not in hv["other_verdicts"]
