@@ -7,40 +7,52 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _cmd(run_dir, ckpt_dir):
+# The shared mode (search.shared): a kill while the supernet trains, and one during a budget's architecture search.
+SHARED = ["search.shared=true", "search.shared_steps=300", "search.arch_steps=100"]
+MODES = {"independent": ([], "searches"), "shared-supernet": (SHARED, "supernets"),
+         "shared-arch": (SHARED, "searches")}
+
+
+def _cmd(run_dir, ckpt_dir, extra=()):
   return [sys.executable, "-m", "experiments.search", f"hydra.run.dir={run_dir}", f"checkpoint.dir={ckpt_dir}",
           "checkpoint.every=20", "search.steps=300", "search.warmup_steps=60", "finetune.steps=30",
-          "dataset.limit=300", "wandb.mode=disabled", "model.args.widths=[8,16]", "model.args.strides=[1,2]"]
+          "dataset.limit=300", "wandb.mode=disabled", "model.args.widths=[8,16]", "model.args.strides=[1,2]",
+          *extra]
 
 
 def _env():
   return dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="disabled")
 
 
-def test_killed_search_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("mode", list(MODES))
+def test_killed_search_resumes_to_the_uninterrupted_result(tmp_path, mode):
+  extra, phase = MODES[mode]
   ckpt = tmp_path / "ckpt"
-  proc = subprocess.Popen(_cmd(tmp_path / "killed", ckpt), cwd=ROOT, env=_env(),
+  proc = subprocess.Popen(_cmd(tmp_path / "killed", ckpt, extra), cwd=ROOT, env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
   saved = []
   while time.time() < deadline and proc.poll() is None:
-    saved = [p for p in ckpt.glob("searches/*/*") if p.name.isdigit()]
+    saved = [p for p in ckpt.glob(f"{phase}/*/*") if p.name.isdigit()]
     if saved:
       break
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert saved, "no search checkpoint appeared before the deadline"
-  steps_at_kill = sorted(int(p.name) for p in ckpt.glob("searches/*/*") if p.name.isdigit())
-  assert max(steps_at_kill) < 299, steps_at_kill  # killed during the search, not after it
+  steps_at_kill = sorted(int(p.name) for p in ckpt.glob(f"{phase}/*/*") if p.name.isdigit())
+  last = (100 if phase == "searches" and extra else 300) - 1
+  assert max(steps_at_kill) < last, steps_at_kill  # killed during that phase, not after it
   assert not (tmp_path / "killed" / "result.json").exists()
 
-  resumed = subprocess.run(_cmd(tmp_path / "resumed", ckpt), cwd=ROOT, env=_env(), capture_output=True, text=True)
+  resumed = subprocess.run(_cmd(tmp_path / "resumed", ckpt, extra), cwd=ROOT, env=_env(), capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  fresh = subprocess.run(_cmd(tmp_path / "fresh", tmp_path / "ckpt2"), cwd=ROOT, env=_env(), capture_output=True,
+  fresh = subprocess.run(_cmd(tmp_path / "fresh", tmp_path / "ckpt2", extra), cwd=ROOT, env=_env(), capture_output=True,
                          text=True)
   assert fresh.returncode == 0, fresh.stderr[-2000:]
   a = json.loads((tmp_path / "resumed" / "result.json").read_text())
