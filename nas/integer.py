@@ -255,6 +255,23 @@ def from_network(net) -> IntegerNetwork:
   return IntegerNetwork(name, (h, w, convs[0].spec.cin), tuple(layers), pool, pool_hw, net.classifier)
 
 
+def whole_step(net: IntegerNetwork) -> IntegerNetwork:
+  """The network with every bias in whole accumulator steps (``bias_shift`` 0), as onnxruntime's QLinearConv
+  and QGemm take it: bias = round(offset / (s_in s_w g)), the requantisation rescaled to match. The rounding
+  moves each output by up to half an accumulator step (of s_in s_w g), the deviation documented above; its
+  effect on predictions is measured (``experiments.export``, ``model.int8.onnx``)."""
+  layers = []
+  for l in net.layers:
+    unit = l.acc_scale * 2.0 ** l.bias_shift
+    requant = None
+    if l.requant is not None:
+      m, k = dyadic(unit / l.out_step)
+      requant = Requant(m, k, l.requant.lo, l.requant.hi)
+    layers.append(dataclasses.replace(l, bias_shift=0, acc_scale=unit, bias=_int_bias(l.offset, unit, l.name),
+                                      requant=requant))
+  return dataclasses.replace(net, layers=tuple(layers))
+
+
 BIAS_ERROR_STEPS = 2.0 ** -20  # largest bias rounding error aimed at, in output steps
 MAX_BIAS_SHIFT = 16
 
