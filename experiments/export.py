@@ -445,12 +445,31 @@ def measure(int8_bytes: bytes, qdq_bytes: bytes, inet: integer.IntegerNetwork, x
   one = np.asarray(x[:1], np.float32)
   e2e = _end_to_end(ort_session(int8_bytes, threads), one, repeats)
   float_e2e = _end_to_end(ort_session(qdq_bytes, threads), one, repeats)
-  prof = ort_session(int8_bytes, threads, str(tmp / "ort_profile"))
+  rows, per_layer = profile(int8_bytes, inet, one, tmp, repeats, threads)
+  return {"graph": "model.int8.onnx", "provider": "CPUExecutionProvider", "onnxruntime": ort.__version__,
+          "batch": 1, "intra_op_threads": threads, "inter_op_threads": 1, "repeats": repeats, "warmup": WARMUP,
+          "end_to_end_us": e2e, "nodes_sum_us": float(sum(r["measured_us"] for r in rows)), "nodes": rows,
+          "layers": per_layer,
+          "float_qdq": {"graph": "model.onnx", "end_to_end_us": float_e2e,
+                        "note": "the float-Conv QDQ graph (onnxruntime runs its convolutions in float on "
+                                "dequantised weights), timed the same way, end to end only"},
+          "note": "end_to_end_us: wall time of InferenceSession.run on one image from Python (its call overhead "
+                  "included); per node: median over the profiled runs after warm-up, from onnxruntime's profiler "
+                  "(whole microseconds, profiling overhead included); a layer's time is the sum of its nodes' (node "
+                  "names start with the layer name, fused nodes keep it); nodes of no layer: the input's "
+                  "QuantizeLinear and layout transposes; the machine may be shared, see p10/p90"}
+
+
+def profile(model_bytes: bytes, inet: integer.IntegerNetwork, one: np.ndarray, tmp: pathlib.Path, repeats: int,
+            threads: int = 1) -> tuple[list[dict], list[dict]]:
+  """Per node and per layer latency of one image from onnxruntime's profiler: (node rows, layer rows), each
+  time the median over ``repeats`` runs after warm-up (a layer's: the sum of its nodes')."""
+  prof = ort_session(model_bytes, threads, str(tmp / "ort_profile"))
   for _ in range(WARMUP + repeats):
     prof.run(None, {"image": one})
-  profile = pathlib.Path(prof.end_profiling())
-  events = json.loads(profile.read_text())
-  profile.unlink()
+  path = pathlib.Path(prof.end_profiling())
+  events = json.loads(path.read_text())
+  path.unlink()
   layers = {l.name: l for l in inet.layers}
   per_node: dict[str, dict] = {}
   for e in events:
@@ -472,18 +491,7 @@ def measure(int8_bytes: bytes, qdq_bytes: bytes, inet: integer.IntegerNetwork, x
   per_layer = [{"layer": l.name, "op_types": [r["op_type"] for r in rows if r["layer"] == l.name],
                 "measured_us": float(sum(r["measured_us"] for r in rows if r["layer"] == l.name))}
                for l in inet.layers]
-  return {"graph": "model.int8.onnx", "provider": "CPUExecutionProvider", "onnxruntime": ort.__version__,
-          "batch": 1, "intra_op_threads": threads, "inter_op_threads": 1, "repeats": repeats, "warmup": WARMUP,
-          "end_to_end_us": e2e, "nodes_sum_us": float(sum(r["measured_us"] for r in rows)), "nodes": rows,
-          "layers": per_layer,
-          "float_qdq": {"graph": "model.onnx", "end_to_end_us": float_e2e,
-                        "note": "the float-Conv QDQ graph (onnxruntime runs its convolutions in float on "
-                                "dequantised weights), timed the same way, end to end only"},
-          "note": "end_to_end_us: wall time of InferenceSession.run on one image from Python (its call overhead "
-                  "included); per node: median over the profiled runs after warm-up, from onnxruntime's profiler "
-                  "(whole microseconds, profiling overhead included); a layer's time is the sum of its nodes' (node "
-                  "names start with the layer name, fused nodes keep it); nodes of no layer: the input's "
-                  "QuantizeLinear and layout transposes; the machine may be shared, see p10/p90"}
+  return rows, per_layer
 
 
 def _bits_summary(bits: np.ndarray):
