@@ -223,6 +223,7 @@ static_power_w: 12.5            # ASSUMPTION (U): 2 cores' share of a 56-core 35
 fitted_on:                      # the machine timed; hardware.host.host_mismatch warns on any other (hardware/README.md)
   cpu: {json.dumps(str(info.get('cpu')))}  # `host.cpu` of {measurements} (/proc/cpuinfo model name)
   flags: {calibrate._fitted_flags(info)}  # its CPU flags among hardware.host.KERNEL_FLAGS (those that change the int8 kernels)
+  recalibrate: "python -m hardware.calibrate_ort --measure --out {PRESET}"  # what host_mismatch tells to run elsewhere
 """
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from hardware import calibrate_ort as co
+from hardware import calibrate_ort as co, host
 from hardware.base import LayerSpec
 from hardware.cpu import SIMDCPU
 
@@ -41,7 +41,9 @@ def test_fit_recovers_constants_simdcpu_generated(tmp_path):
   text = out.read_text()
   assert "Held out" in text and "intra-op threads 1" in text and "every bit-width as 8 bits" in text
   model = hydra.utils.instantiate(OmegaConf.load(out), _convert_="all")
-  assert model.name == "cpu_ort" and model.fitted_on == {"cpu": "synthetic", "flags": None}
+  assert model.name == "cpu_ort" and model.fitted_on == {"cpu": "synthetic", "flags": None, "recalibrate":
+                                                          f"python -m hardware.calibrate_ort --measure --out {co.PRESET}"}
+  assert f"`python -m hardware.calibrate_ort --measure --out {co.PRESET}`" in host.host_mismatch(model)
   assert (model.cin_multiple, model.cout_multiple, model.fallback_channels) == (4, 16, 12)
   for kind in ("conv", "dense"):
     assert model.mac_rate[kind] == pytest.approx(TRUE.mac_rate[kind], rel=0.15), kind
