@@ -1,9 +1,9 @@
 """Fit the CPU roofline (:class:`hardware.cpu.SIMDCPU`) to onnxruntime's integer kernels on this host.
 
 Each layer of a grid is exported exactly as ``experiments.export`` writes a network's layer in
-``model.int8.onnx`` (``int8_model``): a convolution as QLinearConv (u8 x s8 -> u8), the convolution before
-global average pooling as ConvInteger with its float epilogue and the pooling, a dense classifier as QGemm, a
-flattening classifier (a convolution over the whole map) as Flatten + QGemm. It runs inside a two-layer network
+``model.int8.onnx`` (``int8_model``): a convolution as QLinearConv (u8 x s8 -> u8), the one before global
+average pooling with the QLinearGlobalAveragePool after it, a dense classifier as QGemm, a flattening classifier
+(a convolution over the whole map) as Flatten + QGemm. It runs inside a two-layer network
 (the layer, and a classifier after it or a layer before it), in onnxruntime's CPU provider with one intra-op
 thread, batch 1, and its time is what ``experiments.export --measure`` reports per layer: the sum of its nodes'
 kernel times from onnxruntime's profiler, median over repeats after warm-up, the smaller of two passes over the
@@ -51,7 +51,7 @@ MODELS = {"digits_cnn": (8, (16, 32, 32), (1, 2, 1), "pool"),
           "fmnist_cnn": (28, (16, 32, 32, 64), (2, 1, 2, 1), "flatten")}
 CLASSES = 10
 # How each layer runs in model.int8.onnx, by where it sits in the network.
-PATHS = {"conv": "QLinearConv", "pool_conv": "ConvInteger + float epilogue + GlobalAveragePool",
+PATHS = {"conv": "QLinearConv", "pool_conv": "QLinearConv + QLinearGlobalAveragePool + Flatten",
          "dense": "QGemm", "flatten_head": "Flatten + QGemm"}
 
 
@@ -98,7 +98,7 @@ def tiny_grid() -> List[GridLayer]:
 
 def _int_layer(name: str, spec: LayerSpec, rng, out: str):
   """A synthetic integer layer of ``spec`` (8-bit, random small weights); ``out``: "act" (an 8-bit activation
-  follows), "pool" (the wide map before pooling) or "logits" (the output layer)."""
+  follows), "pool" (global average pooling follows) or "logits" (the output layer)."""
   from nas.integer import IntLayer, Requant
   shape = (spec.cin, spec.cout) if spec.kind == "dense" else (spec.kernel, spec.kernel, spec.cin, spec.cout)
   weight = rng.integers(-8, 8, shape).astype(np.int8)
@@ -112,7 +112,7 @@ def _int_layer(name: str, spec: LayerSpec, rng, out: str):
 
 def network(g: GridLayer, seed: int = 0):
   """A two-layer integer network holding ``g`` as layer "layer", built so that int8_model exports it along ``g.path``."""
-  from nas.integer import IntegerNetwork
+  from nas.integer import IntegerNetwork, Requant
   rng = np.random.default_rng(seed)
   s = g.spec
   if g.path == "conv":  # the layer, then a flattening classifier over its map
@@ -128,8 +128,10 @@ def network(g: GridLayer, seed: int = 0):
     layers = [_int_layer("before", LayerSpec("conv", s.cin, s.cin, 1, 1, s.in_h, s.in_w), rng, "act"),
               _int_layer("layer", s, rng, "logits")]
   cin = layers[0].weight.shape[-2]
-  return IntegerNetwork("grid", (layers[0].in_hw[0], layers[0].in_hw[1], cin), tuple(layers), None, 1,
-                        "pool" if g.path in ("pool_conv", "dense") else "flatten")
+  pooled = g.path in ("pool_conv", "dense")
+  pool = Requant(np.zeros(1, np.int32), np.zeros(1, np.int32), 0, 255) if pooled else None  # int8_kernels sets it
+  return IntegerNetwork("grid", (layers[0].in_hw[0], layers[0].in_hw[1], cin), tuple(layers), pool,
+                        -(-layers[0].in_hw[0] // layers[0].stride) ** 2, "pool" if pooled else "flatten")
 
 
 # --- timing ------------------------------------------------------------------------------------------------------

@@ -121,20 +121,20 @@ def _optimized_ops(model_bytes: bytes, tmp_path) -> list[str]:
 
 
 @pytest.mark.parametrize("classifier", ["pool", "flatten"])
-def test_int8_graph_runs_integer_kernels_and_equals_the_whole_step_reference(classifier, tmp_path):
+def test_int8_graph_runs_integer_kernels_and_equals_the_int8_kernels_reference(classifier, tmp_path):
   net, _, data = _tiny_network(classifier)
   inet = integer.from_network(net)
   model = ex.int8_model(inet)
   onnx.checker.check_model(model, full_check=True)
   ops = _optimized_ops(model.SerializeToString(), tmp_path)
-  # 3 convs: all QLinearConv (flatten), or 2 and the ConvInteger before pooling (pool); the head a QGemm
-  assert ops.count("QLinearConv") == (3 if classifier == "flatten" else 2)
-  assert ops.count("ConvInteger") == (0 if classifier == "flatten" else 1) and ops.count("QGemm") == 1
-  assert not {"Conv", "Gemm", "MatMul", "DequantizeLinear"} & set(ops), ops  # nothing left in float
+  # 3 convs as QLinearConv, the pooling (pool) as QLinearGlobalAveragePool, the head as QGemm
+  assert ops.count("QLinearConv") == 3 and ops.count("QGemm") == 1
+  assert ops.count("QLinearGlobalAveragePool") == (classifier == "pool")
+  assert not {"Conv", "Gemm", "MatMul", "DequantizeLinear", "GlobalAveragePool"} & set(ops), ops  # none in float
   logits = ex.ort_session(model.SerializeToString()).run(None, {"image": data.x_test})[0]
-  _, whole = integer.run(integer.whole_step(inet), data.x_test)
-  np.testing.assert_array_equal(logits.argmax(-1), whole.argmax(-1))  # exact: the rounded biases are the only change
-  np.testing.assert_allclose(logits, whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
+  _, ref = integer.run(integer.int8_kernels(inet), data.x_test)
+  np.testing.assert_array_equal(logits.argmax(-1), ref.argmax(-1))  # exact: the documented deviations only
+  np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 def test_whole_step_rounds_each_bias_to_whole_accumulator_steps():
@@ -155,10 +155,10 @@ def test_export_records_the_int8_graph_kernels_and_agreement(exported):
   i8 = info["int8"]
   assert i8["file"] == "model.int8.onnx" and i8["integer_kernels"]
   assert i8["kernels"]["convs.0"] == ["QLinearConv", "Clip"] and i8["kernels"]["head"] == ["QGemm"]
-  assert i8["kernels"]["convs.2"][0] == "ConvInteger"  # the conv before global average pooling
+  assert i8["kernels"]["convs.2"] == ["QLinearConv", "QLinearGlobalAveragePool", "Flatten"]
   a = i8["agreement"]
-  assert a["vs_integer_whole_step_bias_top1"] == 1.0
-  assert a["vs_integer_top1"] == a["integer_whole_step_bias_vs_integer_top1"]  # the rounding is the difference
+  assert a["vs_integer_int8_kernels_top1"] == 1.0
+  assert a["vs_integer_top1"] == a["integer_int8_kernels_vs_integer_top1"]  # the deviations are the difference
   assert 0 < max(i8["bias_rounding_max"].values()) and i8["bias_rounding_max"]["head"] <= 0.5
 
 
