@@ -248,7 +248,7 @@ def int8_model(inet: integer.IntegerNetwork):
 
   x_info, y_info, x = _start(g, inet)
   first = inet.layers[0]
-  q, s, zp = quantize(x, first.in_step, first.in_bits, first.in_signed, first.name + "/input")
+  q, s, zp = quantize(x, first.in_step, first.in_bits, first.in_signed, INPUT)
   for i, layer in enumerate(inet.layers):
     p = layer.name
     conv, head = layer.kind == "conv", layer.requant is None
@@ -352,6 +352,7 @@ def ort_session(model_bytes: bytes, threads: int = 1, profile_prefix: str | None
   return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
+INPUT = "input"  # the name prefix of model.int8.onnx's input quantiser
 INTEGER_KERNELS = ("QLinearConv", "ConvInteger", "QGemm", "MatMulInteger", "QLinearMatMul")
 
 
@@ -427,43 +428,102 @@ def _blocks(n: int) -> list[np.ndarray]:
   return np.array_split(np.arange(n), min(BLOCKS, n))
 
 
-def _end_to_end(sess, one: np.ndarray, repeats: int) -> dict:
-  """Wall time of ``sess.run`` on one image in microseconds over ``repeats`` warm runs: the median of the
-  fastest of ``BLOCKS`` consecutive blocks (``best_block_median``: a shared machine has slow phases, seen here
-  as whole blocks running up to 1.6x slower), and over all runs the median, p10 and p90."""
-  times = []
-  for i in range(WARMUP + repeats):
-    t0 = time.perf_counter()
-    sess.run(None, {"image": one})
-    times.append(time.perf_counter() - t0)
-  t = 1e6 * np.asarray(times[WARMUP:])
+def _timed(sessions, one: np.ndarray, repeats: int) -> list[np.ndarray]:
+  """Wall times (us) of ``repeats`` warm runs of ``sess.run`` on one image for each session, interleaved in
+  ``BLOCKS`` blocks (block b of every session, then block b + 1), so that a slow phase of a shared machine
+  falls on all sessions alike."""
+  for sess in sessions:
+    for _ in range(WARMUP):
+      sess.run(None, {"image": one})
+  times = [[] for _ in sessions]
+  for block in _blocks(repeats):
+    for sess, t in zip(sessions, times):
+      for _ in block:
+        t0 = time.perf_counter()
+        sess.run(None, {"image": one})
+        t.append(time.perf_counter() - t0)
+  return [1e6 * np.asarray(t) for t in times]
+
+
+def _stats(t: np.ndarray) -> dict:
+  """``best_block_median``: the median of the fastest block of runs (a shared machine has slow phases, seen here
+  as whole blocks up to 1.6x slower), the headline figure; median, p10, p90 over all runs."""
   return {"best_block_median": float(min(np.median(t[b]) for b in _blocks(len(t)))), "median": float(np.median(t)),
           "p10": float(np.percentile(t, 10)), "p90": float(np.percentile(t, 90)), "blocks": len(_blocks(len(t)))}
 
 
-def measure(int8_bytes: bytes, qdq_bytes: bytes, inet: integer.IntegerNetwork, x: np.ndarray, tmp: pathlib.Path,
+def prefix_models(model, names) -> list:
+  """The graph cut after the input quantiser, then after each layer of ``names`` in turn (its output the layer's
+  last tensor; nodes are in network order and named after their layer): the last is the whole graph."""
+  import onnx
+  inferred = onnx.shape_inference.infer_shapes(model)
+  types = {v.name: v.type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+  nodes = list(model.graph.node)
+  out = []
+  for name in [INPUT, *names]:
+    last = max(i for i, n in enumerate(nodes) if n.name.startswith(name + "/"))
+    cut = onnx.ModelProto()
+    cut.CopyFrom(model)
+    del cut.graph.node[last + 1:]
+    used = {i for n in cut.graph.node for i in n.input}
+    keep = [i for i in cut.graph.initializer if i.name in used]
+    del cut.graph.initializer[:]
+    cut.graph.initializer.extend(keep)
+    del cut.graph.output[:]
+    tensor = nodes[last].output[0]
+    cut.graph.output.append(onnx.helper.make_value_info(tensor, types[tensor]))
+    out.append(cut)
+  return out
+
+
+def marginal(model, inet: integer.IntegerNetwork, one: np.ndarray, repeats: int, threads: int = 1,
+             layers=None) -> dict:
+  """Each layer's marginal latency in its network, without the profiler's overhead: the end-to-end time of the
+  graph cut after the layer minus that of the graph cut before it (:func:`prefix_models`, timed interleaved,
+  fastest block each), so the layers' times and ``input_us`` (the graph cut after the input quantiser: the call
+  into onnxruntime and the input's quantisation) add up to the whole graph's. ``layers``: only these (default
+  all). Returns ``{"input_us", "layers_us": {name: us}, "cut_before_us": {name: us}, "end_to_end": stats of the
+  whole graph or None}``."""
+  names = [l.name for l in inet.layers]
+  wanted = names if layers is None else list(layers)
+  cuts = prefix_models(model, names)
+  needed = sorted({0} | {names.index(n) + 1 for n in wanted} | {names.index(n) for n in wanted})
+  sessions = [ort_session(cuts[i].SerializeToString(), threads) for i in needed]
+  times = dict(zip(needed, _timed(sessions, one, repeats)))
+  best = {i: _stats(t)["best_block_median"] for i, t in times.items()}
+  return {"input_us": best[0], "layers_us": {n: best[names.index(n) + 1] - best[names.index(n)] for n in wanted},
+          "cut_before_us": {n: best[names.index(n)] for n in wanted},
+          "end_to_end": _stats(times[len(names)]) if len(names) in times else None}
+
+
+def measure(int8_model_proto, qdq_bytes: bytes, inet: integer.IntegerNetwork, x: np.ndarray, tmp: pathlib.Path,
             repeats: int = 300, threads: int = 1) -> dict:
-  """onnxruntime CPU latency of one image of the integer-kernel graph (model.int8.onnx), end to end (median of
-  ``repeats`` warm runs) and per node and layer (profiler); and the float-QDQ graph's (model.onnx) end to end."""
+  """onnxruntime CPU latency of one image of the integer-kernel graph (model.int8.onnx): end to end, per layer
+  (:func:`marginal`) and per node (profiler); and the float-QDQ graph's (model.onnx) end to end."""
   import onnxruntime as ort
   one = np.asarray(x[:1], np.float32)
-  e2e = _end_to_end(ort_session(int8_bytes, threads), one, repeats)
-  float_e2e = _end_to_end(ort_session(qdq_bytes, threads), one, repeats)
+  int8_bytes = int8_model_proto.SerializeToString()
+  m = marginal(int8_model_proto, inet, one, repeats, threads)
+  float_e2e = _stats(_timed([ort_session(qdq_bytes, threads)], one, repeats)[0])
   rows, per_layer = profile(int8_bytes, inet, one, tmp, repeats, threads)
+  for row in per_layer:
+    row["marginal_us"] = m["layers_us"][row["layer"]]
   return {"graph": "model.int8.onnx", "provider": "CPUExecutionProvider", "onnxruntime": ort.__version__,
           "batch": 1, "intra_op_threads": threads, "inter_op_threads": 1, "repeats": repeats, "warmup": WARMUP,
-          "end_to_end_us": e2e, "nodes_sum_us": float(sum(r["measured_us"] for r in rows)), "nodes": rows,
-          "layers": per_layer,
+          "end_to_end_us": m["end_to_end"], "input_us": m["input_us"],
+          "layers_marginal_sum_us": float(sum(m["layers_us"].values())),
+          "nodes_sum_us": float(sum(r["measured_us"] for r in rows)), "nodes": rows, "layers": per_layer,
           "float_qdq": {"graph": "model.onnx", "end_to_end_us": float_e2e,
                         "note": "the float-Conv QDQ graph (onnxruntime runs its convolutions in float on "
                                 "dequantised weights), timed the same way, end to end only"},
-          "note": "end_to_end_us: wall time of InferenceSession.run on one image from Python (its call overhead "
-                  "included), best_block_median the headline (the median of the fastest of consecutive blocks "
-                  "of runs: a shared machine has slow phases), median/p10/p90 over all runs; per node: "
-                  "onnxruntime's profiler (whole microseconds, profiling overhead included), the median over the "
-                  "fastest block's runs; a layer's time is the sum of its nodes' (node names start with the layer "
-                  "name, fused nodes keep it); nodes of no layer: the input's QuantizeLinear and layout "
-                  "transposes"}
+          "note": "end_to_end_us: wall time of InferenceSession.run on one image from Python, best_block_median "
+                  "the headline (the median of the fastest of consecutive blocks of runs: a shared machine has "
+                  "slow phases), median/p10/p90 over all runs. Per layer: marginal_us, the graph cut after the "
+                  "layer minus the graph cut before it (end to end, fastest block each; input_us: the graph cut "
+                  "after the input quantiser, i.e. the call into onnxruntime and the input's quantisation; input_us "
+                  "+ the layers' marginal_us = end to end); profiler_us, the sum of the layer's nodes in "
+                  "onnxruntime's profiler (whole microseconds, its overhead of about 2 us per node included; node "
+                  "names start with the layer name, fused nodes keep it), fastest block. Per node: the profiler."}
 
 
 def profile(model_bytes: bytes, inet: integer.IntegerNetwork, one: np.ndarray, tmp: pathlib.Path, repeats: int,
@@ -500,7 +560,7 @@ def profile(model_bytes: bytes, inet: integer.IntegerNetwork, one: np.ndarray, t
                a_bits_in=None if layer is None else layer.in_bits)
     rows.append(row)
   per_layer = [{"layer": l.name, "op_types": [r["op_type"] for r in rows if r["layer"] == l.name],
-                "measured_us": float(sum(r["measured_us"] for r in rows if r["layer"] == l.name))}
+                "profiler_us": float(sum(r["measured_us"] for r in rows if r["layer"] == l.name))}
                for l in inet.layers]
   return rows, per_layer
 
@@ -596,11 +656,11 @@ def export(run_dir, out=None, do_measure: bool = False, repeats: int = 300, thre
         "int8": int8_info,
     }
     if do_measure:
-      m = measure(int8_bytes, qdq_bytes, inet, x, tmp, repeats, threads)
+      m = measure(int8, qdq_bytes, inet, x, tmp, repeats, threads)
       m.update(predicted_cost=result.get("cost"), predicted_target=result.get("target"),
                predicted_layers_s=predicted_layers(cfg, result))
       (tmp / "measure.json").write_text(json.dumps(m, indent=1))
-      info["measure"] = {"graph": m["graph"], "end_to_end_us": m["end_to_end_us"],
+      info["measure"] = {"graph": m["graph"], "end_to_end_us": m["end_to_end_us"], "input_us": m["input_us"],
                          "float_qdq_end_to_end_us": m["float_qdq"]["end_to_end_us"],
                          "intra_op_threads": m["intra_op_threads"]}
     (tmp / "export.json").write_text(json.dumps(info, indent=1))
@@ -682,8 +742,8 @@ def summary(info: dict) -> str:
     m = info["measure"]
     lines.append(f"onnxruntime CPU, batch 1, {m['intra_op_threads']} thread(s): model.int8.onnx "
                  f"{m['end_to_end_us']['best_block_median']:.1f} us (median of the fastest block of runs; all runs "
-                 f"{m['end_to_end_us']['median']:.1f} us), float-QDQ model.onnx "
-                 f"{m['float_qdq_end_to_end_us']['best_block_median']:.1f} us")
+                 f"{m['end_to_end_us']['median']:.1f} us; the input stage {m['input_us']:.1f} us), float-QDQ "
+                 f"model.onnx {m['float_qdq_end_to_end_us']['best_block_median']:.1f} us")
   return "\n".join(lines)
 
 

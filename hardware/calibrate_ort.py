@@ -5,9 +5,12 @@ Each layer of a grid is exported exactly as ``experiments.export`` writes a netw
 average pooling with the QLinearGlobalAveragePool after it, a dense classifier as QGemm, a flattening classifier
 (a convolution over the whole map) as Flatten + QGemm. It runs inside a two-layer network
 (the layer, and a classifier after it or a layer before it), in onnxruntime's CPU provider with one intra-op
-thread, batch 1, and its time is what ``experiments.export --measure`` reports per layer: the sum of its nodes'
-kernel times from onnxruntime's profiler, median over repeats after warm-up, the smaller of two passes over the
-grid (the second in reverse order).
+thread, batch 1, and its time is what ``experiments.export --measure`` reports per layer (``marginal_us``): the
+end-to-end time of the network cut after the layer minus that of the network cut before it, each the median of
+the fastest of 10 interleaved blocks of runs and the smallest over four passes over the grid (alternately in
+reverse order): the shared machine has slow phases (whole blocks up to 1.6x slower) lasting tens of
+milliseconds and more, so each layer is timed at four moments seconds apart. (onnxruntime's profiler adds about
+2 us to every node, more than many of these layers take, so it is not used here.)
 
 The grid: every layer shape the shipped small models take over the search's width choices (``digits_cnn`` on
 8x8 digits, ``fmnist_cnn`` on 28x28 images: conf/model/, the base widths times ``SearchSpace.width_mults``),
@@ -150,36 +153,39 @@ def host_description(threads: int) -> Dict:
           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def measure(grid: List[GridLayer], repeats: int = 200, passes: int = 2, threads: int = 1,
+def measure(grid: List[GridLayer], repeats: int = 400, passes: int = 4, threads: int = 1,
             verbose: bool = False) -> Dict:
   """Time every grid layer as exported (see the module docstring); a JSON-ready ``{"host", "records"}``."""
-  from experiments.export import int8_model, profile
+  from experiments.export import int8_model, kernels, marginal
   t0 = time.perf_counter()
   load_before = host_description(threads)["load_avg_1min"]
-  graphs = [(int8_model(net).SerializeToString(), net) for net in map(network, grid)]
-  one = [np.random.default_rng(0).uniform(0, 1, (1, *net.input_shape)).astype(np.float32) for _, net in graphs]
-  medians: List[List[float]] = [[] for _ in grid]
-  ops: List[List[str]] = [[] for _ in grid]
-  with tempfile.TemporaryDirectory() as folder:
-    for p in range(passes):
-      for i in (range(len(grid)) if p % 2 == 0 else reversed(range(len(grid)))):
-        _, layers = profile(graphs[i][0], graphs[i][1], one[i], pathlib.Path(folder), repeats, threads)
-        row = next(r for r in layers if r["layer"] == "layer")
-        medians[i].append(1e-6 * row["measured_us"])
-        ops[i] = row["op_types"]
+  nets = [network(g) for g in grid]
+  models = [int8_model(net) for net in nets]
+  one = [np.random.default_rng(0).uniform(0, 1, (1, *net.input_shape)).astype(np.float32) for net in nets]
+  before: List[List[float]] = [[] for _ in grid]  # the graph cut before the layer, then after it
+  after: List[List[float]] = [[] for _ in grid]
+  for p in range(passes):
+    for i in (range(len(grid)) if p % 2 == 0 else reversed(range(len(grid)))):
+      m = marginal(models[i], nets[i], one[i], repeats, threads, layers=["layer"])
+      after[i].append(m["layers_us"]["layer"] + m["cut_before_us"]["layer"])
+      before[i].append(m["cut_before_us"]["layer"])
   records = []
-  for g, meds, op in zip(grid, medians, ops):
+  for g, model, net, b, a in zip(grid, models, nets, before, after):
     s = g.spec
+    op = kernels(model.SerializeToString(), net)["layer"]
+    seconds = 1e-6 * (min(a) - min(b))
     records.append({"kind": s.kind, "cin": s.cin, "cout": s.cout, "kernel": s.kernel, "stride": s.stride,
                     "in_h": s.in_h, "in_w": s.in_w, "name": s.name, "path": g.path, "op_types": op,
-                    "macs": float(s.macs()), "median_s": min(meds), "pass_medians_s": meds, "repeats": repeats})
+                    "macs": float(s.macs()), "median_s": seconds, "cut_after_us": a, "cut_before_us": b,
+                    "repeats": repeats})
     if verbose:
       print(f"{s.name}: {s.kind} {s.cin}->{s.cout} k{s.kernel} s{s.stride} {s.in_h}x{s.in_w} ({'+'.join(op)}): "
-            f"{min(meds) * 1e6:.1f} us", flush=True)
+            f"{seconds * 1e6:.2f} us", flush=True)
   info = host_description(threads)
   info.update(load_avg_1min_before=load_before, runtime_s=round(time.perf_counter() - t0, 1),
-              method="per layer: sum of its nodes' kernel times (onnxruntime profiler), median of the repeats "
-                     "after 20 warm-up runs, smaller of the passes (hardware/calibrate_ort.py)")
+              method="per layer: the end-to-end time of its network cut after the layer minus cut before it "
+                     "(experiments.export.marginal: medians of the fastest of 10 interleaved blocks of runs), "
+                     "each the smallest over the passes (hardware/calibrate_ort.py)")
   return {"host": info, "records": records}
 
 
@@ -194,22 +200,22 @@ def preset_yaml(p: Dict[str, float], info: Dict, fit_q: Dict, held_q: Dict, meas
 # Measured on: {info.get('cpu')} ({info.get('cores')} cores), {info.get('platform')},
 #   onnxruntime {info.get('onnxruntime')} CPUExecutionProvider, intra-op threads {info.get('intra_op_threads')}, batch 1, {info.get('date')},
 #   1-min load average {load(info.get('load_avg_1min_before'))} before / {load(info.get('load_avg_1min'))} after.
-# Measurements: {measurements} (per layer: the sum of its nodes' kernel times in onnxruntime's profiler
-#   as experiments.export exports the layer, median of repeats; see hardware/calibrate_ort.py).
+# Measurements: {measurements} (per layer, exported as experiments.export exports it: the network cut
+#   after the layer minus cut before it, end to end, fastest block of runs; see hardware/calibrate_ort.py).
 # Fit: hardware.calibrate's soft-L1 least squares on log latency, {fit_q['n']} layers. Held out {held_q['n']} layers:
 #   Spearman {held_q['spearman']:.3f}, median relative error {held_q['median_rel_err']:.3f}
 #   (fit set: Spearman {fit_q['spearman']:.3f}, median relative error {fit_q['median_rel_err']:.3f}).
-# Bits: onnxruntime's CPU integer kernels (QLinearConv, ConvInteger, QGemm) are 8-bit; 2- and 4-bit weights and
+# Bits: onnxruntime's CPU integer kernels (QLinearConv, QLinearGlobalAveragePool, QGemm) are 8-bit; 2- and 4-bit weights and
 # activations are held and computed in int8 / uint8, so this preset costs every bit-width as 8 bits
 # (storage_bits: [8]): fewer bits buy nothing here, neither compute nor memory traffic.
 _target_: hardware.cpu.SIMDCPU
 name: cpu_ort
 mac_rate:
-  conv: {fmt(p['rate_conv'])}      # fitted effective MAC/s of QLinearConv / ConvInteger (u8 x s8 -> int32)
+  conv: {fmt(p['rate_conv'])}      # fitted effective MAC/s of QLinearConv (u8 x s8 -> int32 -> u8)
   dwconv: {fmt(p['rate_conv'])}    # NOT MEASURED (no depthwise layer in digits_cnn / fmnist_cnn): conv's fitted value
   dense: {fmt(p['rate_dense'])}     # fitted; QGemm at batch 1 (GEMV)
 mem_bw: {fmt(p['mem_bw'])}          # fitted effective bytes/s (cache-resident small layers)
-layer_overhead_s:               # fitted fixed time per layer (its nodes' dispatch as the profiler times them)
+layer_overhead_s:               # fitted fixed time per layer (its nodes' dispatch inside one InferenceSession.run)
   conv: {fmt(p['overhead_conv'])}      # fitted{bound(p['overhead_conv'])}
   dwconv: {fmt(p['overhead_conv'])}    # NOT MEASURED: conv's fitted value
   dense: {fmt(p['overhead_dense'])}     # fitted{bound(p['overhead_dense'])}

@@ -213,8 +213,22 @@ def test_measure_writes_end_to_end_and_per_node_latency(exported):
   layers = {r["layer"]: r for r in m["layers"]}
   assert list(layers) == ["convs.0", "convs.1", "convs.2", "head"]
   assert layers["convs.1"]["op_types"] == ["QLinearConv", "Clip"] and layers["head"]["op_types"] == ["QGemm"]
-  assert layers["convs.1"]["measured_us"] == pytest.approx(sum(n["measured_us"] for n in m["nodes"]
+  assert layers["convs.1"]["profiler_us"] == pytest.approx(sum(n["measured_us"] for n in m["nodes"]
                                                                if n["layer"] == "convs.1"))
+  # the marginal times (graph cut after a layer minus cut before it) add up to the whole graph's time
+  total = m["input_us"] + sum(r["marginal_us"] for r in m["layers"])
+  assert total == pytest.approx(m["end_to_end_us"]["best_block_median"], rel=1e-9)
+
+
+def test_prefix_models_cut_the_graph_after_each_layer(exported):
+  out, _ = exported
+  model = onnx.load(out / "model.int8.onnx")
+  names = ["convs.0", "convs.1", "convs.2", "head"]
+  cuts = ex.prefix_models(model, names)
+  assert len(cuts) == 5 and cuts[-1].graph.node[-1].op_type == "Gemm"
+  for k, cut in enumerate(cuts):
+    onnx.checker.check_model(cut, full_check=True)
+    assert {n.name.split("/")[0] for n in cut.graph.node} == {"input", *names[:k]}
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------
