@@ -16,7 +16,10 @@ The grid: every layer shape the shipped small models take over the search's widt
 8x8 digits, ``fmnist_cnn`` on 28x28 images: conf/model/, the base widths times ``SearchSpace.width_mults``),
 plus seeded samples of 1x1 convolutions (stride 1 and 2) and dense layers. The constants are fitted with
 ``hardware.calibrate``'s code (soft-L1 least squares on log latency, the channel multiples and the few-channel
-threshold chosen by fit loss) on a seeded 75 % and reported on the held-out 25 %. onnxruntime's CPU integer
+threshold chosen by fit loss) on a seeded 75 % and reported on the held-out 25 %. Without the few-channel
+fallback (XLA's generic loop, ``SIMDCPU.fallback_channels``): onnxruntime's timings show no such cliff (a 1->12
+and a 1->16 convolution take the same time), and a fallback would make a narrower layer cost more than a wider
+one, which the search's budget repair (moves to cheaper, narrower choices) cannot follow. onnxruntime's CPU integer
 kernels are 8-bit: 2- and 4-bit tensors are held and computed in int8 / uint8, so the preset costs every
 bit-width as 8 bits (``storage_bits: [8]``).
 
@@ -202,7 +205,7 @@ def preset_yaml(p: Dict[str, float], info: Dict, fit_q: Dict, held_q: Dict, meas
 #   1-min load average {load(info.get('load_avg_1min_before'))} before / {load(info.get('load_avg_1min'))} after.
 # Measurements: {measurements} (per layer, exported as experiments.export exports it: the network cut
 #   after the layer minus cut before it, end to end, fastest block of runs; see hardware/calibrate_ort.py).
-# Fit: hardware.calibrate's soft-L1 least squares on log latency, {fit_q['n']} layers. Held out {held_q['n']} layers:
+# Fit: hardware.calibrate's soft-L1 least squares on log latency (no few-channel fallback), {fit_q['n']} layers. Held out {held_q['n']} layers:
 #   Spearman {held_q['spearman']:.3f}, median relative error {held_q['median_rel_err']:.3f}
 #   (fit set: Spearman {fit_q['spearman']:.3f}, median relative error {fit_q['median_rel_err']:.3f}).
 # Bits: onnxruntime's CPU integer kernels (QLinearConv, QLinearGlobalAveragePool, QGemm) are 8-bit; 2- and 4-bit weights and
@@ -221,8 +224,8 @@ layer_overhead_s:               # fitted fixed time per layer (its nodes' dispat
   dense: {fmt(p['overhead_dense'])}     # fitted{bound(p['overhead_dense'])}
 cin_multiple: {int(p['cin_multiple'])}                 # chosen by fit loss among (cin, cout) multiples {list(calibrate.MULTIPLES)}
 cout_multiple: {int(p['cout_multiple'])}                # (the channel padding of the kernel's compute)
-fallback_channels: {int(p['fallback_channels'])}            # chosen by fit loss among {list(calibrate.FALLBACKS)}: convs with max(cin, cout) <= it
-fallback_mac_rate: {fmt(p['rate_fallback']) if p['fallback_channels'] else 'null'}  # fitted MAC/s of convs at or below fallback_channels
+fallback_channels: 0             # no few-channel path: the timings show no cliff in channels (1->12 and 1->16 convs alike)
+fallback_mac_rate: null          # (no few-channel path, so none fitted)
 kernel_bits: 8                  # onnxruntime's CPU integer kernels are u8/s8 x s8 -> int32 (MLAS); measured layers are 8-bit
 storage_bits: [8]               # model.int8.onnx holds 2- and 4-bit tensors in int8 / uint8: every bit-width costs as 8
 e_mac_j: 0.3e-12                # ASSUMPTION, 45 nm proxy: Horowitz ISSCC 2014 int8 mult 0.2 pJ + int32 add 0.1 pJ
@@ -240,7 +243,7 @@ def fit_records(data: Dict) -> Tuple[Dict[str, float], Dict, Dict]:
   layers = records_to_layers(data["records"])
   t = np.asarray([r["median_s"] for r in data["records"]])
   fit_idx, held_idx = calibrate.split(len(layers))
-  p = calibrate.fit([layers[i] for i in fit_idx], t[fit_idx])
+  p = calibrate.fit([layers[i] for i in fit_idx], t[fit_idx], fallbacks=(0,))
   pred = calibrate.predict(p, layers)
   return p, calibrate.fit_quality(t[fit_idx], pred[fit_idx]), calibrate.fit_quality(t[held_idx], pred[held_idx])
 

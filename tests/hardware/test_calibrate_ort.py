@@ -15,10 +15,10 @@ from hardware.base import LayerSpec
 from hardware.cpu import SIMDCPU
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-# Known constants, unlike any fitted preset's; cin/cout multiples and the fallback among the fit's candidates.
+# Known constants, unlike any fitted preset's; cin/cout multiples among the fit's candidates (no fallback path).
 TRUE = SIMDCPU("truth", mac_rate={"conv": 3.0e10, "dwconv": 1.0e9, "dense": 8.0e9}, mem_bw=1.5e10,
                layer_overhead_s={"conv": 3.0e-6, "dwconv": 1.0e-6, "dense": 1.5e-6}, e_mac_j=0, e_byte_j=0,
-               static_power_w=0, cin_multiple=4, cout_multiple=16, fallback_channels=12, fallback_mac_rate=2.0e9)
+               static_power_w=0, cin_multiple=4, cout_multiple=16)
 
 
 def synthetic_measurements(path, noise=0.05, seed=3):
@@ -44,11 +44,11 @@ def test_fit_recovers_constants_simdcpu_generated(tmp_path):
   assert model.name == "cpu_ort" and model.fitted_on == {"cpu": "synthetic", "flags": None, "recalibrate":
                                                           f"python -m hardware.calibrate_ort --measure --out {co.PRESET}"}
   assert f"`python -m hardware.calibrate_ort --measure --out {co.PRESET}`" in host.host_mismatch(model)
-  assert (model.cin_multiple, model.cout_multiple, model.fallback_channels) == (4, 16, 12)
+  assert (model.cin_multiple, model.cout_multiple, model.fallback_channels) == (4, 16, 0)
   for kind in ("conv", "dense"):
     assert model.mac_rate[kind] == pytest.approx(TRUE.mac_rate[kind], rel=0.15), kind
     assert model.layer_overhead_s[kind] == pytest.approx(TRUE.layer_overhead_s[kind], rel=0.3), kind
-  assert model.fallback_mac_rate == pytest.approx(TRUE.fallback_mac_rate, rel=0.15)
+  assert model.mem_bw == pytest.approx(TRUE.mem_bw, rel=0.15)
 
 
 def test_preset_costs_every_bit_width_as_8_bits():
