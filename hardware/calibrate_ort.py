@@ -239,13 +239,17 @@ fitted_on:                      # the machine timed; hardware.host.host_mismatch
 
 
 def fit_records(data: Dict) -> Tuple[Dict[str, float], Dict, Dict]:
-  """(fitted constants, fit-set quality, held-out quality) of a measurements dict (``hardware.calibrate``'s fit)."""
+  """(fitted constants, fit-set quality, held-out quality) of a measurements dict (``hardware.calibrate``'s fit);
+  the held-out quality has one entry per layer kind with at least 3 held-out layers as well (``by_kind``)."""
   layers = records_to_layers(data["records"])
   t = np.asarray([r["median_s"] for r in data["records"]])
   fit_idx, held_idx = calibrate.split(len(layers))
   p = calibrate.fit([layers[i] for i in fit_idx], t[fit_idx], fallbacks=(0,))
   pred = calibrate.predict(p, layers)
-  return p, calibrate.fit_quality(t[fit_idx], pred[fit_idx]), calibrate.fit_quality(t[held_idx], pred[held_idx])
+  held = calibrate.fit_quality(t[held_idx], pred[held_idx])
+  kinds = {k: [i for i in held_idx if layers[i].kind == k] for k in sorted({l.kind for l in layers})}
+  held["by_kind"] = {k: calibrate.fit_quality(t[idx], pred[idx]) for k, idx in kinds.items() if len(idx) >= 3}
+  return p, calibrate.fit_quality(t[fit_idx], pred[fit_idx]), held
 
 
 def _run(args) -> None:
