@@ -428,19 +428,31 @@ def _blocks(n: int) -> list[np.ndarray]:
   return np.array_split(np.arange(n), min(BLOCKS, n))
 
 
+def _bound(sess, one: np.ndarray):
+  """``sess``'s input and output bound once to fixed buffers (io_binding), as a deployed program keeps them: a
+  run then pays no conversion from and to NumPy (about 4 us per call of ``sess.run`` here)."""
+  import onnxruntime as ort
+  out = sess.run(None, {"image": one})[0]
+  binding = sess.io_binding()
+  binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(one))
+  binding.bind_ortvalue_output(sess.get_outputs()[0].name, ort.OrtValue.ortvalue_from_numpy(np.empty_like(out)))
+  return binding
+
+
 def _timed(sessions, one: np.ndarray, repeats: int) -> list[np.ndarray]:
-  """Wall times (us) of ``repeats`` warm runs of ``sess.run`` on one image for each session, interleaved in
-  ``BLOCKS`` blocks (block b of every session, then block b + 1), so that a slow phase of a shared machine
-  falls on all sessions alike."""
-  for sess in sessions:
+  """Wall times (us) of ``repeats`` warm runs on one image for each session (``run_with_iobinding``, buffers
+  bound once: :func:`_bound`), interleaved in ``BLOCKS`` blocks (block b of every session, then block b + 1),
+  so that a slow phase of a shared machine falls on all sessions alike."""
+  bindings = [_bound(sess, one) for sess in sessions]
+  for sess, b in zip(sessions, bindings):
     for _ in range(WARMUP):
-      sess.run(None, {"image": one})
+      sess.run_with_iobinding(b)
   times = [[] for _ in sessions]
   for block in _blocks(repeats):
-    for sess, t in zip(sessions, times):
+    for sess, b, t in zip(sessions, bindings, times):
       for _ in block:
         t0 = time.perf_counter()
-        sess.run(None, {"image": one})
+        sess.run_with_iobinding(b)
         t.append(time.perf_counter() - t0)
   return [1e6 * np.asarray(t) for t in times]
 
@@ -516,7 +528,8 @@ def measure(int8_model_proto, qdq_bytes: bytes, inet: integer.IntegerNetwork, x:
           "float_qdq": {"graph": "model.onnx", "end_to_end_us": float_e2e,
                         "note": "the float-Conv QDQ graph (onnxruntime runs its convolutions in float on "
                                 "dequantised weights), timed the same way, end to end only"},
-          "note": "end_to_end_us: wall time of InferenceSession.run on one image from Python, best_block_median "
+          "note": "end_to_end_us: wall time of InferenceSession.run_with_iobinding on one image from Python (input "
+                  "and output bound once to fixed buffers), best_block_median "
                   "the headline (the median of the fastest of consecutive blocks of runs: a shared machine has "
                   "slow phases), median/p10/p90 over all runs. Per layer: marginal_us, the graph cut after the "
                   "layer minus the graph cut before it (end to end, fastest block each; input_us: the graph cut "
