@@ -650,7 +650,7 @@ def export(run_dir, out=None, do_measure: bool = False, repeats: int = 300, thre
     int8_info = int8_check(int8_bytes, inet, x, y, preds)
     weight_bytes = result.get("weight_bytes", result.get("metrics", {}).get("weight_bytes"))
     info = {
-        "run": str(run_dir.resolve()), "model": inet.model, "classifier": inet.classifier,
+        "run": str(run_dir), "model": inet.model, "classifier": inet.classifier,
         "input": {"layout": "NHWC float32", "shape": list(inet.input_shape), "step": inet.layers[0].in_step,
                   "bits": inet.layers[0].in_bits, "signed": inet.layers[0].in_signed},
         "pool": None if inet.pool is None else {"hw": inet.pool_hw, "multiplier": int(inet.pool.multiplier[0]),

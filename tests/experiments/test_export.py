@@ -44,20 +44,27 @@ def _tiny_network(classifier: str = "pool"):
   return net, arch, data
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  net, arch, data = _tiny_network()
-  run = tmp_path_factory.mktemp("run")
+def write_run(run: pathlib.Path, net, arch, result=None, cfg=None) -> pathlib.Path:
+  """A run folder as the search app writes it (result.json, network.npz, .hydra/config.yaml); ``result`` and
+  ``cfg`` update the defaults."""
+  run.mkdir(parents=True, exist_ok=True)
   save_network(net, run / "network.npz")
   (run / "result.json").write_text(json.dumps({
       "architecture": arch.to_dict(), "accuracy": None, "target": "cpu",
-      "weight_bytes": architecture_metrics(arch)["weight_bytes"], "cost": {"cpu": {"latency_s": 1e-5}}}))
-  (run / ".hydra").mkdir()
-  cfg = {"dataset": {"name": "digits", "root": None, "test_fraction": 0.3, "split_seed": 0, "limit": 64},
-         "model": {"name": "digits_cnn", "args": {"widths": list(WIDTHS), "strides": list(STRIDES)}},
-         "search": SPACE, "seed": 0, "debug": False}
-  (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+      "weight_bytes": architecture_metrics(arch)["weight_bytes"], "cost": {"cpu": {"latency_s": 1e-5}},
+      **(result or {})}))
+  (run / ".hydra").mkdir(exist_ok=True)
+  config = {"dataset": {"name": "digits", "root": None, "test_fraction": 0.3, "split_seed": 0, "limit": 64},
+            "model": {"name": "digits_cnn", "args": {"widths": list(WIDTHS), "strides": list(STRIDES)}},
+            "search": SPACE, "seed": 0, "debug": False, **(cfg or {})}
+  (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
   return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  net, arch, _ = _tiny_network()
+  return write_run(tmp_path_factory.mktemp("run"), net, arch)
 
 
 @pytest.fixture(scope="module")
