@@ -27,9 +27,13 @@ network and writes, through a temporary folder renamed at the end (nothing half-
                     the integer reference, onnxruntime and the JAX network on the run's test set; for
                     model.int8.onnx the kernels onnxruntime runs per layer (read from its optimised graph) and
                     its agreement with the integer reference and JAX.
-  measure.json      (--measure) onnxruntime CPU latency of model.int8.onnx, end to end and per node and layer
-                    (profiler), beside result.json's costs and the run's preset's per-layer prediction; and
-                    model.onnx's end to end (``float_qdq``).
+  measure.json      (--measure) onnxruntime CPU latency of one image (batch 1, one intra-op thread, inputs and
+                    outputs bound once: io_binding) of model.int8.onnx: end to end; per layer the graph cut after
+                    the layer minus the graph cut before it (``marginal``; with the input stage they add up to
+                    the end to end); per node and layer from onnxruntime's profiler (which adds about 2 us to
+                    each node); beside result.json's costs and the run's preset's per-layer prediction; and
+                    model.onnx's end to end (``float_qdq``). Each time is the median of the fastest of 10
+                    blocks of runs (a shared machine has slow phases); medians over all runs are kept too.
 
 Takes a few seconds on digits (most of it importing JAX and the first compilation). Bad input (no finished
 network in the folder, a model the exporter does not know, an output folder that cannot be written) stops with
@@ -39,8 +43,9 @@ What onnxruntime makes of them (1.32, CPU, read from its optimised graph): model
 becomes a QGemm, but every convolution runs as a float Conv on dequantised weights, because the integer kernels
 (QLinearConv, QGemm) take 8-bit tensors with the bias in whole accumulator steps, and there the bias has
 fractional bits (``nas.integer``, ``bias_shift``), a separate Add. model.int8.onnx runs every convolution as a
-QLinearConv and the classifier as a QGemm, which is what --measure times. Neither runs faster
-below 8 bits: onnxruntime's CPU integer kernels are 8-bit (conf/hardware/cpu_ort.yaml is fitted to them).
+QLinearConv and the classifier as a QGemm, which is what --measure times (digits networks: about 2x faster than
+model.onnx). Neither runs faster below 8 bits: onnxruntime's CPU integer kernels are 8-bit
+(conf/hardware/cpu_ort.yaml is fitted to them; ``experiments.export_sweep`` compares a sweep with it).
 """
 from __future__ import annotations
 

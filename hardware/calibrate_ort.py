@@ -23,7 +23,7 @@ one, which the search's budget repair (moves to cheaper, narrower choices) canno
 kernels are 8-bit: 2- and 4-bit tensors are held and computed in int8 / uint8, so the preset costs every
 bit-width as 8 bits (``storage_bits: [8]``).
 
-Usage (measure, then fit; about a minute on 2 cores, on a quiet machine):
+Usage (measure, then fit; about 20 s on 2 cores, on a quiet machine):
   python -m hardware.calibrate_ort --measure --out conf/hardware/cpu_ort.yaml
 Fit the shipped measurements only:
   python -m hardware.calibrate_ort --out conf/hardware/cpu_ort.yaml
