@@ -193,10 +193,10 @@ class InputError(Exception):
   """A command-line input calibrate cannot use; the message is one sentence naming the flag, the file and the fix."""
 
 
-def check_writable(path: str, flag: str) -> None:
+def check_writable(path: str, flag: str, example: str = "cpu_host.yaml") -> None:
   """Raise InputError unless ``path`` can be written (checked before measuring or fitting, not after)."""
   if os.path.isdir(path):
-    raise InputError(f"{flag} {path} is a folder; give a file path, e.g. {os.path.join(path, 'cpu_host.yaml')}.")
+    raise InputError(f"{flag} {path} is a folder; give a file path, e.g. {os.path.join(path, example)}.")
   folder = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(folder):
     raise InputError(f"{flag} {path} cannot be written: its folder {folder} does not exist; create it or choose "
@@ -217,19 +217,20 @@ def _min_records() -> int:
               if len(split(n)[0]) >= len(PARAMS) and len(split(n)[1]) >= 2)
 
 
-def read_measurements(path: str) -> Dict:
-  """The measurements JSON of ``hardware.measure``, checked so that fitting cannot fail on it.
+def read_measurements(path: str, redo: str | None = None) -> Dict:
+  """The measurements JSON of ``hardware.measure`` (or ``hardware.calibrate_ort``), checked so that fitting
+  cannot fail on it; ``redo``: the fix the messages end with (default: measure again with this module).
 
   Raises:
     InputError: naming ``--measurements`` and ``path``: missing, unreadable, not JSON, no machine record,
       a record that is not a layer with a positive time, or too few records.
   """
   from hardware.measure import records_to_layers
-  redo = (f"measure again with `python -m hardware.calibrate --measure --measurements {path} "
-          f"--out conf/hardware/cpu_host.yaml`")
+  redo = redo or (f"measure again with `python -m hardware.calibrate --measure --measurements {path} "
+                  f"--out conf/hardware/cpu_host.yaml`")
   if not os.path.isfile(path):
-    raise InputError(f"--measurements {path} does not exist; pass a file written by `python -m hardware.measure "
-                     f"--out FILE`, or {redo}.")
+    raise InputError(f"--measurements {path} does not exist; pass a measurements file this command wrote with "
+                     f"--measure, or {redo}.")
   try:
     with open(path) as f:
       data = json.load(f)
@@ -252,7 +253,7 @@ def read_measurements(path: str) -> Dict:
                        f"{redo}.")
   if len(records) < _min_records():
     raise InputError(f"--measurements {path} has {len(records)} records and the fit needs at least "
-                     f"{_min_records()}; {redo} (the default grid times 359 layers).")
+                     f"{_min_records()}; {redo} (its default grid times far more layers).")
   return data
 
 

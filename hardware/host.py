@@ -59,7 +59,8 @@ def machine_record(value, model: str) -> Optional[Dict[str, object]]:
 
   Args:
     value: None, or a mapping with ``cpu`` (model name) and ``flags`` (a list of CPU flags, or a sentence
-      saying why they are unknown). OmegaConf containers and plain dicts both work.
+      saying why they are unknown), and optionally ``recalibrate`` (the command that refits the preset, default
+      :data:`RECALIBRATE`). OmegaConf containers and plain dicts both work.
     model: the cost model's name, for the error message.
 
   Raises:
@@ -72,7 +73,10 @@ def machine_record(value, model: str) -> Optional[Dict[str, object]]:
                      f"(got {value!r}); write it as `python -m hardware.calibrate` does.")
   flags = value.get("flags")
   flags = None if flags is None or isinstance(flags, str) else sorted(str(f) for f in flags)
-  return {"cpu": value["cpu"], "flags": flags}
+  record = {"cpu": value["cpu"], "flags": flags}
+  if value.get("recalibrate") is not None:  # the command that fits this preset again, if not hardware.calibrate
+    record["recalibrate"] = str(value["recalibrate"])
+  return record
 
 
 def _describe(machine: Mapping) -> str:
@@ -103,7 +107,8 @@ def _differences(fitted: Mapping, here: Mapping) -> str:
 def host_mismatch(cost_model) -> Optional[str]:
   """One sentence if ``cost_model`` was calibrated on another machine than this one, else None.
 
-  A model is host-calibrated if it has a ``fitted_on`` record (``SIMDCPU`` from ``hardware.calibrate``).
+  A model is host-calibrated if it has a ``fitted_on`` record (``SIMDCPU`` from ``hardware.calibrate`` or
+  ``hardware.calibrate_ort``).
   It matches this machine when the CPU model name and the :data:`KERNEL_FLAGS` present are the same; an
   unrecorded side (flags that predate recording, or an unreadable /proc/cpuinfo) counts as a mismatch.
 
@@ -121,6 +126,6 @@ def host_mismatch(cost_model) -> Optional[str]:
   if known and fitted["cpu"] == here["cpu"] and set(fitted["flags"]) == set(here["flags"]):
     return None
   return (f"hardware {getattr(cost_model, 'name', '?')!r} was calibrated on {_describe(fitted)} but this machine is "
-          f"{_describe(here)}: {_differences(fitted, here)}, so its latencies may be far off (XLA picks its CPU "
-          f"kernels by these features); recalibrate on this machine with `{RECALIBRATE}` in the repository "
-          f"root (1-2 minutes).")
+          f"{_describe(here)}: {_differences(fitted, here)}, so its latencies may be far off (XLA and onnxruntime "
+          f"pick their CPU kernels by these features); recalibrate on this machine with "
+          f"`{fitted.get('recalibrate', RECALIBRATE)}` in the repository root (1-2 minutes).")

@@ -57,11 +57,13 @@ EXPORTABLE_MODELS = ("digits_cnn", "fmnist_cnn")
 
 @dataclasses.dataclass(frozen=True)
 class Requant:
-  """q = clip(round_half_up((acc + bias) * multiplier / 2^shift), lo, hi), per output channel (or one)."""
+  """q = clip(round_half_up((acc + bias) * multiplier / 2^shift), lo, hi), per output channel (or one);
+  ``half_even``: ties round to the even integer instead (as onnxruntime's float requantisation does)."""
   multiplier: np.ndarray  # int32
   shift: np.ndarray  # int32, 0..62
   lo: int
   hi: int
+  half_even: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +144,11 @@ def requantize(acc: np.ndarray, rq: Requant) -> np.ndarray:
   t = acc.astype(np.int64) * rq.multiplier.astype(np.int64)
   k = rq.shift.astype(np.int64)
   half = np.where(k > 0, np.left_shift(np.int64(1), np.maximum(k - 1, 0)), 0)
-  return np.clip(np.right_shift(t + half, k), rq.lo, rq.hi)
+  q = np.right_shift(t + half, k)
+  if rq.half_even:  # an exact tie rounded up to an odd integer goes down to the even one
+    tie = (k > 0) & (np.left_shift(q, k) - t == half)
+    q = np.where(tie & (q % 2 == 1), q - 1, q)
+  return np.clip(q, rq.lo, rq.hi)
 
 
 def quantize_input(x: np.ndarray, layer: IntLayer) -> np.ndarray:
@@ -253,6 +259,40 @@ def from_network(net) -> IntegerNetwork:
                          head.spec.stride, (head.spec.in_h, head.spec.in_w), in_bits, float(s_in), bool(head.aq.signed), np.ones(len(unit)), b, r,
                          unit, _int_bias(b, unit, head.spec.name), None, None, None))
   return IntegerNetwork(name, (h, w, convs[0].spec.cin), tuple(layers), pool, pool_hw, net.classifier)
+
+
+def whole_step(net: IntegerNetwork) -> IntegerNetwork:
+  """The network with every bias in whole accumulator steps (``bias_shift`` 0), as onnxruntime's QLinearConv
+  and QGemm take it: bias = round(offset / (s_in s_w g)), the requantisation rescaled to match. The rounding
+  moves each output by up to half an accumulator step (of s_in s_w g), the deviation documented above; its
+  effect on predictions is measured (``experiments.export``, ``model.int8.onnx``)."""
+  layers = []
+  for l in net.layers:
+    unit = l.acc_scale * 2.0 ** l.bias_shift
+    requant = None
+    if l.requant is not None:
+      m, k = dyadic(unit / l.out_step)
+      requant = Requant(m, k, l.requant.lo, l.requant.hi)
+    layers.append(dataclasses.replace(l, bias_shift=0, acc_scale=unit, bias=_int_bias(l.offset, unit, l.name),
+                                      requant=requant))
+  return dataclasses.replace(net, layers=tuple(layers))
+
+
+def int8_kernels(net: IntegerNetwork) -> IntegerNetwork:
+  """The network as 8-bit integer kernels (onnxruntime's QLinearConv, QGemm) run it: :func:`whole_step` biases,
+  and in a pooled classifier the map before global average pooling held in uint8 at the head input's step
+  (saturating at 255 steps: only an element over 255 head steps is changed, in a map whose mean the head then
+  clips at its own maximum) instead of the wide fixed point; the pooling averages it (sum x 1 / (H W), ties to
+  even as onnxruntime's QLinearGlobalAveragePool rounds) into the head's input. Both deviations are measured
+  (``experiments.export``, ``model.int8.onnx``)."""
+  net = whole_step(net)
+  if net.pool is None:
+    return net
+  *body, last, head = net.layers
+  m, k = dyadic(last.acc_scale / head.in_step)
+  last = dataclasses.replace(last, requant=Requant(m, k, 0, 255), out_bits=8, out_step=head.in_step)
+  pool = Requant(*dyadic(np.asarray([1.0 / net.pool_hw])), 0, quant.qrange(head.in_bits, False)[1], half_even=True)
+  return dataclasses.replace(net, layers=(*body, last, head), pool=pool)
 
 
 BIAS_ERROR_STEPS = 2.0 ** -20  # largest bias rounding error aimed at, in output steps

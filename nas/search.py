@@ -487,7 +487,8 @@ def fit_to_budget(model, tables, constraints: Sequence[Constraint], probs: Mappi
 
   Each move takes one choice (or one channel of a per-channel choice) one candidate down; among the moves
   that lower the cost, it takes the one that gives up the least log-probability per unit of relative cost
-  saved.
+  saved. Where no such move lowers the cost (candidates on a plateau, e.g. channel counts a SIMD target pads
+  to the same width), moves two candidates down are tried, then three, and so on.
 
   Returns:
     (choices, number of moves).
@@ -502,14 +503,17 @@ def fit_to_budget(model, tables, constraints: Sequence[Constraint], probs: Mappi
     if not over:
       return choices, moves
     best, best_score = None, math.inf
-    for trial, lost in _moves(model, choices, probs, -1):
-      tc = discrete_costs(tables, trial, model, metrics)
-      saved = sum((costs[m] - tc[m]) / limits[m] for m in over)
-      if saved <= 0:
-        continue
-      score = lost / saved
-      if score < best_score:
-        best, best_score = trial, score
+    for step in range(1, max(len(c.values) for c in model.choices.values())):
+      for trial, lost in _moves(model, choices, probs, -step):
+        tc = discrete_costs(tables, trial, model, metrics)
+        saved = sum((costs[m] - tc[m]) / limits[m] for m in over)
+        if saved <= 0:
+          continue
+        score = lost / saved
+        if score < best_score:
+          best, best_score = trial, score
+      if best is not None:
+        break
     if best is None:  # costs that do not fall with bits or widths can leave no improving move
       raise ValueError(f"the derived network exceeds its budget on {over} and no single cheaper choice helps; "
                        f"raise budget.fraction.")

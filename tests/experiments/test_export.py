@@ -44,20 +44,27 @@ def _tiny_network(classifier: str = "pool"):
   return net, arch, data
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  net, arch, data = _tiny_network()
-  run = tmp_path_factory.mktemp("run")
+def write_run(run: pathlib.Path, net, arch, result=None, cfg=None) -> pathlib.Path:
+  """A run folder as the search app writes it (result.json, network.npz, .hydra/config.yaml); ``result`` and
+  ``cfg`` update the defaults."""
+  run.mkdir(parents=True, exist_ok=True)
   save_network(net, run / "network.npz")
   (run / "result.json").write_text(json.dumps({
       "architecture": arch.to_dict(), "accuracy": None, "target": "cpu",
-      "weight_bytes": architecture_metrics(arch)["weight_bytes"], "cost": {"cpu": {"latency_s": 1e-5}}}))
-  (run / ".hydra").mkdir()
-  cfg = {"dataset": {"name": "digits", "root": None, "test_fraction": 0.3, "split_seed": 0, "limit": 64},
-         "model": {"name": "digits_cnn", "args": {"widths": list(WIDTHS), "strides": list(STRIDES)}},
-         "search": SPACE, "seed": 0, "debug": False}
-  (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+      "weight_bytes": architecture_metrics(arch)["weight_bytes"], "cost": {"cpu": {"latency_s": 1e-5}},
+      **(result or {})}))
+  (run / ".hydra").mkdir(exist_ok=True)
+  config = {"dataset": {"name": "digits", "root": None, "test_fraction": 0.3, "split_seed": 0, "limit": 64},
+            "model": {"name": "digits_cnn", "args": {"widths": list(WIDTHS), "strides": list(STRIDES)}},
+            "search": SPACE, "seed": 0, "debug": False, **(cfg or {})}
+  (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
   return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  net, arch, _ = _tiny_network()
+  return write_run(tmp_path_factory.mktemp("run"), net, arch)
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +75,10 @@ def exported(run_dir):
 
 def test_export_writes_every_file_and_the_onnx_checker_passes(exported):
   out, info = exported
-  assert {p.name for p in out.iterdir()} == {"model.onnx", "model.qonnx.onnx", "weights.bin", "export.json",
-                                             "measure.json"}
+  assert {p.name for p in out.iterdir()} == {"model.onnx", "model.int8.onnx", "model.qonnx.onnx", "weights.bin",
+                                             "export.json", "measure.json"}
   onnx.checker.check_model(onnx.load(out / "model.onnx"), full_check=True)
+  onnx.checker.check_model(onnx.load(out / "model.int8.onnx"), full_check=True)
   assert json.loads((out / "export.json").read_text()) == json.loads(json.dumps(info))
 
 
@@ -107,6 +115,58 @@ def test_flattening_classifier_agrees_too():
   ort_logits = ex.ort_session(ex.qdq_model(inet).SerializeToString()).run(None, {"image": data.x_test})[0]
   np.testing.assert_array_equal(ort_logits.argmax(-1), logits.argmax(-1))
   assert np.mean(ex.jax_logits(net, data.x_test).argmax(-1) == logits.argmax(-1)) >= 0.98
+
+
+def _optimized_ops(model_bytes: bytes, tmp_path) -> list[str]:
+  """Op types of the graph onnxruntime runs, read from the file it writes (SessionOptions.optimized_model_filepath)."""
+  import onnxruntime as ort
+  opts = ort.SessionOptions()
+  opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+  opts.optimized_model_filepath, opts.log_severity_level = str(tmp_path / "optimized.onnx"), 3
+  ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+  return [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
+
+
+@pytest.mark.parametrize("classifier", ["pool", "flatten"])
+def test_int8_graph_runs_integer_kernels_and_equals_the_int8_kernels_reference(classifier, tmp_path):
+  net, _, data = _tiny_network(classifier)
+  inet = integer.from_network(net)
+  model = ex.int8_model(inet)
+  onnx.checker.check_model(model, full_check=True)
+  ops = _optimized_ops(model.SerializeToString(), tmp_path)
+  # 3 convs as QLinearConv, the pooling (pool) as QLinearGlobalAveragePool, the head as QGemm
+  assert ops.count("QLinearConv") == 3 and ops.count("QGemm") == 1
+  assert ops.count("QLinearGlobalAveragePool") == (classifier == "pool")
+  assert not {"Conv", "Gemm", "MatMul", "DequantizeLinear", "GlobalAveragePool"} & set(ops), ops  # none in float
+  logits = ex.ort_session(model.SerializeToString()).run(None, {"image": data.x_test})[0]
+  _, ref = integer.run(integer.int8_kernels(inet), data.x_test)
+  np.testing.assert_array_equal(logits.argmax(-1), ref.argmax(-1))  # exact: the documented deviations only
+  np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_whole_step_rounds_each_bias_to_whole_accumulator_steps():
+  net, _, _ = _tiny_network("flatten")
+  inet = integer.from_network(net)
+  assert any(l.bias_shift > 0 for l in inet.layers)
+  for exact, whole in zip(inet.layers, integer.whole_step(inet).layers):
+    unit = exact.acc_scale * 2.0 ** exact.bias_shift  # one step of the unshifted accumulator
+    assert whole.bias_shift == 0 and np.allclose(whole.acc_scale, unit, rtol=0)
+    assert np.all(np.abs(whole.bias * unit - exact.offset) <= 0.5 * np.abs(unit) * (1 + 1e-9))
+    if exact.requant is not None:  # the same real rescaling, now from the unshifted accumulator
+      m, k = whole.requant.multiplier.astype(np.float64), whole.requant.shift.astype(np.float64)
+      np.testing.assert_allclose(m / 2 ** k, unit / exact.out_step, rtol=2 ** -29)
+
+
+def test_export_records_the_int8_graph_kernels_and_agreement(exported):
+  out, info = exported
+  i8 = info["int8"]
+  assert i8["file"] == "model.int8.onnx" and i8["integer_kernels"]
+  assert i8["kernels"]["convs.0"] == ["QLinearConv", "Clip"] and i8["kernels"]["head"] == ["QGemm"]
+  assert i8["kernels"]["convs.2"] == ["QLinearConv", "QLinearGlobalAveragePool", "Flatten"]
+  a = i8["agreement"]
+  assert a["vs_integer_int8_kernels_top1"] == 1.0
+  assert a["vs_integer_top1"] == a["integer_int8_kernels_vs_integer_top1"]  # the deviations are the difference
+  assert 0 < max(i8["bias_rounding_max"].values()) and i8["bias_rounding_max"]["head"] <= 0.5
 
 
 def _weight_bits(graph, name: str, nodes: dict, inits: dict) -> list[int]:
@@ -150,11 +210,32 @@ def test_packed_weights_agree_with_weight_bytes(exported):
 def test_measure_writes_end_to_end_and_per_node_latency(exported):
   out, _ = exported
   m = json.loads((out / "measure.json").read_text())
+  assert m["graph"] == "model.int8.onnx" and m["float_qdq"]["graph"] == "model.onnx"
   assert m["batch"] == 1 and m["intra_op_threads"] == 1 and m["end_to_end_us"]["median"] > 0
+  assert m["float_qdq"]["end_to_end_us"]["median"] > 0
   assert m["predicted_cost"] == {"cpu": {"latency_s": 1e-5}}
-  convs = [n for n in m["nodes"] if n["layer"] == "convs.1" and "Conv" in n["op_type"]]
+  convs = [n for n in m["nodes"] if n["layer"] == "convs.1" and n["op_type"] == "QLinearConv"]
   assert convs and convs[0]["w_bits"] == {"2": 2, "4": 2, "8": 2} and convs[0]["a_bits_in"] == 2
   assert all({"op_type", "input_shapes", "output_shapes", "measured_us"} <= set(n) for n in m["nodes"])
+  layers = {r["layer"]: r for r in m["layers"]}
+  assert list(layers) == ["convs.0", "convs.1", "convs.2", "head"]
+  assert layers["convs.1"]["op_types"] == ["QLinearConv", "Clip"] and layers["head"]["op_types"] == ["QGemm"]
+  assert layers["convs.1"]["profiler_us"] == pytest.approx(sum(n["measured_us"] for n in m["nodes"]
+                                                               if n["layer"] == "convs.1"))
+  # the marginal times (graph cut after a layer minus cut before it) add up to the whole graph's time
+  total = m["input_us"] + sum(r["marginal_us"] for r in m["layers"])
+  assert total == pytest.approx(m["end_to_end_us"]["best_block_median"], rel=1e-9)
+
+
+def test_prefix_models_cut_the_graph_after_each_layer(exported):
+  out, _ = exported
+  model = onnx.load(out / "model.int8.onnx")
+  names = ["convs.0", "convs.1", "convs.2", "head"]
+  cuts = ex.prefix_models(model, names)
+  assert len(cuts) == 5 and cuts[-1].graph.node[-1].op_type == "Gemm"
+  for k, cut in enumerate(cuts):
+    onnx.checker.check_model(cut, full_check=True)
+    assert {n.name.split("/")[0] for n in cut.graph.node} == {"input", *names[:k]}
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------

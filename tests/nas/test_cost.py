@@ -353,3 +353,22 @@ def test_check_feasible_raises_below_cheapest_network(metric, riscv_model):
   with pytest.raises(ValueError, match=r"budget\.fraction") as info:
     search.check_feasible(model, tables, [search.Constraint(metric, cheapest * 0.5)])
   assert metric in str(info.value)
+
+
+def test_fit_to_budget_steps_over_a_plateau_of_equal_costs():
+  """A SIMD target that pads channels to 16 costs widths 24 and 32 alike: one candidate down saves nothing, two do."""
+  from hardware.cpu import SIMDCPU
+  space = SearchSpace(w_bits=(8,), a_bits=(8,), width_mults=(0.5, 0.75, 1.0), first_layer_bits=None,
+                      last_layer_bits=None)
+  model = models.build_model("digits_cnn", space, widths=(16, 32), strides=(1, 2))
+  hw = SIMDCPU("padded", mac_rate=1e9, mem_bw=1e12, layer_overhead_s=0.0, e_mac_j=0, e_byte_j=0, static_power_w=0,
+               storage_bits=[8], cin_multiple=16, cout_multiple=16)
+  tables = cost.build_cost_tables(model, hw)
+  probs = set_random_logits(model, seed=0, bias=50.0)  # the argmax is every largest candidate
+  argmax = _argmax(model, probs)
+  assert argmax["convs.1.width"] == 32
+  lower = {w: search.discrete_costs(tables, dict(argmax, **{"convs.1.width": w}), model, ["latency_s"])["latency_s"]
+           for w in (16, 24, 32)}
+  assert lower[24] == lower[32] > lower[16]
+  choices, moves = search.fit_to_budget(model, tables, [search.Constraint("latency_s", lower[16] * (1 + 1e-9))], probs)
+  assert choices == dict(argmax, **{"convs.1.width": 16}) and moves == 1

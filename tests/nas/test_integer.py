@@ -49,6 +49,12 @@ def test_requantize_rounds_half_up_and_clips():
   np.testing.assert_array_equal(out, [-4, -1, 0, 1, 2, 3, 3])  # -1.5 -> -1, -0.5 -> 0, 0.5 -> 1, 1.5 -> 2
 
 
+def test_requantize_half_even_rounds_ties_to_even():
+  rq = Requant(np.asarray([2 ** 30], np.int32), np.asarray([31], np.int32), -4, 3, half_even=True)  # scale 1/2
+  out = integer.requantize(np.asarray([-5, -3, -1, 1, 3, 5, 2, 7]), rq)
+  np.testing.assert_array_equal(out, [-2, -2, 0, 0, 2, 2, 1, 3])  # -2.5 -> -2, -1.5 -> -2, 0.5 -> 0, 2.5 -> 2
+
+
 @pytest.mark.parametrize("scale", [1e-6, 0.0123, 0.5, 1.0, 3.75, 700.3, -0.31])
 def test_dyadic_multiplier_is_accurate_to_31_bits(scale):
   m, k = integer.dyadic(np.asarray([scale]))
