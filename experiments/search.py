@@ -242,7 +242,8 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
   reference = supernet.reference_architecture()
   ref_cost = {**costlib.architecture_cost(reference, target), **costlib.architecture_metrics(reference)}
   metric = appconfig.BUDGET_METRICS[cfg.budget.metric]
-  budget = budget_limit(cfg.budget, supernet, target, metric, ref_cost[metric])
+  tables = costlib.build_cost_tables(supernet, target)
+  budget = budget_limit(cfg.budget, supernet, tables, metric, ref_cost[metric])
   constraints = [Constraint(metric, budget["value"])]
   for extra in cfg.budget.extra:
     m = appconfig.BUDGET_METRICS[extra.metric]
@@ -253,7 +254,7 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
       log.warning("on %s the cheapest network of the search space costs %.2f x the reference %s: little to trade "
                   "(fixed per-layer costs dominate this network); see hardware/README.md, 'room to search'.",
                   target.name, budget["cheapest"], metric)
-    _check_room(supernet, target, constraints, ref_cost)
+    _check_room(supernet, tables, target, constraints, ref_cost)
   presets = all_presets(target)
 
   kind = "searched" if cfg.baseline.kind == "none" else f"baseline:{cfg.baseline.kind}"
@@ -300,23 +301,27 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
     raise
 
 
+def _exclusive(checkpoint_dir):
+  """A file lock on a shared checkpoint folder (none without one): parallel jobs of a sweep that need the same
+  teacher or shared supernet queue here; the first trains it, the others then find it finished and load it."""
+  import contextlib
+  import fcntl
+  if checkpoint_dir is None:
+    return contextlib.nullcontext()
+  pathlib.Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+  lock = open(pathlib.Path(checkpoint_dir) / ".lock", "w")
+  fcntl.flock(lock, fcntl.LOCK_EX)
+  return lock  # closing the file releases the lock
+
+
 def train_teacher(cfg, data, tcfg: TrainConfig, tracker, checkpoint_dir) -> tuple[object, float]:
   """The float network at base width, trained with the fine-tuning recipe (resumed or reused from its
   checkpoint folder, which is shared by every job of a sweep with the same data, model and seed)."""
-  import contextlib
-  import fcntl
-
   space = SearchSpace(quantize=False, width_mults=(1.0,))
   teacher = build_model(cfg.model.name, space, seed=cfg.seed + 7, **_model_args(cfg, data))
   teacher_cfg = TrainConfig(**{**tcfg.__dict__, "steps": cfg.finetune.teacher_steps, "kd_alpha": 0.0,
                                "lr": cfg.finetune.teacher_lr or tcfg.lr})
-  lock = contextlib.nullcontext()
-  if checkpoint_dir is not None:  # parallel jobs of a sweep share the teacher: one trains, the others wait
-    pathlib.Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-    lock_file = open(pathlib.Path(checkpoint_dir) / ".lock", "w")
-    fcntl.flock(lock_file, fcntl.LOCK_EX)
-    lock = lock_file
-  with lock, _Progress(teacher_cfg.steps, "teacher", tracker) as progress:
+  with _exclusive(checkpoint_dir), _Progress(teacher_cfg.steps, "teacher", tracker) as progress:
     out = finetune(teacher, data, teacher_cfg, callback=progress, checkpoint_dir=checkpoint_dir,
                    checkpoint_every=cfg.checkpoint.every)
   return teacher, out["test_accuracy"]
@@ -327,15 +332,7 @@ def train_shared_supernet(cfg, supernet, data, scfg: SearchConfig, tracker, chec
   trained it (its checkpoint folder is keyed by data, model, space, recipe and seed; concurrent jobs take a
   file lock, so one trains and the others wait, then load it). Without checkpoint.dir every job trains its own.
   """
-  import contextlib
-  import fcntl
-
-  lock = contextlib.nullcontext()
-  if checkpoint_dir is not None:
-    pathlib.Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-    lock = open(pathlib.Path(checkpoint_dir) / ".lock", "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-  with lock, _Progress(cfg.search.shared_steps, "supernet", tracker) as progress:
+  with _exclusive(checkpoint_dir), _Progress(cfg.search.shared_steps, "supernet", tracker) as progress:
     return train_supernet(supernet, data, scfg, cfg.search.shared_steps, callback=progress,
                           checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint.every)
 
@@ -396,7 +393,7 @@ def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, t
 DEFAULT_ROOM = 0.5  # neither budget.fraction nor budget.room set: halfway between the cheapest and the reference
 
 
-def budget_limit(budget_cfg, supernet, target, metric: str, reference: float) -> dict:
+def budget_limit(budget_cfg, supernet, tables, metric: str, reference: float) -> dict:
   """The searched budget from ``budget.fraction`` or ``budget.room`` (neither: room 0.5).
 
   room r puts the limit at cheapest + r x (reference - cheapest), where cheapest is the cost of the cheapest
@@ -405,7 +402,7 @@ def budget_limit(budget_cfg, supernet, target, metric: str, reference: float) ->
   reference) and a sentence for the log.
   """
   from nas.search import cheapest_network
-  least = cheapest_network(supernet, costlib.build_cost_tables(supernet, target), metric)[1]
+  least = cheapest_network(supernet, tables, metric)[1]
   if budget_cfg.fraction is not None:
     room, value = None, float(budget_cfg.fraction) * reference
     text = f"{budget_cfg.fraction:g} x the reference {metric} (budget.fraction)"
@@ -417,11 +414,10 @@ def budget_limit(budget_cfg, supernet, target, metric: str, reference: float) ->
   return {"value": value, "fraction": value / reference, "room": room, "cheapest": least / reference, "text": text}
 
 
-def _check_room(supernet, target, constraints, ref_cost) -> None:
+def _check_room(supernet, tables, target, constraints, ref_cost) -> None:
   """One sentence before any training when a budget is below every network of the space, with the fraction
   of the reference the cheapest one costs and what to change."""
   from nas.search import cheapest_network
-  tables = costlib.build_cost_tables(supernet, target)
   for c in constraints:
     cheapest = cheapest_network(supernet, tables, c.metric)[1]
     if cheapest > c.limit:

@@ -274,13 +274,19 @@ def _run(args) -> None:
   p = fit([layers[i] for i in fit_idx], t[fit_idx])
   pred = predict(p, layers)
   fit_q, held_q = fit_quality(t[fit_idx], pred[fit_idx]), fit_quality(t[held_idx], pred[held_idx])
+  write_preset(args.out, args.measurements, lambda shown: preset_yaml(p, data["host"], fit_q, held_q, shown),
+               fit_q, held_q)
+
+
+def write_preset(out: str, measurements: str, render, fit_q: dict, held_q: dict) -> None:
+  """Writes ``render(measurements path as the YAML names it)`` to ``out`` and prints the fit quality."""
   try:
-    shown = os.path.relpath(args.measurements, os.getcwd())
+    shown = os.path.relpath(measurements, os.getcwd())
   except ValueError:
-    shown = args.measurements
-  with open(args.out, "w") as f:
-    f.write(preset_yaml(p, data["host"], fit_q, held_q, shown))
-  print(f"fit set {fit_q}\nheld out {held_q}\nwrote {args.out}")
+    shown = measurements
+  with open(out, "w") as f:
+    f.write(render(shown))
+  print(f"fit set {fit_q}\nheld out {held_q}\nwrote {out}")
 
 
 def main(argv=None) -> None:

@@ -263,13 +263,8 @@ def _run(args) -> None:
       json.dump(data, f, indent=1)
   data = calibrate.read_measurements(args.measurements, redo=redo)
   p, fit_q, held_q = fit_records(data)
-  try:
-    shown = os.path.relpath(args.measurements, os.getcwd())
-  except ValueError:
-    shown = args.measurements
-  with open(args.out, "w") as f:
-    f.write(preset_yaml(p, data["host"], fit_q, held_q, shown))
-  print(f"fit set {fit_q}\nheld out {held_q}\nwrote {args.out}")
+  calibrate.write_preset(args.out, args.measurements,
+                         lambda shown: preset_yaml(p, data["host"], fit_q, held_q, shown), fit_q, held_q)
 
 
 def main(argv=None) -> None:

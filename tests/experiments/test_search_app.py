@@ -261,19 +261,20 @@ def test_every_preset_is_searchable_with_its_defaults():
   for yaml in sorted((ROOT / "conf" / "hardware").glob("*.yaml")):
     target = instantiate(_compose([f"hardware={yaml.stem}"]).hardware)
     reference = costlib.architecture_cost(supernet.reference_architecture(), target)["latency_s"]
-    b = app.budget_limit(cfg.budget, supernet, target, "latency_s", reference)
+    tables = costlib.build_cost_tables(supernet, target)
+    b = app.budget_limit(cfg.budget, supernet, tables, "latency_s", reference)
     assert b["room"] == 0.5 and 0 < b["cheapest"] <= 1.0, yaml.stem
     assert b["value"] == pytest.approx(reference * (b["cheapest"] + 0.5 * (1 - b["cheapest"])), rel=1e-9)
-    app._check_room(supernet, target, [app.Constraint("latency_s", b["value"])], {"latency_s": reference})
+    app._check_room(supernet, tables, target, [app.Constraint("latency_s", b["value"])], {"latency_s": reference})
     if yaml.stem in ("cpu_host", "bitfusion", "riscv", "gpu"):
       least = min(costlib.architecture_cost(supernet.architecture(dict(zip(names, c))), target)["latency_s"]
                   for c in grid)
       assert b["cheapest"] * reference == pytest.approx(least, rel=1e-9), yaml.stem
       if yaml.stem == "cpu_host":  # the per-layer bound is below every network here
-        bound = cost_lower_bound(costlib.build_cost_tables(supernet, target), ["latency_s"])["latency_s"]
+        bound = cost_lower_bound(tables, ["latency_s"])["latency_s"]
         assert bound < least * 0.99
     # room 0 is exactly the cheapest network; fraction wins when it is the one set
-    zero = app.budget_limit(_compose(["budget.room=0"]).budget, supernet, target, "latency_s", reference)
+    zero = app.budget_limit(_compose(["budget.room=0"]).budget, supernet, tables, "latency_s", reference)
     assert zero["value"] == pytest.approx(b["cheapest"] * reference, rel=1e-12)
-  frac = app.budget_limit(_compose(["budget.fraction=0.7"]).budget, supernet, target, "latency_s", reference)
+  frac = app.budget_limit(_compose(["budget.fraction=0.7"]).budget, supernet, tables, "latency_s", reference)
   assert frac["room"] is None and frac["value"] == pytest.approx(0.7 * reference, rel=1e-12)
