@@ -89,9 +89,10 @@ def plan_jobs(spec: dict) -> list[dict]:
              f"baseline.width_mult={width}"])
     for k in range(int(base.get("random", 0))):
       add("random", f"random #{k}", f"random-r{k}", ["baseline.kind=random", f"baseline.arch_seed={k}"])
-    # The same uniform networks trained for the searched network's total steps (search + fine-tuning): the
-    # "same total compute" framing, kept apart as their own family.
-    total = steps["search"] + steps["finetune"]
+    # The same uniform networks trained for the searched network's total steps (search + fine-tuning, or the
+    # protocol's steps.same_total where the default search shares its steps over budgets): the "same total
+    # compute" framing, kept apart as their own family.
+    total = same_total_steps(steps)
     for w, a, width in (base.get("same_total") or {}).get("configs", []):
       add(SAME_TOTAL, f"W{w}A{a}" + ("" if float(width) == 1.0 else f" ×{float(width):g}"),
           f"total-uniform-w{w}a{a}-x{float(width):g}",
@@ -104,13 +105,21 @@ def plan_jobs(spec: dict) -> list[dict]:
   return sorted(jobs, key=lambda j: (j["seed"], rank(j)))
 
 
+def same_total_steps(steps: dict) -> int:
+  """Training steps of the 'same total steps' baselines: ``steps.same_total`` when set, else search + fine-tuning."""
+  total = steps.get("same_total", steps["search"] + steps["finetune"])
+  if not isinstance(total, int) or total < 1:
+    raise ValueError(f"steps.same_total must be a positive integer of training steps, got {total!r}.")
+  return total
+
+
 def manifest(spec: dict, jobs: list[dict]) -> dict:
   steps = spec["steps"]
   return {
       "name": spec["name"], "variant": spec["variant"], "dataset": _override(spec, "dataset"),
       "model": _override(spec, "model"),
       "steps": {"search": steps["search"], "finetune": steps["finetune"],
-                "baseline": steps["baseline"]},
+                "baseline": steps["baseline"], "same_total": same_total_steps(steps)},
       "comparisons": [{"target": c["target"], "metric": BUDGET_METRICS[c["metric"]], "default": c["default"]}
                       for c in spec["comparisons"]],
       "jobs": jobs}

@@ -329,8 +329,12 @@ def training_steps(steps: dict, same_total_jobs: int = 0) -> dict:
            + (" (equal)." if final_equal else f" ({abs(finetune - baseline)} "
                                                f"{'more' if finetune > baseline else 'fewer'} for the searched network)."))
   if same_total_jobs:
-    text += (f" The {same_total_jobs} baseline jobs of the '{SAME_TOTAL}' family train for {total} steps: the "
-             "same total compute as a searched network.")
+    matched = steps.get("same_total", total)
+    text += (f" The {same_total_jobs} baseline jobs of the '{SAME_TOTAL}' family train for {matched} steps"
+             + (": the same total compute as a searched network." if matched == total else
+                f" (the protocol's steps.same_total): fine-tuning plus the search steps per network of the "
+                f"default search, which shares its supernet over budgets; the table below gives each family's "
+                f"search steps per job."))
   return {**steps, "same_total": same_total, "final_training_equal": final_equal, "text": text}
 
 
@@ -527,11 +531,12 @@ def report_markdown(report: dict) -> str:
          + f". Wall time summed over jobs: {t['sum_total'] / 3600:.2f} h.", "",
          report["training"]["text"], "", "Mean wall seconds per job:", ""]
   out += _table(("role", "family", "jobs", "shared supernet", "search", "fine-tuning", "total", "sum of totals",
-                 "search: sum of wall", "search: sum of steps"),
+                 "search: sum of wall", "search: sum of steps", "search steps per job"),
                 [(r["role"], r["family"], r["jobs"], _seconds(r.get("supernet")), _seconds(r["search"]),
                   _seconds(r["finetune"]), _seconds(r["total"]), _seconds(r["sum_total"]),
                   _seconds(r.get("sum_search")),
-                  f"{r['sum_search_steps']:,}" if r.get("sum_search_steps") is not None else "–")
+                  f"{r['sum_search_steps']:,}" if r.get("sum_search_steps") is not None else "–",
+                  f"{r['sum_search_steps'] / r['jobs']:,.0f}" if r.get("sum_search_steps") is not None else "–")
                  for r in t["families"]])
   if any(r.get("supernet") is not None for r in t["families"]):
     out += ["", "Shared supernet (`search.shared=true`): the wall time of training it, waiting for it or loading it; "

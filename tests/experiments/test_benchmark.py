@@ -22,23 +22,27 @@ def test_fashion_protocol_plans_every_family_seed_budget_and_baseline():
   jobs = benchmark.plan_jobs(spec)
   searched = [j for j in jobs if j["role"] == "searched"]
   baselines = [j for j in jobs if j["role"] == "baseline"]
-  # riscv: gumbel and gumbel-shared 3 seeds x 8 budgets each + sdq 4 + per-channel 4 (their own 4 budgets);
-  # bitfusion: gumbel 3 x 6.
-  assert len(searched) == 24 + 24 + 4 + 4 + 18
+  # riscv: gumbel-shared (the default) 3 seeds x 8 budgets + gumbel, sdq and per-channel 1 seed x 4 budgets;
+  # bitfusion: gumbel-shared 3 x 6.
+  assert len(searched) == 24 + 4 + 4 + 4 + 18
   assert all("search.shared=true" in j["overrides"] for j in searched if j["family"] == "gumbel-shared")
-  assert {j["budget"] for j in searched if j["family"] == "sdq"} == {0.1, 0.15, 0.3, 0.45}
+  assert {c["default"] for c in spec["comparisons"]} == {"gumbel-shared"}
+  for family in ("sdq", "gumbel", "gumbel-per-channel"):
+    assert {(j["budget"], j["seed"]) for j in searched if j["family"] == family} == {
+        (b, 0) for b in (0.1, 0.15, 0.3, 0.45)}
   # per seed: 9 uniform pairs + 2 pruned pairs x 2 widths + 2 random + 7 same-total-steps = 22; 3 seeds.
   assert len(baselines) == 66
   assert len({j["dir"] for j in jobs}) == len(jobs)  # one folder each
   # Whole seeds first (an interrupted run has complete seeds); within one, baselines then the default search.
   assert [j["seed"] for j in jobs] == sorted(j["seed"] for j in jobs)
   seed0 = [(j["role"], j["family"]) for j in jobs if j["seed"] == 0]
-  assert seed0[0][0] == "baseline" and seed0[22] == ("searched", "gumbel") and seed0[-1][1] != "gumbel"
+  assert seed0[0][0] == "baseline" and seed0[22] == ("searched", "gumbel-shared")
+  assert seed0[-1][1] != "gumbel-shared"
   for j in jobs:  # the protocol's steps reach every job, and every job has its own seed
     o = _overrides(j)
     assert (o["search.steps"], o["finetune.steps"]) == ("800", "2000")
-    if j["role"] == "baseline":  # same final training, or the searched network's 800 + 2000 total steps
-      assert o["baseline.steps"] == str(j["steps"]) == ("2800" if j["family"] == "same total steps" else "2000")
+    if j["role"] == "baseline":  # same final training, or fine-tuning + the shared search's 300 steps a network
+      assert o["baseline.steps"] == str(j["steps"]) == ("2300" if j["family"] == "same total steps" else "2000")
     assert o["seed"] == str(j["seed"]) and o["dataset"] == "fashion_mnist" and o["model"] == "fmnist_cnn"
   total = {(j["config"], _overrides(j)["baseline.width_mult"]) for j in baselines if j["family"] == "same total steps"}
   assert ("W2A2 ×0.5", "0.5") in total and ("W4A8", "1.0") in total and len(total) == 7
@@ -57,7 +61,7 @@ def test_fashion_protocol_plans_every_family_seed_budget_and_baseline():
 def test_quick_variant_is_one_seed_and_fewer_jobs():
   jobs = benchmark.plan_jobs(benchmark.load_protocol("fashion", quick=True))
   assert {j["seed"] for j in jobs} == {0}
-  assert len([j for j in jobs if j["role"] == "searched"]) == 2
+  assert [j["family"] for j in jobs if j["role"] == "searched"] == ["gumbel-shared"] * 2
   assert len([j for j in jobs if j["role"] == "baseline"]) == 6
 
 
@@ -107,3 +111,13 @@ def test_bad_input_stops_before_any_job_with_one_sentence(tmp_path):
   assert "Traceback" not in proc.stderr
   assert "apt-get install dataset-fashion-mnist" in proc.stderr and str(tmp_path / "missing") in proc.stderr
   assert not (out / "search").exists() and not (out / "baseline").exists()
+
+
+def test_same_total_steps_default_override_and_bad_value():
+  assert benchmark.same_total_steps({"search": 800, "finetune": 2000}) == 2800  # search + fine-tuning
+  assert benchmark.same_total_steps({"search": 800, "finetune": 2000, "same_total": 2300}) == 2300
+  for bad in (0, -5, 2.5, "2300"):
+    with pytest.raises(ValueError, match="steps.same_total must be a positive integer"):
+      benchmark.same_total_steps({"search": 800, "finetune": 2000, "same_total": bad})
+  spec = benchmark.load_protocol("fashion", quick=False)
+  assert benchmark.manifest(spec, [])["steps"]["same_total"] == 2300

@@ -329,7 +329,15 @@ def test_same_total_steps_family_gets_its_own_verdict(tmp_path):
   assert row["vs_same_total"]["baseline"]["family"] == report_app.SAME_TOTAL
   assert row["vs_same_total"]["difference"] == pytest.approx(0.045)
   assert row["vs_same_total"]["verdict"] == "better"
-  assert "2 baseline jobs of the 'same total steps' family train for 2500 steps" in report["training"]["text"]
+  assert "2 baseline jobs of the 'same total steps' family train for 2500 steps: the same total compute" in \
+      report["training"]["text"]
+  # A protocol whose default search shares its steps over budgets sets steps.same_total itself: the text says so.
+  manifest = json.loads((root / "protocol.json").read_text())
+  manifest["steps"]["same_total"] = 1800
+  (root / "protocol.json").write_text(json.dumps(manifest))
+  text = report_app.build_report(root)["training"]["text"]
+  assert "2 baseline jobs of the 'same total steps' family train for 1800 steps (the protocol's " \
+         "steps.same_total)" in text and "search steps per network of the default search" in text
   md = report_app.report_markdown(report)
   assert "**Same total steps. Verdict: gumbel ties with all baselines, either step count" in md
   assert "**Same final training. Verdict: gumbel wins against all baselines:" in md
