@@ -65,7 +65,9 @@ def sweep(folder, repeats: int = 300, threads: int = 1) -> dict:
                  "measured_all_runs_median_s": 1e-6 * m["end_to_end_us"]["median"],
                  "measured_p10_s": 1e-6 * m["end_to_end_us"]["p10"], "measured_p90_s": 1e-6 * m["end_to_end_us"]["p90"],
                  "float_qdq_measured_s": 1e-6 * m["float_qdq"]["end_to_end_us"]["best_block_median"],
-                 "input_s": 1e-6 * m["input_us"], "layers_marginal_sum_s": 1e-6 * m["layers_marginal_sum_us"],
+                 "input_s": 1e-6 * m["input_us"],
+                 "predicted_input_s": (m.get("predicted_layers_s") or {}).get("inference_s"),
+                 "layers_marginal_sum_s": 1e-6 * m["layers_marginal_sum_us"],
                  "layers_over_budget": None if budget is None else 1e-6 * m["layers_marginal_sum_us"] / budget,
                  "nodes_sum_s": 1e-6 * m["nodes_sum_us"],
                  "measured_over_budget": None if budget is None else measured / budget,
@@ -98,12 +100,13 @@ def table(s: dict) -> str:
   us = lambda v: "-" if v is None else f"{1e6 * v:.1f}"
   ratio = lambda v: "-" if v is None else f"{v:.3f}"
   lines = [f"{'job':<8} {'budget us':>9} {'pred us':>8} {'meas us':>8} {'all-runs':>8} {'meas/budget':>11} "
-           f"{'input us':>8} {'layers/budget':>13} {'float-QDQ':>9}  accuracy"]
+           f"{'input us':>8} {'pred input':>10} {'layers/budget':>13} {'float-QDQ':>9}  accuracy"]
   for r in s["jobs"]:
     acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f} %"
     lines.append(f"{r['job']:<8} {us(r['budget_s']):>9} {us(r['predicted_s']):>8} {us(r['measured_s']):>8} "
                  f"{us(r['measured_all_runs_median_s']):>8} {ratio(r['measured_over_budget']):>11} "
-                 f"{us(r['input_s']):>8} {ratio(r['layers_over_budget']):>13} {us(r['float_qdq_measured_s']):>9}  {acc}")
+                 f"{us(r['input_s']):>8} {us(r.get('predicted_input_s')):>10} {ratio(r['layers_over_budget']):>13} "
+                 f"{us(r['float_qdq_measured_s']):>9}  {acc}")
   g = s["goals"]
   lines += [f"measured / budget, largest: {ratio(s['measured_over_budget_max'])} (goal <= {g['measured_over_budget_max']})",
             f"Spearman(predicted, measured) over {len(s['jobs'])} networks: {ratio(s['network_spearman'])} "

@@ -108,6 +108,10 @@ class CostModel(Protocol):
 
   Optional attributes: ``bits_monotone`` (True if fewer bits never cost more; ``python -m hardware.check``
   then verifies it) and ``fitted_on`` (the machine a calibrated model was fitted on; see ``hardware.host``).
+
+  Optional method ``inference_cost(input_layer) -> Cost``: what one inference costs outside every layer (a
+  runtime's call overhead, quantising the input), per image, given the network's first layer (its input is
+  the network's input). A model without it costs nothing outside its layers (:func:`inference_cost`).
   """
 
   name: str
@@ -117,6 +121,23 @@ class CostModel(Protocol):
 
   def cost(self, layer: LayerSpec, w_bits, a_bits, cin, cout) -> Cost:
     """Latency and energy of ``layer`` at each point of the broadcast grid of choices."""
+
+
+def inference_cost(model: CostModel, input_layer: LayerSpec) -> Cost:
+  """``model.inference_cost(input_layer)`` as float64 scalars, zero for a model without that method.
+
+  Raises:
+    ValueError: the model returned a non-finite or negative cost.
+  """
+  method = getattr(model, "inference_cost", None)
+  if method is None:
+    return Cost(np.float64(0.0), np.float64(0.0))
+  c = method(input_layer)
+  lat, en = (np.float64(np.asarray(v, dtype=np.float64)) for v in (c.latency_s, c.energy_j))
+  if not (np.isfinite(lat) and np.isfinite(en) and lat >= 0 and en >= 0):
+    raise ValueError(f"cost model {model.name!r} returned a non-finite or negative inference_cost "
+                     f"({lat}, {en}); return finite scalars >= 0.")
+  return Cost(lat, en)
 
 
 def broadcast_choices(w_bits, a_bits, cin, cout):

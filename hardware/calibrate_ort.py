@@ -167,20 +167,22 @@ def measure(grid: List[GridLayer], repeats: int = 400, passes: int = 4, threads:
   one = [np.random.default_rng(0).uniform(0, 1, (1, *net.input_shape)).astype(np.float32) for net in nets]
   before: List[List[float]] = [[] for _ in grid]  # the graph cut before the layer, then after it
   after: List[List[float]] = [[] for _ in grid]
+  inputs: List[List[float]] = [[] for _ in grid]  # the graph cut after the input quantiser: the input stage
   for p in range(passes):
     for i in (range(len(grid)) if p % 2 == 0 else reversed(range(len(grid)))):
       m = marginal(models[i], nets[i], one[i], repeats, threads, layers=["layer"])
       after[i].append(m["layers_us"]["layer"] + m["cut_before_us"]["layer"])
       before[i].append(m["cut_before_us"]["layer"])
+      inputs[i].append(m["input_us"])
   records = []
-  for g, model, net, b, a in zip(grid, models, nets, before, after):
+  for g, model, net, b, a, inp in zip(grid, models, nets, before, after, inputs):
     s = g.spec
     op = kernels(model.SerializeToString(), net)["layer"]
     seconds = 1e-6 * (min(a) - min(b))
     records.append({"kind": s.kind, "cin": s.cin, "cout": s.cout, "kernel": s.kernel, "stride": s.stride,
                     "in_h": s.in_h, "in_w": s.in_w, "name": s.name, "path": g.path, "op_types": op,
                     "macs": float(s.macs()), "median_s": seconds, "cut_after_us": a, "cut_before_us": b,
-                    "repeats": repeats})
+                    "input_us": inp, "input_elements": int(np.prod(net.input_shape)), "repeats": repeats})
     if verbose:
       print(f"{s.name}: {s.kind} {s.cin}->{s.cout} k{s.kernel} s{s.stride} {s.in_h}x{s.in_w} ({'+'.join(op)}): "
             f"{seconds * 1e6:.2f} us", flush=True)
@@ -194,7 +196,22 @@ def measure(grid: List[GridLayer], repeats: int = 400, passes: int = 4, threads:
 
 # --- the preset --------------------------------------------------------------------------------------------------
 
-def preset_yaml(p: Dict[str, float], info: Dict, fit_q: Dict, held_q: Dict, measurements: str) -> str:
+def _inference_yaml(inference: Dict | None) -> str:
+  if inference is None:
+    return ("inference_overhead_s: 0.0          # NOT MEASURED (measurements without the input stage; re-run with "
+            "--measure): no per-call time\ninput_rate: null                   # (no input stage modelled)")
+  fmt = calibrate._fmt
+  rate = "null" if inference["input_rate"] is None else fmt(inference["input_rate"])
+  return (f"inference_overhead_s: {fmt(inference['overhead_s'])}   # fitted: one call into onnxruntime "
+          f"(run_with_iobinding, buffers bound once), outside every layer\n"
+          f"input_rate: {rate}             # fitted: input elements quantised per second (float32 -> uint8)\n"
+          f"# (the input stage, overhead + elements / input_rate: the graph cut after the input quantiser of the "
+          f"{inference['n']} grid networks,\n#  inputs of {inference['elements'][0]}-{inference['elements'][1]} "
+          f"elements; median relative error {inference['median_rel_err']:.3f})")
+
+
+def preset_yaml(p: Dict[str, float], info: Dict, fit_q: Dict, held_q: Dict, measurements: str,
+                inference: Dict | None = None) -> str:
   """The preset's text; every constant's comment says where it came from."""
   fmt, bound = calibrate._fmt, calibrate._bound
   load = calibrate._load
@@ -231,11 +248,31 @@ storage_bits: [8]               # model.int8.onnx holds 2- and 4-bit tensors in 
 e_mac_j: 0.3e-12                # ASSUMPTION, 45 nm proxy: Horowitz ISSCC 2014 int8 mult 0.2 pJ + int32 add 0.1 pJ
 e_byte_j: 162.5e-12             # ASSUMPTION (U: unverified figure), 45 nm proxy: Horowitz ISSCC 2014 DRAM read 1.3 nJ per 64 b, /8 B
 static_power_w: 12.5            # ASSUMPTION (U): 2 cores' share of a 56-core 350 W Xeon, 350/56 x 2; energy is not measured here
+{_inference_yaml(inference)}
 fitted_on:                      # the machine timed; hardware.host.host_mismatch warns on any other (hardware/README.md)
   cpu: {json.dumps(str(info.get('cpu')))}  # `host.cpu` of {measurements} (/proc/cpuinfo model name)
   flags: {calibrate._fitted_flags(info)}  # its CPU flags among hardware.host.KERNEL_FLAGS (those that change the int8 kernels)
   recalibrate: "python -m hardware.calibrate_ort --measure --out {PRESET}"  # what host_mismatch tells to run elsewhere
 """
+
+
+def fit_inference(records: List[Dict]) -> Dict | None:
+  """The input stage of the grid's networks (the call into onnxruntime and quantising the input: the graph cut
+  after the input quantiser, the smallest over the passes) fitted as ``overhead + elements / rate`` by
+  non-negative least squares on relative error; with the fit's median relative error and Spearman over the
+  networks. None when the measurements hold no input stage (measured before it was recorded)."""
+  from scipy import optimize, stats
+  rows = [(r["input_elements"], 1e-6 * min(r["input_us"])) for r in records if r.get("input_us")]
+  if len(rows) < 3:
+    return None
+  n, t = (np.asarray(v, np.float64) for v in zip(*rows))
+  coef, _ = optimize.nnls(np.stack([np.ones_like(n), n], axis=1) / t[:, None], np.ones_like(t))
+  overhead, per_element = (float(c) for c in coef)
+  pred = overhead + per_element * n
+  return {"overhead_s": overhead, "input_rate": (1.0 / per_element) if per_element > 0 else None,
+          "n": len(rows), "elements": [int(n.min()), int(n.max())],
+          "median_rel_err": float(np.median(np.abs(pred - t) / t)),
+          "spearman": float(stats.spearmanr(pred, t)[0]) if per_element > 0 else None}
 
 
 def fit_records(data: Dict) -> Tuple[Dict[str, float], Dict, Dict]:
@@ -263,8 +300,9 @@ def _run(args) -> None:
       json.dump(data, f, indent=1)
   data = calibrate.read_measurements(args.measurements, redo=redo)
   p, fit_q, held_q = fit_records(data)
+  inference = fit_inference(data["records"])
   calibrate.write_preset(args.out, args.measurements,
-                         lambda shown: preset_yaml(p, data["host"], fit_q, held_q, shown), fit_q, held_q)
+                         lambda shown: preset_yaml(p, data["host"], fit_q, held_q, shown, inference), fit_q, held_q)
 
 
 def main(argv=None) -> None:

@@ -25,7 +25,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from hardware.base import CostModel, LayerSpec, choice_grid
+from hardware.base import CostModel, LayerSpec, choice_grid, inference_cost
 from hardware.host import host_mismatch
 
 LAYERS = (
@@ -170,6 +170,21 @@ def check_bits_monotone(model, layer: LayerSpec) -> Optional[str]:
   return None
 
 
+def check_inference_cost(model) -> None:
+  """An ``inference_cost`` (optional: a model without one costs nothing outside its layers) returns finite
+  scalars >= 0 for a network's first layer."""
+  if getattr(model, "inference_cost", None) is None:
+    return None
+  c = model.inference_cost(LAYERS[0])
+  _require(np.ndim(c.latency_s) == 0 and np.ndim(c.energy_j) == 0,
+           f"inference_cost returned shapes {np.shape(c.latency_s)}, {np.shape(c.energy_j)}; return scalars "
+           f"(one inference's cost outside every layer).")
+  try:
+    inference_cost(model, LAYERS[0])
+  except ValueError as e:  # a non-finite or negative value
+    raise CheckFailed(str(e)) from None
+
+
 def check_unknown_kind(model) -> None:
   """A layer of a kind the model does not know (``pool``) raises ValueError naming it, never costs zero."""
   bad = object.__new__(LayerSpec)  # bypasses LayerSpec's own kind check, as a foreign layer object would
@@ -247,7 +262,8 @@ def run_checks(path: str) -> List[Outcome]:
     checks += [(f"grid[{layer.name}]", lambda l=layer: check_grid(model, l)),
                (f"channels[{layer.name}]", lambda l=layer: check_channels(model, l)),
                (f"bits_monotone[{layer.name}]", lambda l=layer: check_bits_monotone(model, l))]
-  checks += [("unknown_kind", lambda: check_unknown_kind(model)), ("bad_bits", lambda: check_bad_bits(model)),
+  checks += [("inference_cost", lambda: check_inference_cost(model)),
+             ("unknown_kind", lambda: check_unknown_kind(model)), ("bad_bits", lambda: check_bad_bits(model)),
              ("sources", lambda: check_sources(path))]
   out = [Outcome("PASS", "instantiates", type(model).__name__)]
   for name, run in checks:

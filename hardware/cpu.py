@@ -77,6 +77,10 @@ class SIMDCPU:
       ``flags``, written by ``hardware.calibrate``); :func:`hardware.host.host_mismatch` compares it with the
       machine running. None for a preset that describes a CPU rather than a measurement of one.
     batch_size: images per call; costs are per image at this batch (default 1).
+    inference_overhead_s: fixed time of one call into the runtime (e.g. onnxruntime's ``InferenceSession.run``
+      from Python), outside every layer; shared by the batch. 0 (the default): not modelled.
+    input_rate: input elements per second the runtime quantises (float32 in, 8-bit out) before the first
+      layer. None (the default): no input stage is modelled.
   """
 
   bits_monotone = True  # compute unpacks to the kernel precision (same time), packed memory traffic shrinks
@@ -86,7 +90,8 @@ class SIMDCPU:
                e_mac_j: float, e_byte_j: float, static_power_w: float, kernel_bits: int = 8,
                storage_bits: Optional[Sequence[int]] = None, cin_multiple: int = 1, cout_multiple: int = 1,
                fallback_channels: int = 0, fallback_mac_rate: Optional[float] = None,
-               fitted_on: Optional[Mapping] = None, batch_size: int = 1):
+               fitted_on: Optional[Mapping] = None, batch_size: int = 1, inference_overhead_s: float = 0.0,
+               input_rate: Optional[float] = None):
     self.name = name
     self.fitted_on = host.machine_record(fitted_on, name)
     self.mac_rate = _per_kind(mac_rate, "mac_rate", name)
@@ -110,6 +115,13 @@ class SIMDCPU:
     if min(self.cin_multiple, self.cout_multiple) < 1:
       raise ValueError(f"cin_multiple and cout_multiple of {name!r} must be >= 1.")
     self.batch_size = check_batch_size(batch_size, name)
+    self.inference_overhead_s = float(inference_overhead_s)
+    if not self.inference_overhead_s >= 0:
+      raise ValueError(f"inference_overhead_s={inference_overhead_s} of {name!r} must be >= 0 seconds (0: no "
+                       f"per-call time).")
+    self.input_rate = None if input_rate is None else float(input_rate)
+    if self.input_rate is not None and not self.input_rate > 0:
+      raise ValueError(f"input_rate={input_rate} of {name!r} must be > 0 elements/s, or null (no input stage).")
     self.fallback_channels = int(fallback_channels)
     self.fallback_mac_rate = None if fallback_mac_rate is None else float(fallback_mac_rate)
     if self.fallback_channels > 0 and not (self.fallback_mac_rate or 0) > 0:
@@ -148,3 +160,11 @@ class SIMDCPU:
     latency = self.layer_overhead_s[layer.kind] / self.batch_size + np.maximum(compute_s, memory_s)
     energy = self.e_mac_j * macs + self.e_byte_j * traffic + self.static_power_w * latency
     return Cost(latency_s=latency, energy_j=energy)
+
+  def inference_cost(self, input_layer: LayerSpec) -> Cost:
+    """Per image, outside every layer: the runtime call's fixed time shared by the batch, plus quantising the
+    network's input (``input_layer``'s input, float32 read, int8 written) at ``input_rate`` elements/s."""
+    n = float(input_layer.input_count())
+    latency = self.inference_overhead_s / self.batch_size + (n / self.input_rate if self.input_rate else 0.0)
+    energy = self.e_byte_j * n * 5.0 + self.static_power_w * latency if latency > 0 else 0.0
+    return Cost(latency_s=np.float64(latency), energy_j=np.float64(energy))

@@ -16,11 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from hardware import metrics
-from hardware.base import CostModel, LayerSpec, choice_grid
+from hardware.base import CostModel, LayerSpec, choice_grid, inference_cost
 from nas.arch import Architecture
 from nas.layers import ChoiceKeys
 
 HW_METRICS = ("latency_s", "energy_j")
+INFERENCE = "(inference)"  # the name of the choice-free table of a model's per-inference cost
 METRICS = HW_METRICS + ("weight_bytes",)
 
 
@@ -35,7 +36,7 @@ class LayerCostTable:
   candidates (None: all K channels always active).
   """
   name: str
-  keys: ChoiceKeys
+  keys: ChoiceKeys | None  # None: the network's fixed per-inference cost (grids are scalars), no choice
   grids: Mapping[str, np.ndarray]
   per_channel: bool = False
   width_values: tuple[int, ...] | None = None
@@ -46,7 +47,8 @@ def _values(choices, key: str | None, fixed: int) -> tuple[int, ...]:
 
 
 def build_cost_tables(model, cost_model: CostModel) -> list[LayerCostTable]:
-  """Every searchable layer's cost grid on ``cost_model``, plus its weight bytes."""
+  """Every searchable layer's cost grid on ``cost_model``, plus its weight bytes; then, where the model has
+  an ``inference_cost`` (a runtime's per-call time, quantising the input), one choice-free table of it."""
   tables = []
   for layer in model.qlayers():
     spec, keys = layer.spec, layer.keys
@@ -73,6 +75,11 @@ def build_cost_tables(model, cost_model: CostModel) -> list[LayerCostTable]:
     wb = np.broadcast_to(metrics.weight_bytes(spec, wv, ci, co), shape)
     tables.append(LayerCostTable(spec.name, keys, {"latency_s": c.latency_s, "energy_j": c.energy_j,
                                                    "weight_bytes": wb}))
+  if getattr(cost_model, "inference_cost", None) is not None:
+    fixed = inference_cost(cost_model, model.qlayers()[0].spec)
+    tables.append(LayerCostTable(INFERENCE, None, {"latency_s": np.asarray(fixed.latency_s),
+                                                   "energy_j": np.asarray(fixed.energy_j),
+                                                   "weight_bytes": np.asarray(0.0)}))
   return tables
 
 
@@ -125,6 +132,10 @@ def expected_costs(tables: list[LayerCostTable], arrays: list[dict], probs: Mapp
   total = {}
   for t, arr in zip(tables, arrays):
     k = t.keys
+    if k is None:  # the fixed per-inference cost
+      for m, value in arr.items():
+        total[m] = total.get(m, 0.0) + value
+      continue
     pa = probs[k.a_bits]
     has_cin_axis = next(iter(arr.values())).shape[2] > 1
     pci = probs[k.cin] if (k.cin is not None and has_cin_axis) else one
@@ -152,9 +163,13 @@ def expected_costs(tables: list[LayerCostTable], arrays: list[dict], probs: Mapp
 
 
 def architecture_cost(arch: Architecture, cost_model: CostModel) -> dict[str, float]:
-  """True latency and energy of a discrete network on ``cost_model``, by direct evaluation per layer."""
-  lat = en = 0.0
-  for spec, w, a in arch.layer_specs():
+  """True latency and energy of a discrete network on ``cost_model``, by direct evaluation per layer, plus
+  the model's per-inference cost (``hardware.base.inference_cost``, zero where it has none)."""
+  specs = arch.layer_specs()
+  fixed = inference_cost(cost_model, specs[0][0]) if specs else None
+  lat = float(fixed.latency_s) if fixed is not None else 0.0
+  en = float(fixed.energy_j) if fixed is not None else 0.0
+  for spec, w, a in specs:
     c = cost_model.cost(spec, w, a, spec.cin, spec.cout)
     lat += float(np.asarray(c.latency_s))
     en += float(np.asarray(c.energy_j))

@@ -21,8 +21,13 @@ TRUE = SIMDCPU("truth", mac_rate={"conv": 3.0e10, "dwconv": 1.0e9, "dense": 8.0e
                static_power_w=0, cin_multiple=4, cout_multiple=16)
 
 
-def synthetic_measurements(path, noise=0.05, seed=3):
-  """The ORT grid costed by SIMDCPU with the TRUE constants (8 bits), times log-normal noise, as a file."""
+# The input stage of the synthetic networks: 2.5 us per call plus 1 ns an element (1e9 elements/s).
+TRUE_CALL_S, TRUE_INPUT_RATE = 2.5e-6, 1.0e9
+
+
+def synthetic_measurements(path, noise=0.05, seed=3, with_input=True):
+  """The ORT grid costed by SIMDCPU with the TRUE constants (8 bits), times log-normal noise, as a file; each
+  network's input stage (``with_input``) from TRUE_CALL_S and TRUE_INPUT_RATE, four noisy passes."""
   records = []
   rng = np.random.default_rng(seed)
   for g in co.default_grid():
@@ -30,6 +35,11 @@ def synthetic_measurements(path, noise=0.05, seed=3):
     t = float(TRUE.cost(s, 8, 8, s.cin, s.cout).latency_s) * float(np.exp(rng.normal(0.0, noise)))
     records.append({"kind": s.kind, "cin": s.cin, "cout": s.cout, "kernel": s.kernel, "stride": s.stride,
                     "in_h": s.in_h, "in_w": s.in_w, "name": s.name, "path": g.path, "median_s": t})
+    if with_input:
+      n = int(np.prod(co.network(g).input_shape))
+      true_us = 1e6 * (TRUE_CALL_S + n / TRUE_INPUT_RATE)
+      records[-1].update(input_elements=n, input_us=[true_us * float(np.exp(abs(rng.normal(0.0, noise))))
+                                                     for _ in range(4)])
   path.write_text(json.dumps({"host": {"cpu": "synthetic", "cores": 2, "date": "today", "onnxruntime": "x",
                                        "intra_op_threads": 1}, "records": records}))
 
@@ -49,6 +59,20 @@ def test_fit_recovers_constants_simdcpu_generated(tmp_path):
     assert model.mac_rate[kind] == pytest.approx(TRUE.mac_rate[kind], rel=0.15), kind
     assert model.layer_overhead_s[kind] == pytest.approx(TRUE.layer_overhead_s[kind], rel=0.3), kind
   assert model.mem_bw == pytest.approx(TRUE.mem_bw, rel=0.15)
+  # The input stage: the smallest of the noisy passes (noise only slows a run down) fitted back.
+  assert model.inference_overhead_s == pytest.approx(TRUE_CALL_S, rel=0.1)
+  assert model.input_rate == pytest.approx(TRUE_INPUT_RATE, rel=0.1)
+  assert "inference_overhead_s:" in text and "input elements quantised per second" in text
+
+
+def test_measurements_without_input_stage_model_none(tmp_path):
+  data, out = tmp_path / "m.json", tmp_path / "cpu_ort.yaml"
+  synthetic_measurements(data, with_input=False)
+  co.main(["--measurements", str(data), "--out", str(out)])
+  assert "NOT MEASURED (measurements without the input stage" in out.read_text()
+  model = hydra.utils.instantiate(OmegaConf.load(out), _convert_="all")
+  assert (model.inference_overhead_s, model.input_rate) == (0.0, None)
+  assert float(model.inference_cost(LayerSpec("conv", 1, 16, 3, 2, 28, 28)).latency_s) == 0.0
 
 
 def test_preset_costs_every_bit_width_as_8_bits():
@@ -66,6 +90,10 @@ def test_grid_layers_run_as_the_exporter_writes_them():
   assert ops["conv"] == ["QLinearConv"] and ops["dense"] == ["QGemm"] and ops["flatten_head"] == ["Flatten", "QGemm"]
   assert ops["pool_conv"] == ["QLinearConv", "QLinearGlobalAveragePool", "Flatten"]
   assert data["host"]["intra_op_threads"] == 1 and data["host"]["onnxruntime"]
+  # Each network's input stage is recorded with its size: t1 pools a 4x4x16 map, t2's network starts 1x1x1.
+  sizes = {r["name"]: r["input_elements"] for r in data["records"]}
+  assert sizes == {"t0": 8 * 8 * 8, "t1": 4 * 4 * 16, "t2": 1, "t3": 7 * 7 * 16}
+  assert all(len(r["input_us"]) == 1 and r["input_us"][0] > 0 for r in data["records"])
 
 
 def test_default_grid_covers_the_shipped_models_layers():

@@ -72,7 +72,7 @@ def test_readme_plugin_passes_every_check(tmp_path, monkeypatch, capsys):
   path = write_preset(tmp_path, monkeypatch, "goodhw")
   assert check.main([path]) == 0
   out = capsys.readouterr().out
-  assert "FAIL" not in out and "SKIP" not in out and "myhw: 18 passed, 0 failed, 0 skipped" in out
+  assert "FAIL" not in out and "SKIP" not in out and "myhw: 19 passed, 0 failed, 0 skipped" in out
 
 
 def test_the_readme_example_verbatim_passes(tmp_path, monkeypatch, capsys):

@@ -65,11 +65,16 @@ def test_bits_out_of_range_raise_naming_the_field(path, bad):
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=IDS)
+def test_inference_cost_is_finite_scalars_where_defined(path):
+  check.check_inference_cost(load(path))
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=IDS)
 def test_every_constant_cites_a_source(path):
   check.check_sources(str(path))
 
 
 def test_the_suite_runs_every_check_this_file_runs():
   names = {o.check.split("[")[0] for o in check.run_checks(str(CONF / "riscv.yaml"))}
-  assert names == {"instantiates", "protocol", "convert_all", "grid", "channels", "bits_monotone", "unknown_kind",
-                   "bad_bits", "sources"}
+  assert names == {"instantiates", "protocol", "convert_all", "grid", "channels", "bits_monotone",
+                   "inference_cost", "unknown_kind", "bad_bits", "sources"}
