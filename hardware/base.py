@@ -13,7 +13,10 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-LAYER_KINDS = ("conv", "dwconv", "dense")
+LAYER_KINDS = ("conv", "dwconv", "dense", "linear", "matmul", "softmax", "layernorm")
+WEIGHTED_KINDS = ("conv", "dwconv", "dense", "linear")  # kinds with stored weights
+SPARSE_KINDS = ("conv", "dense", "linear")  # kinds that may carry N:M weight sparsity (``LayerSpec.nm``)
+ELEMENTWISE_KINDS = ("softmax", "layernorm")  # no MACs, no weights; computed in floating point
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,14 +24,29 @@ class LayerSpec:
   """One layer as the hardware sees it, at its nominal (usually widest) channel counts.
 
   Attributes:
-    kind: ``"conv"`` (dense 2-D convolution), ``"dwconv"`` (depthwise: groups == cin == cout) or ``"dense"``.
-    cin: input channels (features for ``dense``).
-    cout: output channels (features for ``dense``).
-    kernel: square kernel size (1 for ``dense``).
+    kind: one of ``LAYER_KINDS``:
+      ``"conv"``: dense 2-D convolution; ``"dwconv"``: depthwise (groups == cin == cout); ``"dense"``: a fully
+      connected layer on one vector per image;
+      ``"linear"``: a token-wise dense layer over a sequence of ``in_h`` tokens (``in_w`` = 1; a GEMM of
+      in_h x cin by cin x cout);
+      ``"matmul"``: a product of two activations batched over heads (attention's QK^T and attention x V):
+      per head, rows ``in_h`` by reduction ``cin`` times ``cin`` by ``head_cols`` columns; ``cout`` = heads x
+      ``head_cols``, so the number of heads is a choice of ``cout``. Its "weights" are the second operand
+      (keys or values), made at run time: in a cost call ``w_bits`` is that operand's bit-width, ``a_bits``
+      the first's; nothing is stored (``metrics.weight_bytes`` is 0);
+      ``"softmax"``, ``"layernorm"``: element-wise work over ``in_h`` rows of ``cin`` values (``cout`` ==
+      ``cin``), in floating point: the bit-widths of a cost call are ignored.
+    cin: input channels (features for ``dense`` / ``linear``; the per-head reduction length for ``matmul``).
+    cout: output channels (features; heads x head_cols for ``matmul``).
+    kernel: square kernel size (1 for every kind but the convolutions).
     stride: spatial stride; 'SAME' padding, so the output is ``ceil(in / stride)``.
-    in_h: input feature-map height (1 for ``dense``).
-    in_w: input feature-map width (1 for ``dense``).
+    in_h: input feature-map height (1 for ``dense``; tokens or rows for the sequence kinds).
+    in_w: input feature-map width (1 for ``dense`` and the sequence kinds).
     name: the layer's name in its network, for messages.
+    head_cols: ``matmul`` only: output columns per head (``cout`` is a multiple of it).
+    nm: N:M semi-structured weight sparsity, (N, M): N weights kept in every M consecutive weights along the
+      reduction (input) axis; None is dense. Only for ``SPARSE_KINDS``. MAC, weight and traffic counts stay
+      dense here: what the pattern buys is each cost model's to say (``density``, ``metrics.weight_bytes``).
   """
   kind: str
   cin: int
@@ -38,6 +56,8 @@ class LayerSpec:
   in_h: int = 1
   in_w: int = 1
   name: str = ""
+  head_cols: int = 0
+  nm: tuple[int, int] | None = None
 
   def __post_init__(self):
     if self.kind not in LAYER_KINDS:
@@ -45,8 +65,27 @@ class LayerSpec:
     for field in ("cin", "cout", "kernel", "stride", "in_h", "in_w"):
       if int(getattr(self, field)) < 1:
         raise ValueError(f"LayerSpec.{field}={getattr(self, field)} of layer {self.name!r} must be >= 1.")
-    if self.kind == "dwconv" and self.cin != self.cout:
-      raise ValueError(f"LayerSpec of depthwise layer {self.name!r} needs cin == cout (got {self.cin}, {self.cout}).")
+    if self.kind in ("dwconv",) + ELEMENTWISE_KINDS and self.cin != self.cout:
+      raise ValueError(f"LayerSpec of {self.kind} layer {self.name!r} needs cin == cout (got {self.cin}, {self.cout}).")
+    if self.kind in ("linear", "matmul") + ELEMENTWISE_KINDS and (self.kernel, self.stride, self.in_w) != (1, 1, 1):
+      raise ValueError(f"LayerSpec of {self.kind} layer {self.name!r} needs kernel = stride = in_w = 1 (a sequence of "
+                       f"in_h rows); got kernel={self.kernel}, stride={self.stride}, in_w={self.in_w}.")
+    if self.kind == "matmul":
+      if self.head_cols < 1 or self.cout % self.head_cols:
+        raise ValueError(f"LayerSpec of matmul layer {self.name!r} needs head_cols >= 1 dividing cout={self.cout} "
+                         f"(cout = heads x head_cols); got head_cols={self.head_cols}.")
+    elif self.head_cols:
+      raise ValueError(f"LayerSpec.head_cols={self.head_cols} of {self.kind} layer {self.name!r}: only a matmul has "
+                       f"heads; leave it 0.")
+    if self.nm is not None:
+      n, m = (int(v) for v in self.nm)
+      if self.kind not in SPARSE_KINDS:
+        raise ValueError(f"LayerSpec.nm={self.nm} of {self.kind} layer {self.name!r}: N:M sparsity applies to "
+                         f"{SPARSE_KINDS} only.")
+      if not (m >= 2 and 1 <= n < m):
+        raise ValueError(f"LayerSpec.nm={self.nm} of layer {self.name!r} must be (N, M) with 1 <= N < M and M >= 2, "
+                         f"e.g. (2, 4); None for dense.")
+      object.__setattr__(self, "nm", (n, m))
 
   @property
   def out_h(self) -> int:
@@ -60,30 +99,54 @@ class LayerSpec:
   def groups(self) -> int:
     return self.cin if self.kind == "dwconv" else 1
 
+  @property
+  def density(self) -> float:
+    """Fraction of the weights an N:M pattern keeps (N / M); 1.0 when dense."""
+    return 1.0 if self.nm is None else self.nm[0] / self.nm[1]
+
+  def heads(self, cout=None) -> np.ndarray:
+    """``matmul``: heads at ``cout`` output columns (cout / head_cols); 1 for every other kind."""
+    if self.kind != "matmul":
+      return np.asarray(1.0)
+    _, cout = self._channels(None, cout)
+    return cout / self.head_cols
+
   def _channels(self, cin, cout):
     cin = np.asarray(self.cin if cin is None else cin, dtype=np.float64)
     cout = np.asarray(self.cout if cout is None else cout, dtype=np.float64)
     return cin, cout
 
+  def elements(self, cin=None) -> np.ndarray:
+    """Element-wise kinds: values processed per image (rows x cin); 0 for the others."""
+    cin, _ = self._channels(cin, None)
+    return self.in_h * cin if self.kind in ELEMENTWISE_KINDS else 0 * cin
+
   def macs(self, cin=None, cout=None) -> np.ndarray:
-    """Multiply-accumulates at the given channel counts (arrays broadcast). Depthwise uses ``cout``."""
+    """Multiply-accumulates at the given channel counts (arrays broadcast). Depthwise uses ``cout``; element-wise
+    kinds have none (``elements``)."""
     cin, cout = self._channels(cin, cout)
     spatial = self.out_h * self.out_w * self.kernel * self.kernel
     if self.kind == "dwconv":
       return spatial * cout + 0 * cin
+    if self.kind in ELEMENTWISE_KINDS:
+      return 0 * cin * cout
     return spatial * cin * cout
 
   def weight_count(self, cin=None, cout=None) -> np.ndarray:
-    """Number of weights (no bias) at the given channel counts."""
+    """Number of weights (no bias) at the given channel counts, dense (an N:M pattern keeps ``density`` of
+    them); for ``matmul`` the second operand's values (made at run time, not stored); 0 for element-wise kinds."""
     cin, cout = self._channels(cin, cout)
     if self.kind == "dwconv":
       return self.kernel * self.kernel * cout + 0 * cin
+    if self.kind in ELEMENTWISE_KINDS:
+      return 0 * cin * cout
     return self.kernel * self.kernel * cin * cout
 
-  def input_count(self, cin=None) -> np.ndarray:
-    """Number of input activations (one image) at the given input channel count."""
+  def input_count(self, cin=None, cout=None) -> np.ndarray:
+    """Number of input activations (one image) at the given input channel count (``matmul``: the first
+    operand, rows x cin per head, at the heads ``cout`` gives)."""
     cin, _ = self._channels(cin, None)
-    return self.in_h * self.in_w * cin
+    return self.in_h * self.in_w * cin * self.heads(cout)
 
   def output_count(self, cout=None) -> np.ndarray:
     """Number of output activations (one image) at the given output channel count."""

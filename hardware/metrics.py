@@ -8,9 +8,22 @@ from typing import Optional, Sequence
 from hardware.base import LayerSpec
 
 
+def nm_index_bits(nm) -> int:
+  """Metadata bits per kept weight of an N:M pattern: the position of each kept weight among its M,
+  ceil(log2 M) bits (2 for 2:4 and 1:4, as NVIDIA's compressed 2:4 format stores it: Mishra et al., "Accelerating
+  Sparse Deep Neural Networks", arXiv:2104.08378, 2021). 0 when dense."""
+  return 0 if nm is None else int(np.ceil(np.log2(nm[1])))
+
+
 def weight_bytes(layer: LayerSpec, w_bits, cin=None, cout=None) -> np.ndarray:
-  """Bytes of packed weights at ``w_bits`` (no bias, no padding)."""
-  return layer.weight_count(cin, cout) * np.asarray(w_bits, dtype=np.float64) / 8.0
+  """Bytes of packed weights at ``w_bits`` (no bias, no padding). An N:M layer stores ``density`` of its
+  weights, each with its ``nm_index_bits`` of position metadata. A ``matmul``'s second operand is made at run
+  time: no stored weights."""
+  count = layer.weight_count(cin, cout)
+  if layer.kind == "matmul":
+    return 0 * count * np.asarray(w_bits, dtype=np.float64)
+  bits = np.asarray(w_bits, dtype=np.float64) + nm_index_bits(layer.nm)
+  return count * layer.density * bits / 8.0
 
 
 def input_bytes(layer: LayerSpec, a_bits, cin=None) -> np.ndarray:
