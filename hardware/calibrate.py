@@ -183,6 +183,8 @@ kernel_bits: 8                  # timed kernels are int8 x int8 -> int32 (measur
 e_mac_j: 0.3e-12                # ASSUMPTION, 45 nm proxy: Horowitz ISSCC 2014 int8 mult 0.2 pJ + int32 add 0.1 pJ
 e_byte_j: 162.5e-12             # ASSUMPTION (U: unverified figure), 45 nm proxy: Horowitz ISSCC 2014 DRAM read 1.3 nJ per 64 b, /8 B
 static_power_w: 12.5            # ASSUMPTION (U): 2 cores' share of a 56-core 350 W Xeon, 350/56 x 2; energy is not measured here
+float_ops_per_s: null           # NOT MEASURED (softmax / layernorm were not timed): null = mac_rate.conv / 4, fp32 lanes 4x int8 (ASSUMPTION U)
+nm_weights: dense               # XLA's CPU dot / convolution take dense operands (no N:M sparse format, U): an N:M layer costs as dense
 fitted_on:                      # the machine timed; hardware.host.host_mismatch warns on any other (hardware/README.md)
   cpu: {json.dumps(str(host.get('cpu')))}  # `host.cpu` of {measurements_path} (/proc/cpuinfo model name)
   flags: {_fitted_flags(host)}  # its CPU flags among hardware.host.KERNEL_FLAGS (those that change XLA's kernels)

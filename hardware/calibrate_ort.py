@@ -248,6 +248,8 @@ storage_bits: [8]               # model.int8.onnx holds 2- and 4-bit tensors in 
 e_mac_j: 0.3e-12                # ASSUMPTION, 45 nm proxy: Horowitz ISSCC 2014 int8 mult 0.2 pJ + int32 add 0.1 pJ
 e_byte_j: 162.5e-12             # ASSUMPTION (U: unverified figure), 45 nm proxy: Horowitz ISSCC 2014 DRAM read 1.3 nJ per 64 b, /8 B
 static_power_w: 12.5            # ASSUMPTION (U): 2 cores' share of a 56-core 350 W Xeon, 350/56 x 2; energy is not measured here
+float_ops_per_s: null           # NOT MEASURED (softmax / layernorm were not timed): null = mac_rate.conv / 4, fp32 lanes 4x int8 (ASSUMPTION U)
+nm_weights: dense               # onnxruntime's QLinearConv / QGemm take dense weights (ONNX sparse initializers are densified at load, U): N:M buys nothing
 {_inference_yaml(inference)}
 fitted_on:                      # the machine timed; hardware.host.host_mismatch warns on any other (hardware/README.md)
   cpu: {json.dumps(str(info.get('cpu')))}  # `host.cpu` of {measurements} (/proc/cpuinfo model name)

@@ -18,6 +18,20 @@ Lookup of ``layer`` at (w_bits, a_bits, cin, cout):
   on MACs, weights and activations (monotone in cin and cout), scaled by the median table/fit ratio over
   the layer's family when the family is in the table (1 otherwise).
 
+Transformer kinds (the table has none; every lookup below is off the table unless a family matches):
+
+* ``linear`` is looked up as a 1x1 convolution over an in_h x 1 map (a token GEMM is one), so with
+  ``off_table="scale"`` it gets the convolution fit; ``matmul`` is heads x that lookup per head (cin in,
+  head_cols out): an activation operand costs what a weight operand of the same shape costs (ASSUMPTION U:
+  BitFusion streams both from its buffers alike).
+* ``softmax`` / ``layernorm``: ``hardware.kinds.OPS_PER_ELEMENT`` ops per value, each costing what one MAC of the
+  table's W8A8 depthwise layers costs (median over them of latency / MACs and energy / MACs: the table's least
+  reused MAC, ASSUMPTION U: BitFusion has no element-wise unit, so these run at the array's worst per-op rate).
+  ``elementwise_latency_s_per_op`` / ``elementwise_energy_j_per_op`` override these.
+
+N:M weights: BitFusion's fusion units are a dense array and the table measured dense layers: an N:M layer
+costs as dense (ASSUMPTION: no zero-skipping, weights stored dense).
+
 References:
   Wang et al., "APQ: Joint Search for Network Architecture, Pruning and Quantization Policy", CVPR 2020
   (the BitFusion table, github.com/mit-han-lab/apq lut/BitFusion_new.b1.dict).
@@ -37,9 +51,10 @@ from typing import Dict, Tuple
 import numpy as np
 from scipy import optimize
 
-from hardware.base import Cost, LayerSpec, broadcast_choices, require_kind, round_up_to_supported
+from hardware.base import ELEMENTWISE_KINDS, Cost, LayerSpec, broadcast_choices, require_kind, round_up_to_supported
+from hardware.kinds import SEQUENCE_KINDS, elementwise_ops
 
-KINDS = ("conv", "dwconv", "dense")
+KINDS = ("conv", "dwconv", "dense") + SEQUENCE_KINDS
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 _KEY = re.compile(r"^(\(.*\))-W(\d+)A(\d+)$")
 
@@ -83,11 +98,14 @@ class LUTModel:
     latency_unit_s: seconds per table latency unit.
     energy_unit_j: joules per table energy unit.
     off_table: ``"error"`` or ``"scale"``: what a layer off the table's measured lines gets (module doc).
+    elementwise_latency_s_per_op, elementwise_energy_j_per_op: cost of one softmax / layernorm operation; None
+      (the default): the median cost of one W8A8 depthwise MAC in the table (module doc).
   """
 
   bits_monotone = False  # the BitFusion table itself has 400 entries where fewer bits cost more energy
 
-  def __init__(self, name: str, table: str, latency_unit_s: float, energy_unit_j: float, off_table: str = "error"):
+  def __init__(self, name: str, table: str, latency_unit_s: float, energy_unit_j: float, off_table: str = "error",
+               elementwise_latency_s_per_op: float | None = None, elementwise_energy_j_per_op: float | None = None):
     self.name = name
     self.table_path = table if os.path.isabs(table) else os.path.join(DATA_DIR, table)
     if not os.path.exists(self.table_path):
@@ -104,6 +122,25 @@ class LUTModel:
     self.bits = tuple(sorted({b for fam in self.families.values() for pair in fam for b in pair}))
     self._fits = self._fit_scaling() if off_table == "scale" else {}
     self._memo: Dict[Tuple, Tuple[float, float]] = {}
+    per_mac = self._depthwise_per_mac()
+    given = (elementwise_latency_s_per_op, elementwise_energy_j_per_op)
+    if per_mac is None and None in given:
+      raise ValueError(f"table {table!r} of {name!r} has no W8A8 depthwise entries to derive the cost of a softmax / "
+                       f"layernorm op from; set elementwise_latency_s_per_op and elementwise_energy_j_per_op.")
+    self.elementwise_latency_s_per_op = (per_mac[0] * self.latency_unit_s if given[0] is None else float(given[0]))
+    self.elementwise_energy_j_per_op = (per_mac[1] * self.energy_unit_j if given[1] is None else float(given[1]))
+    if min(self.elementwise_latency_s_per_op, self.elementwise_energy_j_per_op) < 0:
+      raise ValueError(f"elementwise_latency_s_per_op and elementwise_energy_j_per_op of {name!r} must be >= 0.")
+
+  def _depthwise_per_mac(self):
+    """Median (latency, energy) per MAC, in table units, over the table's W8A8 depthwise entries; None if none."""
+    ratios = []
+    for (kind, k, s, h, w), fam in self.families.items():
+      if kind != "dwconv" or (8, 8) not in fam:
+        continue
+      probe = LayerSpec(kind, 8, 8, k, s, h, w)
+      ratios += [np.asarray(v) / float(probe.macs(ci, co)) for (ci, co), v in fam[(8, 8)].items()]
+    return tuple(float(v) for v in np.median(np.stack(ratios), axis=0)) if ratios else None
 
   def check_bits(self, w_bits, a_bits) -> None:
     round_up_to_supported(w_bits, self.bits, "w_bits", self.name)
@@ -113,6 +150,8 @@ class LUTModel:
   def family_key(layer: LayerSpec) -> Tuple:
     if layer.kind == "dense":
       return ("conv", 1, 1, 1, 1)
+    if layer.kind in ("linear", "matmul"):  # a token GEMM is a 1x1 convolution over an in_h x 1 map
+      return ("conv", 1, 1, layer.in_h, 1)
     return (layer.kind, layer.kernel, layer.stride, layer.in_h, layer.in_w)
 
   def _fit_scaling(self) -> Dict:
@@ -181,6 +220,12 @@ class LUTModel:
   def cost(self, layer: LayerSpec, w_bits, a_bits, cin, cout) -> Cost:
     require_kind(layer, KINDS, self.name)
     w, a, ci, co = broadcast_choices(w_bits, a_bits, cin, cout)
+    if layer.kind in ELEMENTWISE_KINDS:  # bit-widths ignored (module doc)
+      ops = elementwise_ops(layer, ci) + 0.0 * (w + a + co)
+      return Cost(latency_s=ops * self.elementwise_latency_s_per_op, energy_j=ops * self.elementwise_energy_j_per_op)
+    heads = 1.0
+    if layer.kind == "matmul":  # heads x one head's GEMM (cin in, head_cols out)
+      heads, co = layer.heads(co), np.full_like(co, float(layer.head_cols))
     w_run = round_up_to_supported(w, self.bits, "w_bits", self.name)
     a_run = round_up_to_supported(a, self.bits, "a_bits", self.name)
     if layer.kind == "dwconv":
@@ -189,6 +234,6 @@ class LUTModel:
     unique, inverse = np.unique(combos, axis=0, return_inverse=True)
     values = np.asarray([self.lookup(layer, int(u[0]), int(u[1]), float(u[2]), float(u[3])) for u in unique])
     values = values.reshape(-1, 2)[inverse.ravel()]
-    latency = values[:, 0].reshape(w.shape) * self.latency_unit_s
-    energy = values[:, 1].reshape(w.shape) * self.energy_unit_j
+    latency = heads * values[:, 0].reshape(w.shape) * self.latency_unit_s
+    energy = heads * values[:, 1].reshape(w.shape) * self.energy_unit_j
     return Cost(latency_s=latency, energy_j=energy)

@@ -10,7 +10,20 @@ A core without sub-byte SIMD (GAP8) is the same model with an int8-only table: s
 packed in L2 (fewer DMA bytes) and unpacked in L1 at a cost of cycles per element, so going below 8 bits
 saves transfers but no compute.
 
+Transformer kinds: ``linear`` is the MAC loop over ``in_h`` tokens; ``matmul``'s second operand (keys /
+values, at ``w_bits``) lives in L2 like a weight tensor (it was written there by the layer that made it) and
+is DMA'd and tiled the same way, at the table's (a_bits, w_bits) rate. ``softmax`` and ``layernorm`` are
+integer (fixed-point) vector work, ``hardware.kinds.OPS_PER_ELEMENT`` ops per value at
+``elementwise_ops_per_cycle`` (I-BERT-style polynomial exp and integer square root: these cores have no
+floating-point SIMD path assumed), each value moved L2 -> L1 and back at 16 bits (ASSUMPTION U).
+
+N:M weights: compute is unchanged (the MAC table is for dense kernels; no N:M kernel is assumed); where the
+model has a memory term (``dma_bytes_per_cycle``), the weights move L2 -> L1 at their compressed size (kept
+values plus index bits, ``hardware.kinds.stored_weight_bits``): fewer DMA bytes and DMA energy, and a
+smaller L1 footprint. Without a memory term (PLiNIO's compute-only MPIC) the pattern buys nothing.
+
 References:
+  Kim et al., "I-BERT: Integer-only BERT Quantization", ICML 2021 (integer-only softmax and layernorm).
   Ottavi et al., "A Mixed-Precision RISC-V Processor for Extreme-Edge DNN Inference", ISVLSI 2020
   (arXiv 2010.04073); the MAC/cycle table as used by PLiNIO's ``plinio/cost/mpic_latency.py`` (commit 3d6b5e0).
   Burrello et al., "DORY: Automatic End-to-End Deployment of Real-World DNNs on Low-Cost IoT MCUs",
@@ -23,11 +36,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from hardware.base import Cost, LayerSpec, broadcast_choices, require_kind, round_up_to_supported
+from hardware.base import ELEMENTWISE_KINDS, Cost, LayerSpec, broadcast_choices, require_kind, round_up_to_supported
+from hardware.kinds import SEQUENCE_KINDS, elementwise_bytes, elementwise_ops, stored_weight_bits
 
 __all__ = ["MacTableRISCV", "MPIC", "round_up_to_supported"]
 
-KINDS = ("conv", "dwconv", "dense")
+KINDS = ("conv", "dwconv", "dense") + SEQUENCE_KINDS
+ELEMENTWISE_BITS = 16  # ASSUMPTION (U): 16-bit fixed-point values in and out of softmax / layernorm
 
 
 class MacTableRISCV:
@@ -53,13 +68,16 @@ class MacTableRISCV:
     unpack_cycles_per_element: cycles to unpack one sub-byte element (weights once, inputs per im2col use).
     layer_overhead_cycles: fixed cycles per layer (kernel call, DMA set-up).
     overlap_dma: True for double-buffered DMA (max of compute and DMA), False to add them.
+    elementwise_ops_per_cycle: integer vector ops per cycle of softmax / layernorm (default 1: one
+      single-issue core).
   """
 
   def __init__(self, name: str, bits: Sequence[int], macs_per_cycle: Sequence[Sequence[float]],
                freq_hz: float, power_w: float, storage_bits: Optional[Sequence[int]] = None,
                l1_bytes: Optional[float] = None, dma_bytes_per_cycle: Optional[float] = None,
                e_dma_byte_j: float = 0.0, unpack_cycles_per_element: float = 0.0,
-               layer_overhead_cycles: float = 0.0, overlap_dma: bool = True):
+               layer_overhead_cycles: float = 0.0, overlap_dma: bool = True,
+               elementwise_ops_per_cycle: float = 1.0):
     self.name = name
     self.bits = tuple(int(b) for b in bits)
     self.table = np.asarray([[float(v) for v in row] for row in macs_per_cycle], dtype=np.float64)
@@ -87,6 +105,10 @@ class MacTableRISCV:
       raise ValueError(f"e_dma_byte_j, unpack_cycles_per_element and layer_overhead_cycles of {name!r} "
                        "must be >= 0.")
     self.overlap_dma = bool(overlap_dma)
+    self.elementwise_ops_per_cycle = float(elementwise_ops_per_cycle)
+    if not self.elementwise_ops_per_cycle > 0:
+      raise ValueError(f"elementwise_ops_per_cycle={elementwise_ops_per_cycle} of {name!r} must be > 0 (e.g. 1 for "
+                       f"one single-issue core, the core count for a cluster).")
 
   @property
   def bits_monotone(self) -> bool:
@@ -109,6 +131,8 @@ class MacTableRISCV:
     """Cycles of the MAC loop plus unpacking of sub-byte data (no DMA, no overhead)."""
     require_kind(layer, KINDS, self.name)
     w, a, ci, co = broadcast_choices(w_bits, a_bits, cin, cout)
+    if layer.kind in ELEMENTWISE_KINDS:  # bit-widths ignored: fixed-point vector work
+      return elementwise_ops(layer, ci) / self.elementwise_ops_per_cycle + 0.0 * (w + a + co)
     w_run, a_run, w_store, a_store = self._precisions(w, a)
     wi = np.searchsorted(self.bits, w_run)
     ai = np.searchsorted(self.bits, a_run)
@@ -117,7 +141,7 @@ class MacTableRISCV:
       # Weights are unpacked once; each input element is unpacked every time im2col reads it (k^2 / s^2).
       reuse = layer.kernel * layer.kernel / float(layer.stride * layer.stride)
       unpacked = (layer.weight_count(ci, co) * (w_store < w_run)
-                  + layer.input_count(ci) * reuse * (a_store < a_run))
+                  + layer.input_count(ci, co) * reuse * (a_store < a_run))
       cycles = cycles + self.unpack_cycles_per_element * unpacked
     return cycles
 
@@ -125,9 +149,13 @@ class MacTableRISCV:
     """Bytes the DMA moves between L2 and L1 for one image, at the storage precision."""
     require_kind(layer, KINDS, self.name)
     w, a, ci, co = broadcast_choices(w_bits, a_bits, cin, cout)
+    if layer.kind in ELEMENTWISE_KINDS:  # rows stream through L1 in tiles: each value moves once each way
+      return elementwise_bytes(layer, ci, ELEMENTWISE_BITS) + 0.0 * (w + a + co)
     _, _, w_store, a_store = self._precisions(w, a)
+    if layer.nm is not None:
+      w_store = stored_weight_bits(layer, w_store)  # kept values plus index bits; compute stays dense
     weights = layer.weight_count(ci, co) * w_store / 8.0
-    inputs = layer.input_count(ci) * a_store / 8.0
+    inputs = layer.input_count(ci, co) * a_store / 8.0
     outputs = layer.output_count(co) * a_store / 8.0  # requantised to this layer's activation precision
     if self.l1_bytes is None:
       return weights + inputs + outputs
