@@ -3,8 +3,11 @@
 Checks: the preset instantiates as a cost model named after its file, with and without Hydra's
 ``_convert_="all"``; over a grid of choices its costs are finite, non-negative (latency positive) and
 broadcast; latency never falls as channels grow; cost never rises as bits fall where the model declares
-``bits_monotone = True``; an unknown layer kind raises; bit-widths it cannot run raise naming
-``w_bits``/``a_bits`` while 2..8 bits run; every constant in the YAML has a comment citing its source.
+``bits_monotone = True``; the same over the transformer kinds (``linear``, ``matmul``, ``softmax``,
+``layernorm``), SKIPped when the model raises ValueError naming the kind for all four (a CNN-only model); a
+2:4 and a 1:4 version of a conv, dense and linear layer never cost more than the dense one; an unknown layer
+kind raises; bit-widths it cannot run raise naming ``w_bits``/``a_bits`` while 2..8 bits run; every constant in
+the YAML has a comment citing its source.
 ``tests/hardware/test_conformance.py`` calls these same functions on ``conf/hardware/*.yaml``.
 
 Usage (the module of the preset's ``_target_`` must be importable):
@@ -34,6 +37,16 @@ LAYERS = (
     LayerSpec("dwconv", 64, 64, 3, 2, 16, 16, name="dw3x3"),
     LayerSpec("dense", 256, 10, name="fc"),
 )
+# The transformer kinds: one encoder block's shapes (17 tokens). The matmul has 32 columns per head so that its
+# cout grid (heads x 32) and the bits_monotone check's 32 / 64 channels stay on tensor-core multiples.
+TRANSFORMER_LAYERS = (
+    LayerSpec("linear", 64, 128, in_h=17, name="linear"),
+    LayerSpec("matmul", 32, 64, in_h=17, head_cols=32, name="matmul"),
+    LayerSpec("softmax", 68, 68, in_h=17, name="softmax"),
+    LayerSpec("layernorm", 64, 64, in_h=17, name="layernorm"),
+)
+SPARSE_LAYERS = (LAYERS[0], LAYERS[3], TRANSFORMER_LAYERS[0])  # conv3x3, fc, linear: each at 2:4 and 1:4
+NOT_MODELLED = "transformer kinds not modelled"
 BITS = (2, 3, 4, 5, 6, 7, 8)  # the search's bit-width range: every model must run it
 CIN = (8, 16, 24, 32, 64)
 COUT = (8, 16, 32, 48, 64)
@@ -110,10 +123,18 @@ def _cout(layer: LayerSpec) -> int:
   return 16 if layer.kind == "dwconv" else 32
 
 
+def grid_channels(layer: LayerSpec, cin=CIN, cout=COUT):
+  """(cin, cout) candidates for a layer: a matmul's cout is heads x head_cols, so 1..4 heads of it."""
+  if layer.kind == "matmul":
+    return cin, tuple(h * layer.head_cols for h in (1, 2, 3, 4))
+  return cin, cout
+
+
 def check_grid(model, layer: LayerSpec) -> None:
   """Over the choice grid: broadcast shapes, finite values, latency > 0, energy >= 0; a direct call agrees."""
-  c = choice_grid(model, layer, BITS, BITS, CIN, COUT)
-  shape = (len(BITS), len(BITS), len(CIN), 1 if layer.kind == "dwconv" else len(COUT))
+  cin, cout = grid_channels(layer)
+  c = choice_grid(model, layer, BITS, BITS, cin, cout)
+  shape = (len(BITS), len(BITS), len(cin), 1 if layer.kind == "dwconv" else len(cout))
   _require(c.latency_s.shape == c.energy_j.shape == shape,
            f"{layer.name}: grid costs have shapes {c.latency_s.shape}, {c.energy_j.shape}, expected {shape}.")
   _require(np.all(np.isfinite(c.latency_s)) and np.all(np.isfinite(c.energy_j)),
@@ -142,7 +163,7 @@ def channel_values(model):
 
 def check_channels(model, layer: LayerSpec) -> None:
   """Latency never falls as cin or cout grow (except across a CPU's few-channel fallback)."""
-  cin, cout = channel_values(model)
+  cin, cout = grid_channels(layer, *channel_values(model))
   lat = choice_grid(model, layer, [4, 8], [4, 8], cin, cout).latency_s
   _require(np.all(np.diff(lat, axis=2) >= -1e-12 * lat[:, :, 1:, :]),
            f"{layer.name}: latency falls as cin grows over {list(cin)}.")
@@ -168,6 +189,33 @@ def check_bits_monotone(model, layer: LayerSpec) -> Optional[str]:
     _require(np.all(np.diff(arr, axis=1) >= -1e-12 * arr[:, 1:]), f"{layer.name}: {label} falls as activation "
                                                                   f"bits rise although bits_monotone = True.")
   return None
+
+
+def transformer_skip(model) -> Optional[str]:
+  """``NOT_MODELLED`` if the model raises ValueError naming the kind for every transformer kind (a CNN-only
+  model: its transformer checks are skipped, not failed); None otherwise (a kind that raises then fails)."""
+  for layer in TRANSFORMER_LAYERS:
+    try:
+      model.cost(layer, 8, 8, layer.cin, layer.cout)
+    except ValueError as e:
+      if re.search(rf"\b{layer.kind}\b", str(e)):
+        continue
+    return None
+  return NOT_MODELLED
+
+
+def check_sparsity(model, layer: LayerSpec) -> None:
+  """A 2:4 and a 1:4 version of ``layer`` cost no more than the dense one (latency and energy) over the grid,
+  with finite, non-negative costs of the grid's broadcast shape."""
+  dense = choice_grid(model, layer, BITS, BITS, CIN, COUT)
+  for nm in ((2, 4), (1, 4)):
+    sparse = choice_grid(model, dataclasses.replace(layer, nm=nm), BITS, BITS, CIN, COUT)
+    _require(sparse.latency_s.shape == dense.latency_s.shape, f"{layer.name} at {nm[0]}:{nm[1]}: grid shape "
+                                                              f"{sparse.latency_s.shape}, expected {dense.latency_s.shape}.")
+    for label, s, d in (("latency", sparse.latency_s, dense.latency_s), ("energy", sparse.energy_j, dense.energy_j)):
+      _require(np.all(s <= d * (1 + 1e-12)), f"{layer.name} at {nm[0]}:{nm[1]}: {label} exceeds the dense layer's "
+                                             f"(max ratio {np.max(s / np.maximum(d, 1e-300)):.4g}); an N:M pattern "
+                                             f"must never cost more than dense (store it dense if that is smaller).")
 
 
 def check_inference_cost(model) -> None:
@@ -258,10 +306,16 @@ def run_checks(path: str) -> List[Outcome]:
   except Exception as e:
     return [Outcome("FAIL", "instantiates", " ".join(f"{type(e).__name__}: {e}".split()))]
   checks = [("protocol", lambda: check_protocol(model, path)), ("convert_all", lambda: check_convert_all(model, path))]
-  for layer in LAYERS:
-    checks += [(f"grid[{layer.name}]", lambda l=layer: check_grid(model, l)),
-               (f"channels[{layer.name}]", lambda l=layer: check_channels(model, l)),
-               (f"bits_monotone[{layer.name}]", lambda l=layer: check_bits_monotone(model, l))]
+  skip = transformer_skip(model)
+  unless_skipped = lambda run: (lambda: skip or run())  # noqa: E731 (a SKIP reason, or the check's own result)
+  for layer in LAYERS + TRANSFORMER_LAYERS:
+    guard = unless_skipped if layer in TRANSFORMER_LAYERS else (lambda run: run)
+    checks += [(f"grid[{layer.name}]", guard(lambda l=layer: check_grid(model, l))),
+               (f"channels[{layer.name}]", guard(lambda l=layer: check_channels(model, l))),
+               (f"bits_monotone[{layer.name}]", guard(lambda l=layer: check_bits_monotone(model, l)))]
+  for layer in SPARSE_LAYERS:
+    guard = unless_skipped if layer in TRANSFORMER_LAYERS else (lambda run: run)
+    checks += [(f"sparsity[{layer.name}]", guard(lambda l=layer: check_sparsity(model, l)))]
   checks += [("inference_cost", lambda: check_inference_cost(model)),
              ("unknown_kind", lambda: check_unknown_kind(model)), ("bad_bits", lambda: check_bad_bits(model)),
              ("sources", lambda: check_sources(path))]

@@ -69,10 +69,37 @@ def test_shipped_preset_passes_from_the_command_line():
 
 
 def test_readme_plugin_passes_every_check(tmp_path, monkeypatch, capsys):
+  # The README plugin is CNN-only: it raises (require_kind) for linear, matmul, softmax and layernorm, so their
+  # 12 checks (grid, channels, bits_monotone each) and sparsity[linear] are SKIPped, deliberately, not failed;
+  # everything else passes, including 2:4 / 1:4 conv and dense layers (it ignores nm: they cost as dense).
   path = write_preset(tmp_path, monkeypatch, "goodhw")
   assert check.main([path]) == 0
   out = capsys.readouterr().out
-  assert "FAIL" not in out and "SKIP" not in out and "myhw: 19 passed, 0 failed, 0 skipped" in out
+  assert "FAIL" not in out and "myhw: 21 passed, 0 failed, 13 skipped" in out
+  skipped = [l for l in out.splitlines() if l.startswith("SKIP")]
+  assert all(l.endswith(": transformer kinds not modelled") for l in skipped), skipped
+  assert "SKIP myhw grid[matmul]: transformer kinds not modelled" in skipped
+  assert "PASS myhw sparsity[conv3x3]" in out and "PASS myhw sparsity[fc]" in out
+
+
+def test_a_model_raising_for_only_some_transformer_kinds_fails_them(tmp_path, monkeypatch, capsys):
+  # Costs linear and matmul like the plugin does but raises for the element-wise kinds: not "not modelled",
+  # so the element-wise checks fail naming the layer.
+  kinds = 'require_kind(layer, ("conv", "dwconv", "dense", "linear", "matmul"), self.name)'
+  path = write_preset(tmp_path, monkeypatch, "partialhw", BREAK_KIND=kinds)
+  assert check.main([path]) == 1
+  out = capsys.readouterr().out
+  fails = {l.split(":")[0] for l in out.splitlines() if l.startswith("FAIL")}
+  assert fails == {f"FAIL myhw {c}[{k}]" for c in ("grid", "channels", "bits_monotone") for k in ("softmax", "layernorm")}
+  assert "PASS myhw grid[linear]" in out and "PASS myhw sparsity[linear]" in out
+
+
+def test_sparse_layer_costing_more_than_dense_fails_the_sparsity_check(tmp_path, monkeypatch, capsys):
+  path = write_preset(tmp_path, monkeypatch, "dearhw", BREAK_LATENCY="latency = latency * (2.0 if layer.nm else 1.0)")
+  assert check.main([path]) == 1
+  fails = [l for l in capsys.readouterr().out.splitlines() if l.startswith("FAIL")]
+  assert [l.split(":")[0] for l in fails] == ["FAIL myhw sparsity[conv3x3]", "FAIL myhw sparsity[fc]"], fails
+  assert "never cost more than dense" in fails[0]
 
 
 def test_the_readme_example_verbatim_passes(tmp_path, monkeypatch, capsys):
@@ -95,7 +122,12 @@ def test_unknown_kind_costed_zero_fails_the_unknown_kind_check(tmp_path, monkeyp
   path = write_preset(tmp_path, monkeypatch, "silenthw", BREAK_KIND=silent)
   assert check.main([path]) == 1
   fails = [l for l in capsys.readouterr().out.splitlines() if l.startswith("FAIL")]
-  assert len(fails) == 1 and fails[0].startswith("FAIL myhw unknown_kind:") and "require_kind" in fails[0]
+  unknown = [l for l in fails if l.startswith("FAIL myhw unknown_kind:")]
+  assert len(unknown) == 1 and "require_kind" in unknown[0]
+  # The same silent zero also costs the transformer kinds nothing (it does not raise for them), so their grid
+  # checks fail too: a free layer is the bug either way.
+  assert sorted(l.split(":")[0] for l in fails if l not in unknown) == sorted(
+      f"FAIL myhw grid[{k}]" for k in ("linear", "matmul", "softmax", "layernorm"))
 
 
 def test_missing_file_exits_2_with_one_sentence_and_no_traceback(tmp_path):

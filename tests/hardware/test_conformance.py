@@ -13,7 +13,8 @@ from hardware import check
 CONF = pathlib.Path(__file__).resolve().parents[2] / "conf" / "hardware"
 PRESETS = sorted(CONF.glob("*.yaml"))
 IDS = [p.stem for p in PRESETS]
-LAYER_IDS = [l.name for l in check.LAYERS]
+LAYERS = check.LAYERS + check.TRANSFORMER_LAYERS  # every shipped model costs the transformer kinds
+LAYER_IDS = [l.name for l in LAYERS]
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,23 +35,34 @@ def test_also_instantiates_without_convert_all(path):
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=IDS)
-@pytest.mark.parametrize("layer", check.LAYERS, ids=LAYER_IDS)
+@pytest.mark.parametrize("layer", LAYERS, ids=LAYER_IDS)
 def test_grid_is_finite_nonnegative_and_broadcast(path, layer):
   check.check_grid(load(path), layer)
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=IDS)
-@pytest.mark.parametrize("layer", check.LAYERS, ids=LAYER_IDS)
+@pytest.mark.parametrize("layer", LAYERS, ids=LAYER_IDS)
 def test_latency_non_decreasing_in_channels(path, layer):
   check.check_channels(load(path), layer)
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=IDS)
-@pytest.mark.parametrize("layer", check.LAYERS, ids=LAYER_IDS)
+@pytest.mark.parametrize("layer", LAYERS, ids=LAYER_IDS)
 def test_cost_non_increasing_as_bits_go_down_where_the_hardware_gains(path, layer):
   skipped = check.check_bits_monotone(load(path), layer)
   if skipped:
     pytest.skip(skipped)
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=IDS)
+def test_every_shipped_model_costs_the_transformer_kinds(path):
+  assert check.transformer_skip(load(path)) is None
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=IDS)
+@pytest.mark.parametrize("layer", check.SPARSE_LAYERS, ids=[l.name for l in check.SPARSE_LAYERS])
+def test_nm_sparse_layers_never_cost_more_than_dense(path, layer):
+  check.check_sparsity(load(path), layer)
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=IDS)
@@ -76,5 +88,5 @@ def test_every_constant_cites_a_source(path):
 
 def test_the_suite_runs_every_check_this_file_runs():
   names = {o.check.split("[")[0] for o in check.run_checks(str(CONF / "riscv.yaml"))}
-  assert names == {"instantiates", "protocol", "convert_all", "grid", "channels", "bits_monotone",
+  assert names == {"instantiates", "protocol", "convert_all", "grid", "channels", "bits_monotone", "sparsity",
                    "inference_cost", "unknown_kind", "bad_bits", "sources"}
