@@ -200,6 +200,8 @@ def transformer_skip(model) -> Optional[str]:
     except ValueError as e:
       if re.search(rf"\b{layer.kind}\b", str(e)):
         continue
+    except Exception:  # a crash: not "not modelled"; the checks themselves report it as a FAIL
+      pass
     return None
   return NOT_MODELLED
 
@@ -307,15 +309,16 @@ def run_checks(path: str) -> List[Outcome]:
     return [Outcome("FAIL", "instantiates", " ".join(f"{type(e).__name__}: {e}".split()))]
   checks = [("protocol", lambda: check_protocol(model, path)), ("convert_all", lambda: check_convert_all(model, path))]
   skip = transformer_skip(model)
-  unless_skipped = lambda run: (lambda: skip or run())  # noqa: E731 (a SKIP reason, or the check's own result)
+
+  def guarded(layer, run):  # a transformer layer's check returns the SKIP reason when the model has none of them
+    return (lambda: skip or run()) if layer in TRANSFORMER_LAYERS else run
+
   for layer in LAYERS + TRANSFORMER_LAYERS:
-    guard = unless_skipped if layer in TRANSFORMER_LAYERS else (lambda run: run)
-    checks += [(f"grid[{layer.name}]", guard(lambda l=layer: check_grid(model, l))),
-               (f"channels[{layer.name}]", guard(lambda l=layer: check_channels(model, l))),
-               (f"bits_monotone[{layer.name}]", guard(lambda l=layer: check_bits_monotone(model, l)))]
-  for layer in SPARSE_LAYERS:
-    guard = unless_skipped if layer in TRANSFORMER_LAYERS else (lambda run: run)
-    checks += [(f"sparsity[{layer.name}]", guard(lambda l=layer: check_sparsity(model, l)))]
+    checks += [(f"grid[{layer.name}]", guarded(layer, lambda l=layer: check_grid(model, l))),
+               (f"channels[{layer.name}]", guarded(layer, lambda l=layer: check_channels(model, l))),
+               (f"bits_monotone[{layer.name}]", guarded(layer, lambda l=layer: check_bits_monotone(model, l)))]
+  checks += [(f"sparsity[{layer.name}]", guarded(layer, lambda l=layer: check_sparsity(model, l)))
+             for layer in SPARSE_LAYERS]
   checks += [("inference_cost", lambda: check_inference_cost(model)),
              ("unknown_kind", lambda: check_unknown_kind(model)), ("bad_bits", lambda: check_bad_bits(model)),
              ("sources", lambda: check_sources(path))]

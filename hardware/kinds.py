@@ -66,7 +66,3 @@ def fits_2to4(nm) -> bool:
   n, m = nm
   return (m in (2, 4) and n * 4 <= 2 * m) or (m % 4 == 0 and n <= 2)
 
-
-def per_head(layer: LayerSpec, co):
-  """``matmul``: (heads, head_cols) at ``co`` output columns; heads = co / head_cols."""
-  return layer.heads(co), float(layer.head_cols)
