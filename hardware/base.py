@@ -211,13 +211,14 @@ def broadcast_choices(w_bits, a_bits, cin, cout):
 def choice_grid(model: CostModel, layer: LayerSpec, w_bits, a_bits, cin, cout) -> Cost:
   """Cost over the outer product of candidate lists: arrays of shape (len(w), len(a), len(cin), len(cout)).
 
-  For a depthwise layer, ``cout`` is ignored: output channels follow input channels, and the grid's
-  last axis has length 1.
+  For a depthwise or an element-wise layer (softmax, layernorm), ``cout`` is ignored: output channels follow
+  input channels, and the grid's last axis has length 1.
   """
   w = np.asarray(w_bits, dtype=np.float64).reshape(-1, 1, 1, 1)
   a = np.asarray(a_bits, dtype=np.float64).reshape(1, -1, 1, 1)
   ci = np.asarray(cin, dtype=np.float64).reshape(1, 1, -1, 1)
-  co = ci if layer.kind == "dwconv" else np.asarray(cout, dtype=np.float64).reshape(1, 1, 1, -1)
+  tied = layer.kind in ("dwconv",) + ELEMENTWISE_KINDS  # one channel count: cout follows cin
+  co = ci if tied else np.asarray(cout, dtype=np.float64).reshape(1, 1, 1, -1)
   model.check_bits(w, a)
   c = model.cost(layer, w, a, ci, co)
   shape = np.broadcast_shapes(w.shape, a.shape, ci.shape, co.shape)

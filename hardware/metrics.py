@@ -26,9 +26,9 @@ def weight_bytes(layer: LayerSpec, w_bits, cin=None, cout=None) -> np.ndarray:
   return count * layer.density * bits / 8.0
 
 
-def input_bytes(layer: LayerSpec, a_bits, cin=None) -> np.ndarray:
-  """Bytes of one image's packed input activations at ``a_bits``."""
-  return layer.input_count(cin) * np.asarray(a_bits, dtype=np.float64) / 8.0
+def input_bytes(layer: LayerSpec, a_bits, cin=None, cout=None) -> np.ndarray:
+  """Bytes of one image's packed input activations at ``a_bits`` (``cout`` sets a matmul's heads)."""
+  return layer.input_count(cin, cout) * np.asarray(a_bits, dtype=np.float64) / 8.0
 
 
 def output_bytes(layer: LayerSpec, out_bits, cout=None) -> np.ndarray:
@@ -82,6 +82,6 @@ def activation_peak_bytes(layers: Sequence[LayerSpec], a_bits: Sequence, out_bit
     cout = None if couts is None else couts[i]
     if layer.kind == "dwconv" and cout is None:
       cout = cin  # depthwise output channels follow its input channels
-    total = input_bytes(layer, a_bits[i], cin) + output_bytes(layer, out_bits[i], cout)
+    total = input_bytes(layer, a_bits[i], cin, cout) + output_bytes(layer, out_bits[i], cout)
     peak = total if peak is None else np.maximum(peak, total)
   return np.asarray(peak, dtype=np.float64)

@@ -67,3 +67,30 @@ def test_nm_weight_bytes_count_kept_values_and_their_indices():
 def test_malformed_specs_raise_naming_the_field(kwargs, words):
   with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
     LayerSpec(**kwargs)
+
+
+def test_choice_grid_ties_an_elementwise_layers_channels():
+  """A softmax over heads x T columns has one channel count: the grid's cout axis has length 1 and follows cin."""
+  import numpy as np
+  from hardware.base import Cost, choice_grid
+
+  class Counter:  # costs a layer at 1 s per element: independent of the models under test
+    name = "counter"
+
+    def check_bits(self, w, a):
+      pass
+
+    def cost(self, layer, w, a, cin, cout):
+      assert np.array_equal(np.broadcast_to(cin, np.broadcast_shapes(np.shape(cin), np.shape(cout))),
+                            np.broadcast_to(cout, np.broadcast_shapes(np.shape(cin), np.shape(cout))))
+      e = layer.elements(cin) + 0 * (w + a)
+      return Cost(e, e)
+
+  sm = LayerSpec("softmax", H * T, H * T, in_h=T)
+  c = choice_grid(Counter(), sm, [8], [8], [2 * T, 4 * T], [999])
+  assert c.latency_s.shape == (1, 1, 2, 1)
+  assert c.latency_s.ravel().tolist() == [T * 2 * T, T * 4 * T]
+  # activation_peak_bytes counts a matmul's first operand at the heads its couts give.
+  qk = LayerSpec("matmul", D, H * T, in_h=T, head_cols=T)
+  half = metrics.activation_peak_bytes([qk], [8], [8], couts=[2 * T])
+  assert float(half) == T * 2 * D + T * 2 * T  # Q of 2 heads in, 2 heads' scores out, at 8 bits
