@@ -28,7 +28,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from hardware.base import CostModel, LayerSpec, choice_grid, inference_cost
+from hardware.base import ELEMENTWISE_KINDS, CostModel, LayerSpec, choice_grid, inference_cost
 from hardware.host import host_mismatch
 
 LAYERS = (
@@ -120,7 +120,7 @@ def check_convert_all(model, path: str) -> None:
 
 
 def _cout(layer: LayerSpec) -> int:
-  return 16 if layer.kind == "dwconv" else 32
+  return 16 if layer.kind in ("dwconv",) + ELEMENTWISE_KINDS else 32  # one channel count: cout follows cin
 
 
 def grid_channels(layer: LayerSpec, cin=CIN, cout=COUT):
@@ -134,7 +134,7 @@ def check_grid(model, layer: LayerSpec) -> None:
   """Over the choice grid: broadcast shapes, finite values, latency > 0, energy >= 0; a direct call agrees."""
   cin, cout = grid_channels(layer)
   c = choice_grid(model, layer, BITS, BITS, cin, cout)
-  shape = (len(BITS), len(BITS), len(cin), 1 if layer.kind == "dwconv" else len(cout))
+  shape = (len(BITS), len(BITS), len(cin), 1 if layer.kind in ("dwconv",) + ELEMENTWISE_KINDS else len(cout))
   _require(c.latency_s.shape == c.energy_j.shape == shape,
            f"{layer.name}: grid costs have shapes {c.latency_s.shape}, {c.energy_j.shape}, expected {shape}.")
   _require(np.all(np.isfinite(c.latency_s)) and np.all(np.isfinite(c.energy_j)),
