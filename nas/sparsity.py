@@ -16,7 +16,9 @@ all-zero group keeps its first N rows).
 SR-STE: the forward pass uses W * mask; the backward pass hands the dense gradient g of the sparse weights to
 every weight (straight-through, so pruned weights keep learning and can come back) plus the sparse-refined
 decay lambda_W * (1 - mask) * W, which pulls pruned weights towards zero and so keeps the mask from
-oscillating: dL/dW = g + lambda_W (1 - mask) W.
+oscillating: dL/dW = g + lambda_W (1 - mask) W. The paper trains with SGD; under Adam (this project's
+weights optimiser) the decay term is normalised with the rest of the gradient, so lambda_W does not act as
+it does under SGD (not measured here).
 
 References:
   Zhou, Ma, Zhu, Liu, Zhang, Yuan, Sun, Li, "Learning N:M Fine-grained Structured Sparse Neural Networks From
@@ -75,7 +77,8 @@ def nm_mask(w: jax.Array, n: int, m: int) -> jax.Array:
   """
   n, m = check_pattern((n, m))
   if w.ndim < 2:
-    raise ValueError(f"nm_mask needs a kernel with its output columns on the last axis (rank >= 2), got shape {w.shape}.")
+    raise ValueError(f"nm_mask needs a kernel with its output columns on the last axis (rank >= 2), "
+                     f"got shape {w.shape}.")
   cout = w.shape[-1]
   a = jnp.abs(jax.lax.stop_gradient(w)).reshape(-1, cout)
   rows = a.shape[0]

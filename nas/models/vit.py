@@ -49,7 +49,7 @@ class Attention(nnx.Module):
   with searchable bits. Scores and softmax are computed in float32.
   """
 
-  def __init__(self, net: "ViT", name: str, embed: int, heads: int, head_dim: int, tokens: int, rngs: nnx.Rngs):
+  def __init__(self, net: "ViT", name: str, embed: int, heads: int, head_dim: int, tokens: int):
     self.heads_key = net.heads_choice(f"{name}.heads", heads)
     self.max_heads = net.max_channels(self.heads_key)
     self.head_dim = head_dim
@@ -59,8 +59,9 @@ class Attention(nnx.Module):
     self.k = net.linear(f"{name}.k", embed, width, tokens, groups=self.max_heads, cout_axis=heads_axis)
     self.v = net.linear(f"{name}.v", embed, width, tokens, groups=self.max_heads, cout_axis=heads_axis)
     s = net.space
-    self.qk_keys = (net.bits_choice(f"{name}.qk.a_bits", None, s.a_bits), net.bits_choice(f"{name}.qk.w_bits", None, s.a_bits))
-    self.av_keys = (net.bits_choice(f"{name}.av.a_bits", None, s.a_bits), net.bits_choice(f"{name}.av.w_bits", None, s.a_bits))
+    # (name, bits) of each matmul's first and second operand: Q and K, then the softmax output and V.
+    self.qk_keys = tuple(net.bits_choice(f"{name}.qk.{op}", None, s.a_bits) for op in ("a_bits", "w_bits"))
+    self.av_keys = tuple(net.bits_choice(f"{name}.av.{op}", None, s.a_bits) for op in ("a_bits", "w_bits"))
     self.q_act = ActQuantizer(self.qk_keys[0][1], signed=True)
     self.k_act = ActQuantizer(self.qk_keys[1][1], signed=True)
     self.p_act = ActQuantizer(self.av_keys[0][1], signed=False)  # probabilities: unsigned
@@ -104,7 +105,7 @@ class Block(nnx.Module):
   def __init__(self, net: "ViT", name: str, embed: int, heads: int, mlp: int, tokens: int, mlp_groups: int,
                rngs: nnx.Rngs):
     self.ln1 = layer_norm(embed, rngs)
-    self.attn = Attention(net, f"{name}.attn", embed, heads, embed // heads, tokens, rngs)
+    self.attn = Attention(net, f"{name}.attn", embed, heads, embed // heads, tokens)
     self.ln2 = layer_norm(embed, rngs)
     self.hidden_key = net.width_choice(f"{name}.mlp.width", mlp)
     hidden = net.max_channels(self.hidden_key)
@@ -139,7 +140,10 @@ class ViT(Supernet):
       bits of the softmax output and of V (a matmul's "weights" are its second operand, as in LayerSpec).
   With ``search.quantize=False`` every bit choice is float, every linear dense and no group prunable: a plain
   float ViT (a teacher). Bit choices follow ``search.method`` (Gumbel or SDQ); heads, widths and N:M are
-  Gumbel choices.
+  Gumbel choices. ``search.per_channel_w`` has no effect here: the linears' bits are per group, and the patch
+  embedding and classifier have fixed bits. ``search.channel_multiple`` rounds the MLP widths, not the heads.
+  Before any search step, "argmax" breaks the ties of uniform Gumbel logits towards the first candidate, which
+  for group bits is 0 (pruned): derive or evaluate "argmax" only after the architecture has trained.
 
   Args:
     space: the candidates.
@@ -169,7 +173,8 @@ class ViT(Supernet):
                nm_decay: float = sparsity.SRSTE_DECAY, input_signed: bool = False):
     h, w, c = (int(v) for v in input_shape)
     if patch < 1 or h % patch or w % patch:
-      raise ValueError(f"model.args.patch={patch} must divide the image sides {h}x{w}; e.g. 7 for 28x28, 2 or 4 for 8x8.")
+      raise ValueError(f"model.args.patch={patch} must divide the image sides {h}x{w}; e.g. 7 for 28x28, "
+                       f"2 or 4 for 8x8.")
     if heads < 1 or embed % heads:
       raise ValueError(f"model.args.heads={heads} must be >= 1 and divide model.args.embed={embed}.")
     if pool not in ("cls", "mean"):
@@ -180,7 +185,10 @@ class ViT(Supernet):
     self.pool = pool
     self.embed = embed
     self.nm_decay = float(nm_decay)
-    patterns = tuple(sparsity.nm_code(p) for p in nm_patterns) if space.quantize else ()
+    try:
+      patterns = tuple(sparsity.nm_code(p) for p in nm_patterns) if space.quantize else ()
+    except ValueError as e:
+      raise ValueError(f"model.args.nm_patterns={nm_patterns!r}: {e}") from None
     self.nm_values = (sparsity.DENSE,) + tuple(sorted(set(patterns)))
     self.group_w_bits = ((PRUNED,) if prune_groups else ()) + space.w_bits
     self._cost_axes = {}  # layer name -> (cin axis, cout axis, group size) of the linears
@@ -289,7 +297,11 @@ class ViT(Supernet):
     return out
 
   def qlayers(self) -> list[QLayer]:
-    return [self.patch] + [l for b in self.blocks for l in (b.attn.q, b.attn.k, b.attn.v, b.attn.proj, b.fc1, b.fc2)] + [self.head]
+    """The weighted layers. Their ChoiceKeys name only the widths whose choice values are channel counts (the
+    MLP's); the heads-driven widths, the per-group bits and the weight-less ops are in ``cost_layers``, which
+    the expected cost of this model must read (``nas.cost.build_cost_tables`` does not yet)."""
+    per_block = [(b.attn.q, b.attn.k, b.attn.v, b.attn.proj, b.fc1, b.fc2) for b in self.blocks]
+    return [self.patch] + [layer for group in per_block for layer in group] + [self.head]
 
   @staticmethod
   def _axis(choices: Mapping, axis, fixed: int) -> int:

@@ -153,5 +153,7 @@ def test_bad_args_raise():
     ViT(SPACE, rngs=nnx.Rngs(0), **{**TINY, "patch": 3})
   with pytest.raises(ValueError, match="heads=3 must be >= 1 and divide"):
     ViT(SPACE, rngs=nnx.Rngs(0), **{**TINY, "heads": 3})
+  with pytest.raises(ValueError, match="model.args.nm_patterns"):
+    ViT(SPACE, rngs=nnx.Rngs(0), **{**TINY, "nm_patterns": [[4, 4]]})
   with pytest.raises(ValueError, match="pool='max'"):
     ViT(SPACE, rngs=nnx.Rngs(0), **{**TINY, "pool": "max"})
