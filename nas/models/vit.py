@@ -229,7 +229,10 @@ class ViT(Supernet):
 
   # ------------------------------------------------------------------------------------------ forward
   def __call__(self, x: jax.Array, *, mode: str = "sample", key: jax.Array | None = None, tau=1.0) -> jax.Array:
-    arch = self.mixing_weights(mode, key, tau)
+    return self.forward(x, self.mixing_weights(mode, key, tau))
+
+  def forward(self, x: jax.Array, arch: Mapping[str, jax.Array]) -> jax.Array:
+    """Logits of images ``x`` (B, H, W, C) under the choices' mixing weights ``arch`` (``mixing_weights``)."""
     t = self.patch(x, arch)
     t = t.reshape(t.shape[0], -1, self.embed)
     if self.cls_token is not None:

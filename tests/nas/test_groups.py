@@ -149,3 +149,4 @@ def test_bad_group_size_raises():
   with pytest.raises(ValueError, match="group_size=0 must be >= 1"):
     QLayer(LayerSpec("linear", CIN, COUT, in_h=T), ChoiceKeys("w", "a", None, None), BITS, None, True,
            rngs=nnx.Rngs(0), group_size=0)
+
