@@ -1,4 +1,4 @@
-"""Searchable convolution, depthwise convolution and dense layers.
+"""Searchable convolution, depthwise convolution, dense and token-wise linear layers.
 
 One weight tensor at the widest width is shared by every candidate: each candidate bit-width quantises it
 (LSQ, one step per candidate), the quantised tensors are mixed with the choice's weights, and ONE
@@ -10,8 +10,18 @@ When the weights are one-hot forward (hard Gumbel samples, SDQ draws, argmax: a 
 candidate is quantised; a custom VJP gives the weights the gradients of the full mix with one pass over the
 tensor per other candidate. Values and gradients equal the full mix (tests/nas/test_onehot.py).
 
+Sub-group weight bits (AQ-BERT): a per-channel bit choice with one row per GROUP of ``group_size`` output
+columns (one group per attention head, say) is expanded to the columns it drives before the quantiser sees
+it, so the per-channel machinery (and the OneHot path) serves groups unchanged. A weight candidate of 0 bits
+(``PRUNED``) quantises to zeros and has no LSQ step: choosing it prunes the group (its bias too).
+
+N:M sparsity: a layer may carry an N:M choice (``nas.sparsity``); its candidates' SR-STE kernels are mixed by
+the choice's weights before quantisation.
+
 References:
   Cai & Vasconcelos, EdMIPS, CVPR 2020. Wan et al., FBNetV2, CVPR 2020. Esser et al., LSQ, ICLR 2020.
+  Zhao et al., "Automatic Mixed-Precision Quantization Search of BERT" (AQ-BERT), IJCAI 2021.
+  Zhou et al., "Learning N:M Fine-grained Structured Sparse Neural Networks From Scratch", ICLR 2021.
 """
 from __future__ import annotations
 
@@ -24,8 +34,10 @@ import numpy as np
 from flax import nnx
 
 from hardware.base import LayerSpec
-from nas import quant
+from nas import quant, sparsity
 from nas.choices import OneHot
+
+PRUNED = 0  # the weight bit-width candidate that prunes: no weights, zero output, no LSQ step
 
 
 class QuantStep(nnx.Param):
@@ -77,6 +89,18 @@ def _weights_tap_bwd(res, g):
 _weights_tap.defvjp(_weights_tap_fwd, _weights_tap_bwd)
 
 
+def _qtables(bits: tuple[int, ...], signed: bool, n_elements: int):
+  """(Q_N, Q_P, LSQ gradient scale) per candidate as float32 arrays; a ``PRUNED`` candidate gets (0, 0, 0): it
+  clips everything to 0, and its (unused) step gets no gradient."""
+  b = np.asarray(bits, np.float64)
+  live = b > 0
+  bl = np.where(live, b, 2.0)
+  qp = np.where(live, 2.0 ** (bl - 1) - 1 if signed else 2.0 ** bl - 1, 0.0)
+  qn = np.where(live, 2.0 ** (bl - 1), 0.0) if signed else np.zeros_like(b)
+  gs = np.where(live, 1.0 / np.sqrt(max(n_elements, 1) * np.maximum(qp, 1.0)), 0.0)
+  return tuple(jnp.asarray(t.astype(np.float32)) for t in (qn, qp, gs))
+
+
 def _onehot_quantize(x: jax.Array, steps: jax.Array, bits: tuple[int, ...], signed: bool, n_elements: int,
                      w: OneHot) -> jax.Array:
   """sum_j w_j Q_j(x) for mixing weights that are one-hot forward: the drawn candidate's quantisation only.
@@ -84,13 +108,10 @@ def _onehot_quantize(x: jax.Array, steps: jax.Array, bits: tuple[int, ...], sign
   Values equal the full mix exactly, and so do the gradients of x, of the steps and of every parameter the
   weights are a function of: x and the drawn step get theirs through the drawn quantisation (the other
   weights are zero forward), the weights get theirs from the tap. ``steps`` is (n,) per tensor or (n, C) per
-  output channel; ``w``'s shapes are OneHot's.
+  output channel; ``w``'s shapes are OneHot's. A ``PRUNED`` candidate quantises to zeros (its step row is
+  read but has no effect).
   """
-  b = np.asarray(bits, np.float32)
-  qp = 2.0 ** (b - 1) - 1 if signed else 2.0 ** b - 1
-  qn_all = jnp.asarray(2.0 ** (b - 1) if signed else np.zeros_like(b))
-  qp_all = jnp.asarray(qp)
-  gs_all = jnp.asarray(1.0 / np.sqrt(max(n_elements, 1) * qp))
+  qn_all, qp_all, gs_all = _qtables(bits, signed, n_elements)
   per_channel = w.weights.ndim == 2
   k = w.weights.shape[-1]
 
@@ -105,6 +126,7 @@ def _onehot_quantize(x: jax.Array, steps: jax.Array, bits: tuple[int, ...], sign
   w_drawn = jnp.take_along_axis(w.weights, w.drawn[..., None], axis=-1)[..., 0]  # 1 forward
   q = quant.lsq_quantize_range(x, at(steps, index[0]), qn_all[index[0]], qp_all[index[0]], gs_all[index[0]])
   q = q * jax.lax.stop_gradient(w_drawn)  # w_drawn is 1 (to rounding)
+  q = q * (qp_all[index[0]] > 0)  # PRUNED drawn: no gradient to x either (clip(0, 0, 0) would pass some)
   tap_steps = jax.lax.stop_gradient(jnp.stack([at(steps, i) for i in index]))
   place = jnp.stack([jax.nn.one_hot(p, k, dtype=w.weights.dtype) for p in positions[1:]])
   return _weights_tap(w.weights, q, jax.lax.stop_gradient(x), tap_steps, jnp.stack([qn_all[i] for i in index]),
@@ -124,7 +146,8 @@ def mix(candidates: list[jax.Array], weights: jax.Array) -> jax.Array:
 class WeightQuantizer(nnx.Module):
   """Signed per-output-channel LSQ of a weight tensor (output channels on the last axis), per candidate.
 
-  ``bits=None`` leaves the weights in floating point.
+  ``bits=None`` leaves the weights in floating point. A ``PRUNED`` (0) candidate gives zeros and has no step:
+  ``step`` holds one row per non-zero candidate.
   """
 
   def __init__(self, bits: tuple[int, ...] | None, kernel: jax.Array):
@@ -133,22 +156,36 @@ class WeightQuantizer(nnx.Module):
       return
     cout = kernel.shape[-1]
     self.fan = int(np.prod(kernel.shape[:-1]))  # weights one step quantises
-    self.step = QuantStep(jnp.ones((len(bits), cout), jnp.float32))
+    self._live = tuple(b for b in bits if b != PRUNED)
+    self.step = QuantStep(jnp.ones((len(self._live), cout), jnp.float32)) if self._live else None
     self.init_from(kernel)
 
   def init_from(self, kernel: jax.Array) -> None:
     """LSQ initial steps from the weights: 2 mean|w| / sqrt(Q_P) per channel and candidate."""
-    if self.bits is None:
+    if self.bits is None or not self._live:
       return
     axes = tuple(range(kernel.ndim - 1))
-    self.step[...] = jnp.stack([quant.lsq_init_step(kernel, b, True, axes) for b in self.bits])
+    self.step[...] = jnp.stack([quant.lsq_init_step(kernel, b, True, axes) for b in self._live])
+
+  def _steps(self, cout: int) -> jax.Array:
+    """One step row per candidate, ``PRUNED`` ones a constant 1 (never used: that candidate clips to 0)."""
+    rows, live = [], 0
+    for b in self.bits:
+      if b == PRUNED:
+        rows.append(jnp.ones((cout,), jnp.float32))
+      else:
+        rows.append(self.step[live])
+        live += 1
+    return jnp.stack(rows)
 
   def __call__(self, kernel: jax.Array, weights: jax.Array) -> jax.Array:
     if self.bits is None:
       return kernel
+    steps = self._steps(kernel.shape[-1])
     if isinstance(weights, OneHot):
-      return _onehot_quantize(kernel, self.step[...], self.bits, True, self.fan, weights)
-    qs = [quant.lsq_quantize(kernel, self.step[i], b, True, quant.lsq_grad_scale(self.fan, b, True))
+      return _onehot_quantize(kernel, steps, self.bits, True, self.fan, weights)
+    qs = [jnp.zeros_like(kernel) if b == PRUNED else
+          quant.lsq_quantize(kernel, steps[i], b, True, quant.lsq_grad_scale(self.fan, b, True))
           for i, b in enumerate(self.bits)]
     return mix(qs, weights)
 
@@ -181,29 +218,61 @@ class ActQuantizer(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class ChoiceKeys:
-  """Names of the choices a layer's cost depends on; ``None`` means fixed at the spec's value."""
+  """Names of the choices a layer's cost depends on; ``None`` means fixed at the spec's value (``nm``: dense)."""
   w_bits: str
   a_bits: str
   cin: str | None
   cout: str | None
+  nm: str | None = None  # the N:M sparsity choice (values: ``nas.sparsity.nm_code``)
+
+
+def expand_groups(weights, group_size: int, cout: int):
+  """Per-group mixing weights, (G, k) or a OneHot of those shapes, as per-column ones (cout, k): column c
+  takes group ``c // group_size``'s row (AQ-BERT sub-groups). Per-tensor weights (k,) pass unchanged.
+
+  The expansion is a gather, so each group's weights get the sum of its columns' gradients.
+  """
+  def rep(a):
+    return jnp.repeat(a, group_size, axis=0, total_repeat_length=a.shape[0] * group_size)[:cout]
+  if isinstance(weights, OneHot):
+    return weights if weights.weights.ndim < 2 else OneHot(*(rep(a) for a in weights))
+  return weights if weights.ndim < 2 else rep(weights)
 
 
 class QLayer(nnx.Module):
-  """A quantised conv / depthwise conv / dense layer over choice mixing weights.
+  """A quantised conv / depthwise conv / dense / token-wise linear layer over choice mixing weights.
+
+  ``linear`` (a transformer's projections and MLP) maps x of shape (..., T, cin) to (..., T, cout) with one
+  (cin, cout) kernel and a bias, like ``dense`` over every token.
 
   Args:
     spec: the layer at its widest channel counts (what the hardware sees).
-    keys: the names of its weight-bit, activation-bit, input-width and output-width choices.
-    w_bits: weight bit-width candidates (None: float).
+    keys: the names of its weight-bit, activation-bit, input-width, output-width and N:M choices.
+    w_bits: weight bit-width candidates (None: float); ``PRUNED`` (0) among them prunes a group or tensor.
     a_bits: input-activation bit-width candidates (None: float).
     a_signed: whether the input activations are signed (False after ReLU).
     rngs: NNX random streams for the weight init.
+    group_size: output columns per weight-bit group when the ``w_bits`` choice has one row per group
+      (AQ-BERT sub-groups; the last group may be cut short by ``spec.cout``); None: per tensor or per column.
+    nm_codes: the candidates of the ``keys.nm`` choice (``nas.sparsity.nm_code`` values).
+    nm_decay: SR-STE's lambda_W for the N:M candidates.
   """
 
-  def __init__(self, spec: LayerSpec, keys: ChoiceKeys, w_bits, a_bits, a_signed: bool, *, rngs: nnx.Rngs):
+  def __init__(self, spec: LayerSpec, keys: ChoiceKeys, w_bits, a_bits, a_signed: bool, *, rngs: nnx.Rngs,
+               group_size: int | None = None, nm_codes: tuple[int, ...] = (),
+               nm_decay: float = sparsity.SRSTE_DECAY):
+    if group_size is not None and group_size < 1:
+      raise ValueError(f"QLayer {spec.name!r}: group_size={group_size} must be >= 1 (columns per bit group), "
+                       f"or None for no groups.")
+    if keys.nm is not None and (spec.kind == "dwconv" or not nm_codes):
+      raise ValueError(f"QLayer {spec.name!r}: an N:M choice needs a conv, dense or linear layer and its "
+                       f"candidate codes (nm_codes); got kind {spec.kind!r}, nm_codes={nm_codes!r}.")
     self.spec = spec
     self.keys = keys
-    if spec.kind == "dense":
+    self.group_size = group_size
+    self.nm_codes = tuple(int(c) for c in nm_codes)
+    self.nm_decay = float(nm_decay)
+    if spec.kind in ("dense", "linear"):
       shape, fan_in = (spec.cin, spec.cout), spec.cin
     else:
       cin_group = 1 if spec.kind == "dwconv" else spec.cin
@@ -218,15 +287,37 @@ class QLayer(nnx.Module):
       seed = np.asarray(jax.random.key_data(key)).astype(np.uint64).ravel()
       init = jnp.asarray(np.random.default_rng(seed.tolist()).standard_normal(shape).astype(np.float32) * scale)
     self.kernel = nnx.Param(init)
-    self.bias = nnx.Param(jnp.zeros((spec.cout,), jnp.float32)) if spec.kind == "dense" else None
+    self.bias = nnx.Param(jnp.zeros((spec.cout,), jnp.float32)) if spec.kind in ("dense", "linear") else None
     self.wq = WeightQuantizer(w_bits, init)
     self.aq = ActQuantizer(a_bits, a_signed)
 
+  def sparse_kernel(self, arch: Mapping[str, jax.Array]) -> jax.Array:
+    """The kernel after the N:M choice: sum_s g_s S_s(W) over its candidates (``nas.sparsity.mix_patterns``)."""
+    kernel = self.kernel[...]
+    if self.keys.nm is None or self.nm_codes == (sparsity.DENSE,):
+      return kernel
+    return sparsity.mix_patterns(kernel, self.nm_codes, arch[self.keys.nm], self.nm_decay)
+
+  def column_weights(self, arch: Mapping[str, jax.Array]):
+    """The weight-bit mixing weights as the quantiser takes them: per group expanded to per column."""
+    w = arch[self.keys.w_bits]
+    return w if self.group_size is None else expand_groups(w, self.group_size, self.spec.cout)
+
+  def _bias(self, w_sel) -> jax.Array:
+    """The bias, times the weight of not being pruned per column (a pruned group's output is exactly 0)."""
+    b = self.bias[...]
+    bits = self.wq.bits
+    if bits is None or PRUNED not in bits:
+      return b
+    dense = w_sel.dense(len(bits)) if isinstance(w_sel, OneHot) else w_sel
+    return b * (1.0 - dense[..., bits.index(PRUNED)])
+
   def __call__(self, x: jax.Array, arch: Mapping[str, jax.Array]) -> jax.Array:
     x = self.aq(x, arch[self.keys.a_bits])
-    w = self.wq(self.kernel[...], arch[self.keys.w_bits])
-    if self.spec.kind == "dense":
-      return x @ w + self.bias[...]
+    w_sel = self.column_weights(arch)
+    w = self.wq(self.sparse_kernel(arch), w_sel)
+    if self.spec.kind in ("dense", "linear"):
+      return x @ w + self._bias(w_sel)
     groups = self.spec.cin if self.spec.kind == "dwconv" else 1
     return jax.lax.conv_general_dilated(
         x, w, (self.spec.stride,) * 2, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),

@@ -171,12 +171,7 @@ class Supernet(nnx.Module):
     choice gets no gradient (its output is masked) and stays where it started, but it is no part of the
     network either.
     """
-    derived = self.derive()
-    kept = {}
-    for layer in self.qlayers():
-      spec, k = layer.spec, layer.keys
-      cin = derived[k.cin] if k.cin else spec.cin
-      kept[k.w_bits] = cin if spec.kind == "dwconv" else (derived[k.cout] if k.cout else spec.cout)
+    kept = self.kept_channels(self.derive())
     out = {}
     for n, c in self.choices.items():
       if c.fixed:
@@ -186,6 +181,15 @@ class Supernet(nnx.Module):
         top = top[:kept.get(n, top.shape[0])]
       out[n] = float(jnp.mean(top))
     return out
+
+  def kept_channels(self, derived: Mapping) -> dict[str, int]:
+    """Per-channel weight-bit choice -> how many of its rows the network ``derived`` keeps (its output width)."""
+    kept = {}
+    for layer in self.qlayers():
+      spec, k = layer.spec, layer.keys
+      cin = derived[k.cin] if k.cin else spec.cin
+      kept[k.w_bits] = cin if spec.kind == "dwconv" else (derived[k.cout] if k.cout else spec.cout)
+    return kept
 
   def mean_max_prob(self) -> float:
     """Mean over searchable choices of ``max_probs``: 1.0 when every choice is one-hot."""

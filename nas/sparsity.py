@@ -1,0 +1,141 @@
+"""N:M semi-structured weight sparsity, trained with the sparse-refined straight-through estimator (SR-STE).
+
+An N:M pattern keeps, in every group of M consecutive weights along the reduction (input) axis of one output
+column, the N of largest magnitude (NVIDIA Ampere's 2:4 sparse tensor cores read exactly that layout). A
+kernel's reduction axis is all its axes but the last, flattened in row-major order: ``cin`` for a (cin, cout)
+linear kernel, (kh, kw, cin) for an HWIO convolution kernel, as the authors' code groups a PyTorch weight
+flattened per output channel.
+
+Rows that do not fill the last group (``R % M != 0`` for R reduction rows) are padded to M with zeros, as a
+sparse GEMM pads its reduction axis; padding never outranks a real weight (ties go to the lower row, and
+padding sits last), so a partial group of r rows keeps its min(N, r) largest weights.
+
+Ties: among equal magnitudes the lower row wins, so a mask is a deterministic function of the weights (an
+all-zero group keeps its first N rows).
+
+SR-STE: the forward pass uses W * mask; the backward pass hands the dense gradient g of the sparse weights to
+every weight (straight-through, so pruned weights keep learning and can come back) plus the sparse-refined
+decay lambda_W * (1 - mask) * W, which pulls pruned weights towards zero and so keeps the mask from
+oscillating: dL/dW = g + lambda_W (1 - mask) W. The paper trains with SGD; under Adam (this project's
+weights optimiser) the decay term is normalised with the rest of the gradient, so lambda_W does not act as
+it does under SGD (not measured here).
+
+References:
+  Zhou, Ma, Zhu, Liu, Zhang, Yuan, Sun, Li, "Learning N:M Fine-grained Structured Sparse Neural Networks From
+  Scratch", ICLR 2021 (SR-STE; lambda_W = 2e-4 is the default of the authors' code).
+  Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv 2104.08378, 2021 (Ampere 2:4).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+SRSTE_DECAY = 2e-4
+DENSE = 0  # the N:M choice value of the dense (unpruned) candidate
+
+
+def nm_code(pattern: tuple[int, int] | None) -> int:
+  """An N:M pattern as a choice value: 100 N + M (2:4 -> 204, 1:4 -> 104); ``DENSE`` (0) for None."""
+  if pattern is None:
+    return DENSE
+  n, m = check_pattern(pattern)
+  return 100 * n + m
+
+
+def nm_pattern(code: int) -> tuple[int, int] | None:
+  """The (N, M) pattern of a choice value from ``nm_code`` (None for ``DENSE``)."""
+  code = int(code)
+  return None if code == DENSE else check_pattern((code // 100, code % 100))
+
+
+def check_pattern(pattern) -> tuple[int, int]:
+  """Validates an (N, M) pattern and returns it as ints.
+
+  Raises:
+    ValueError: unless 1 <= N < M and 2 <= M < 100.
+  """
+  try:
+    n, m = (int(v) for v in pattern)
+  except (TypeError, ValueError):
+    raise ValueError(f"N:M pattern {pattern!r} must be a pair (N, M), e.g. (2, 4).") from None
+  if not (2 <= m < 100 and 1 <= n < m):
+    raise ValueError(f"N:M pattern {pattern!r} must have 1 <= N < M and 2 <= M < 100, e.g. (2, 4).")
+  return n, m
+
+
+def nm_mask(w: jax.Array, n: int, m: int) -> jax.Array:
+  """The N:M magnitude mask of ``w`` (1.0 kept, 0.0 pruned), same shape, along its flattened reduction axis.
+
+  A weight is kept when fewer than N weights of its group beat it; a weight beats another when its magnitude
+  is larger, or equal and its row lower. The pairwise comparison costs M^2 per group, cheaper than a sort for
+  the small M of hardware patterns (4, 8).
+
+  Args:
+    w: a kernel with output columns on the last axis (rank >= 2).
+    n: weights kept per group.
+    m: group size along the reduction axis.
+  """
+  n, m = check_pattern((n, m))
+  if w.ndim < 2:
+    raise ValueError(f"nm_mask needs a kernel with its output columns on the last axis (rank >= 2), "
+                     f"got shape {w.shape}.")
+  cout = w.shape[-1]
+  a = jnp.abs(jax.lax.stop_gradient(w)).reshape(-1, cout)
+  rows = a.shape[0]
+  pad = -rows % m
+  a = jnp.pad(a, ((0, pad), (0, 0)), constant_values=-1.0)  # below every |w|: padding is never kept over a weight
+  g = a.reshape(-1, m, cout)  # (groups, M, cout)
+  idx = jnp.arange(m)
+  lower = idx[:, None] < idx[None, :]  # lower[j, i]: row j precedes row i
+  # beats[:, j, i, :]: weight j beats weight i of the same group and column.
+  beats = (g[:, :, None, :] > g[:, None, :, :]) | ((g[:, :, None, :] == g[:, None, :, :]) & lower[None, :, :, None])
+  rank = jnp.sum(beats, axis=1)  # (groups, M, cout): how many beat each weight
+  keep = (rank < n).astype(w.dtype).reshape(-1, cout)[:rows]
+  return keep.reshape(w.shape)
+
+
+@jax.custom_vjp
+def _masked(w: jax.Array, mask: jax.Array, decay: jax.Array) -> jax.Array:
+  return w * mask
+
+
+def _masked_fwd(w, mask, decay):
+  return w * mask, (w, mask, decay)
+
+
+def _masked_bwd(res, g):
+  w, mask, decay = res
+  return g + decay * (1.0 - mask) * w, jnp.zeros_like(mask), jnp.zeros_like(decay)
+
+
+_masked.defvjp(_masked_fwd, _masked_bwd)
+
+
+def sr_ste(w: jax.Array, n: int, m: int, decay: float = SRSTE_DECAY) -> jax.Array:
+  """``w * nm_mask(w, n, m)`` forward; backward dL/dW = g + decay (1 - mask) W (SR-STE, Zhou et al. 2021).
+
+  With ``decay=0`` this is the plain straight-through estimator of the sparse weights.
+  """
+  mask = nm_mask(w, n, m)
+  return _masked(w, mask, jnp.asarray(decay, w.dtype))
+
+
+def mix_patterns(w: jax.Array, codes: tuple[int, ...], weights: jax.Array,
+                 decay: float = SRSTE_DECAY) -> jax.Array:
+  """sum_s weights[s] * S_s(W): the N:M candidates ``codes`` (``nm_code`` values) of one kernel, mixed by a
+  choice's weights (shape (len(codes),)); S_s is ``sr_ste`` for a pattern and the identity for ``DENSE``.
+
+  Every candidate is computed even when the weights are one-hot forward: the gradient of each candidate's
+  weight is <dL/dW_eff, S_s(W)>, which needs S_s(W) anyway, and the masks of a kernel cost little next to
+  the layer's product with its activations.
+  """
+  if len(codes) != weights.shape[-1]:
+    raise ValueError(f"mix_patterns got {len(codes)} N:M candidates but {weights.shape[-1]} mixing weights; "
+                     f"give one weight per candidate.")
+  out = None
+  for i, code in enumerate(codes):
+    pattern = nm_pattern(code)
+    term = w if pattern is None else sr_ste(w, *pattern, decay=decay)
+    term = term * weights[i]
+    out = term if out is None else out + term
+  return out
