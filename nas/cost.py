@@ -16,9 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hardware import metrics
-from hardware.base import CostModel, LayerSpec, choice_grid, inference_cost
+from hardware.base import ELEMENTWISE_KINDS, CostModel, LayerSpec, choice_grid, inference_cost
 from nas.arch import Architecture
-from nas.layers import ChoiceKeys
 
 HW_METRICS = ("latency_s", "energy_j")
 INFERENCE = "(inference)"  # the name of the choice-free table of a model's per-inference cost
@@ -26,82 +25,158 @@ METRICS = HW_METRICS + ("weight_bytes",)
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerCostTable:
-  """One layer's cost grids and the choices indexing them.
+class OpAxes:
+  """The choices one costed op depends on: choice names (None: fixed at the spec's value).
 
-  Per-layer weight bits: grids of shape (nW, nA, nCin, nCout) over the candidate lists.
-  Per-channel weight bits (``per_channel``): grids of shape (nW, nA, nCin, K+1), the cost of a sub-layer of
-  k = 0..K output channels at each weight bit-width (k = 0 costs nothing), read at the expected number of
-  active channels per bit-width by linear interpolation in k. ``width_values`` are the output-width
-  candidates (None: all K channels always active).
+  ``cin_scale`` / ``cout_scale``: an axis is the choice's value times this (a heads choice sets heads x
+  head_dim columns). ``nm``: the N:M choice (values ``nas.sparsity.nm_code``; None: dense). ``w_groups``: the
+  weight-bit choice is per group of this many output columns (1: per channel; None: one per layer); a 0-bit
+  candidate prunes its columns. ``w_bits`` / ``a_bits`` None: the op has no bit choice (softmax, layernorm).
+  """
+  w_bits: str | None
+  a_bits: str | None
+  cin: str | None = None
+  cout: str | None = None
+  cin_scale: int = 1
+  cout_scale: int = 1
+  nm: str | None = None
+  w_groups: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCostTable:
+  """One op's cost grids and the choices indexing them.
+
+  Per-layer weight bits: grids of shape (nNM, nW, nA, nCin, nCout) over the candidate lists (nNM: the N:M
+  patterns, 1 when dense). Per-group weight bits (``per_channel``; per channel when groups have one column):
+  grids of shape (nNM, nW, nA, nCin, K+1), the cost of a sub-layer of k = 0..K output columns at each weight
+  bit-width (k = 0 and 0 bits cost nothing), read at the expected number of active columns per bit-width by
+  linear interpolation in k. ``width_values`` are the column counts of the width choice ``width_key`` (None:
+  all K columns always active). ``keys`` None: the network's fixed per-inference cost (scalar grids).
   """
   name: str
-  keys: ChoiceKeys | None  # None: the network's fixed per-inference cost (grids are scalars), no choice
+  keys: OpAxes | None
   grids: Mapping[str, np.ndarray]
   per_channel: bool = False
   width_values: tuple[int, ...] | None = None
+  width_key: str | None = None
 
 
-def _values(choices, key: str | None, fixed: int) -> tuple[int, ...]:
-  return (fixed,) if key is None else choices[key].values
+def _values(choices, key: str | None, fixed: int, scale: int = 1) -> tuple[int, ...]:
+  return (fixed,) if key is None else tuple(int(v) * scale for v in choices[key].values)
+
+
+def model_ops(model) -> list[tuple[LayerSpec, OpAxes]]:
+  """Every costed op of a supernet with the choices driving it: the model's ``cost_layers()`` where it has one
+  (ops without weights, heads-scaled widths, per-group bits), else its searchable layers (``qlayers``)."""
+  if hasattr(model, "cost_layers"):
+    out = []
+    for spec, ax in model.cost_layers():
+      cin, cout = ax.get("cin"), ax.get("cout")
+      out.append((spec, OpAxes(ax.get("w_bits"), ax.get("a_bits"), cin[0] if cin else None,
+                               cout[0] if cout else None, cin[1] if cin else 1, cout[1] if cout else 1,
+                               ax.get("nm"), ax.get("w_groups"))))
+    return out
+  out = []
+  for layer in model.qlayers():
+    k = layer.keys
+    per_channel = getattr(model.choices[k.w_bits], "per_channel", False)
+    out.append((layer.spec, OpAxes(k.w_bits, k.a_bits, k.cin, k.cout, nm=getattr(k, "nm", None),
+                                   w_groups=1 if per_channel else None)))
+  return out
 
 
 def build_cost_tables(model, cost_model: CostModel) -> list[LayerCostTable]:
-  """Every searchable layer's cost grid on ``cost_model``, plus its weight bytes; then, where the model has
-  an ``inference_cost`` (a runtime's per-call time, quantising the input), one choice-free table of it."""
+  """Every costed op's grids on ``cost_model``, plus its weight bytes; then, where the model has an
+  ``inference_cost`` (a runtime's per-call time, quantising the input), one choice-free table of it."""
   tables = []
-  for layer in model.qlayers():
-    spec, keys = layer.spec, layer.keys
-    w = _values(model.choices, keys.w_bits, 0)
-    a = _values(model.choices, keys.a_bits, 0)
-    cin = _values(model.choices, keys.cin, spec.cin)
-    per_channel = getattr(model.choices[keys.w_bits], "per_channel", False)
-    width_key = keys.cin if spec.kind == "dwconv" else keys.cout
-    if per_channel:
-      counts = np.arange(spec.cout + 1, dtype=np.float64)
-      if spec.kind == "dwconv":  # sub-layers of a depthwise layer split its (tied) channels
-        grid_spec, cin = dataclasses.replace(spec, cin=spec.cout), (0,)
-      else:
-        grid_spec = spec
-      tables.append(_per_channel_table(cost_model, grid_spec, keys, w, a, cin, counts,
-                                       model.choices[width_key].values if width_key else None))
-      continue
-    cout = _values(model.choices, keys.cout if spec.kind != "dwconv" else None, spec.cout)
-    c = choice_grid(cost_model, spec, w, a, cin, cout)
-    shape = c.latency_s.shape
-    wv = np.asarray(w, np.float64).reshape(-1, 1, 1, 1)
-    ci = np.asarray(cin, np.float64).reshape(1, 1, -1, 1)
-    co = ci if spec.kind == "dwconv" else np.asarray(cout, np.float64).reshape(1, 1, 1, -1)
-    wb = np.broadcast_to(metrics.weight_bytes(spec, wv, ci, co), shape)
-    tables.append(LayerCostTable(spec.name, keys, {"latency_s": c.latency_s, "energy_j": c.energy_j,
-                                                   "weight_bytes": wb}))
-  if getattr(cost_model, "inference_cost", None) is not None:
-    fixed = inference_cost(cost_model, model.qlayers()[0].spec)
+  ops = model_ops(model)
+  for spec, ax in ops:
+    tables.append(_op_table(model.choices, cost_model, spec, ax))
+  if getattr(cost_model, "inference_cost", None) is not None and ops:
+    fixed = inference_cost(cost_model, ops[0][0])
     tables.append(LayerCostTable(INFERENCE, None, {"latency_s": np.asarray(fixed.latency_s),
                                                    "energy_j": np.asarray(fixed.energy_j),
                                                    "weight_bytes": np.asarray(0.0)}))
   return tables
 
 
-def _per_channel_table(cost_model, spec: LayerSpec, keys, w, a, cin, counts, width_values) -> LayerCostTable:
+def _patterns(choices, ax: OpAxes) -> list:
+  if ax.nm is None:
+    return [None]
+  from nas import sparsity
+  return [sparsity.nm_pattern(int(v)) for v in choices[ax.nm].values]
+
+
+def _op_table(choices, cost_model, spec: LayerSpec, ax: OpAxes) -> LayerCostTable:
+  elementwise = spec.kind in ELEMENTWISE_KINDS
+  # Ops without a bit choice (float softmax / layernorm) are costed at a bit-width every target runs; their
+  # cost models ignore it.
+  w = _values(choices, ax.w_bits, 8)
+  a = _values(choices, ax.a_bits, 8)
+  tied = spec.kind == "dwconv" or elementwise  # one channel count: cout follows cin
+  if ax.w_groups is not None:  # per-group (per-channel) weight bits
+    if spec.kind == "dwconv":  # sub-layers of a depthwise layer split its (tied) channels
+      grid_spec, cin, width_key, scale = dataclasses.replace(spec, cin=spec.cout), (0,), ax.cin, ax.cin_scale
+    else:
+      grid_spec, width_key, scale = spec, ax.cout, ax.cout_scale
+      cin = _values(choices, ax.cin, spec.cin, ax.cin_scale)
+    counts = np.arange(grid_spec.cout + 1, dtype=np.float64)
+    width_values = None if width_key is None else tuple(int(v) * scale for v in choices[width_key].values)
+    grids = [_per_channel_grids(cost_model, dataclasses.replace(grid_spec, nm=nm), w, a, cin, counts)
+             for nm in _patterns(choices, ax)]
+    stacked = {m: np.stack([g[m] for g in grids]) for m in grids[0]}
+    return LayerCostTable(spec.name, ax, stacked, per_channel=True, width_values=width_values,
+                          width_key=width_key)
+  cin = _values(choices, ax.cin, spec.cin, ax.cin_scale)
+  cout = cin if tied else _values(choices, ax.cout, spec.cout, ax.cout_scale)
+  grids = [_layer_grids(cost_model, dataclasses.replace(spec, nm=nm), w, a, cin, cout)
+           for nm in _patterns(choices, ax)]
+  return LayerCostTable(spec.name, ax, {m: np.stack([g[m] for g in grids]) for m in grids[0]})
+
+
+def _layer_grids(cost_model, spec: LayerSpec, w, a, cin, cout) -> dict[str, np.ndarray]:
+  """(nW, nA, nCin, nCout) grids of one op; a 0-bit (pruned) weight candidate costs nothing."""
+  wv = np.asarray(w, np.float64)
+  live = wv > 0
+  tied = spec.kind == "dwconv" or spec.kind in ELEMENTWISE_KINDS
+  shape = (len(w), len(a), len(cin), 1 if tied else len(cout))
+  out = {m: np.zeros(shape) for m in METRICS}
+  if not live.any():
+    return out
+  c = choice_grid(cost_model, spec, wv[live], a, cin, cout)
+  ci = np.asarray(cin, np.float64).reshape(1, 1, -1, 1)
+  co = ci if tied else np.asarray(cout, np.float64).reshape(1, 1, 1, -1)
+  wb = metrics.weight_bytes(spec, wv[live].reshape(-1, 1, 1, 1), ci, co)
+  for m, g in (("latency_s", c.latency_s), ("energy_j", c.energy_j), ("weight_bytes", wb)):
+    out[m][live] = np.broadcast_to(g, (int(live.sum()),) + shape[1:])
+  return out
+
+
+def _per_channel_grids(cost_model, spec: LayerSpec, w, a, cin, counts) -> dict[str, np.ndarray]:
   dw = spec.kind == "dwconv"
   k = np.maximum(counts, 1.0)  # k = 0 is zeroed below; evaluate at 1 so the model sees a valid layer
-  wv = np.asarray(w, np.float64).reshape(-1, 1, 1, 1)
+  wv_all = np.asarray(w, np.float64)
+  live = wv_all > 0  # 0 bits: the columns are pruned, no sub-layer
+  shape = (len(w), len(a), len(cin), len(counts))
+  grids = {m: np.zeros(shape) for m in METRICS}
+  if not live.any():
+    return grids
+  wv = wv_all[live].reshape(-1, 1, 1, 1)
   av = np.asarray(a, np.float64).reshape(1, -1, 1, 1)
   kv = k.reshape(1, 1, 1, -1)
   ci = kv if dw else np.asarray(cin, np.float64).reshape(1, 1, -1, 1)
   cost_model.check_bits(wv, av)
   c = cost_model.cost(spec, wv, av, ci, kv)
-  shape = np.broadcast_shapes(wv.shape, av.shape, ci.shape, kv.shape)
+  sub = (int(live.sum()),) + shape[1:]
   alive = (counts > 0).reshape(1, 1, 1, -1)
-  grids = {"latency_s": np.broadcast_to(c.latency_s, shape) * alive,
-           "energy_j": np.broadcast_to(c.energy_j, shape) * alive,
-           "weight_bytes": np.broadcast_to(metrics.weight_bytes(spec, wv, ci, kv), shape) * alive}
-  for m, g in grids.items():
+  for m, g in (("latency_s", c.latency_s), ("energy_j", c.energy_j),
+               ("weight_bytes", metrics.weight_bytes(spec, wv, ci, kv))):
+    g = np.broadcast_to(g, sub) * alive
     if not np.all(np.isfinite(g)) or np.any(g < 0):
       raise ValueError(f"cost model {cost_model.name!r} returned a non-finite or negative {m} for {spec.name!r}.")
-  return LayerCostTable(spec.name, keys, grids, per_channel=True,
-                        width_values=tuple(width_values) if width_values else None)
+    grids[m][live] = g
+  return grids
 
 
 def table_arrays(tables: list[LayerCostTable], metric_names) -> list[dict[str, jax.Array]]:
@@ -123,42 +198,44 @@ def _interp_last(grid, x, xp):
 def expected_costs(tables: list[LayerCostTable], arrays: list[dict], probs: Mapping, xp=jnp) -> dict:
   """E[metric] of the whole network under independent choice distributions ``probs`` (name -> array).
 
-  Per-layer choices give the exact expectation. Per-channel weight bits use the expected number of
-  active channels at each bit-width, E[n_b] = sum_c P(channel c kept by the width) p_c(b), and read the
-  cost at that count (exact for costs linear in the channel count). ``xp`` is ``jnp`` inside the jitted
+  Per-layer choices give the exact expectation. Per-group (per-channel) weight bits use the expected number
+  of active columns at each bit-width, E[n_b] = sum_c P(column c kept by the width) p_{group(c)}(b), and read
+  the cost at that count (exact for costs linear in the column count). ``xp`` is ``jnp`` inside the jitted
   step and ``numpy`` for discrete checks.
   """
   one = xp.ones((1,), np.float32)
   total = {}
+
+  def p(key, size):  # a choice's probabilities, or 1 for an axis fixed (of length 1 in the grid)
+    return probs[key] if (key is not None and size > 1) else one
+
   for t, arr in zip(tables, arrays):
     k = t.keys
     if k is None:  # the fixed per-inference cost
       for m, value in arr.items():
         total[m] = total.get(m, 0.0) + value
       continue
-    pa = probs[k.a_bits]
-    has_cin_axis = next(iter(arr.values())).shape[2] > 1
-    pci = probs[k.cin] if (k.cin is not None and has_cin_axis) else one
+    shape = next(iter(arr.values())).shape  # (nNM, nW, nA, nCin, nCout or K + 1)
+    pnm, pa, pci = p(k.nm, shape[0]), p(k.a_bits, shape[2]), p(k.cin, shape[3])
     if t.per_channel:
-      pw = probs[k.w_bits]  # (K, nW)
-      kmax = pw.shape[0]
+      kmax = shape[4] - 1
+      pw = probs[k.w_bits]  # (G, nW): one row per group of w_groups columns
+      rows = np.minimum(np.arange(kmax) // max(k.w_groups, 1), pw.shape[0] - 1)
+      pw = pw[rows] if pw.shape[0] != kmax or k.w_groups != 1 else pw  # (K, nW), per column
       if t.width_values is not None:
-        width_key = k.cout if k.cout is not None else k.cin
         masks = (np.arange(kmax)[None, :] < np.asarray(t.width_values)[:, None]).astype(np.float32)
-        active = probs[width_key] @ masks  # P(channel c is kept)
+        active = probs[t.width_key] @ masks  # P(column c is kept)
       else:
         active = xp.ones((kmax,), np.float32)
-      n_b = active @ pw  # expected channels per weight bit-width, (nW,)
+      n_b = active @ pw  # expected columns per weight bit-width, (nW,)
       for m, grid in arr.items():
-        at = xp.stack([_interp_last(grid[b], n_b[b], xp) for b in range(grid.shape[0])])  # (nW, nA, nCin)
-        value = xp.einsum("a,i,wai->", pa, pci, at)
-        total[m] = total.get(m, 0.0) + value
+        at = xp.stack([xp.stack([_interp_last(grid[s, b], n_b[b], xp) for b in range(shape[1])])
+                       for s in range(shape[0])])  # (nNM, nW, nA, nCin)
+        total[m] = total.get(m, 0.0) + xp.einsum("s,a,i,swai->", pnm, pa, pci, at)
       continue
-    pw = probs[k.w_bits]
-    pco = probs[k.cout] if (k.cout is not None and next(iter(arr.values())).shape[3] > 1) else one
+    pw, pco = p(k.w_bits, shape[1]), p(k.cout, shape[4])
     for m, grid in arr.items():
-      value = xp.einsum("w,a,i,o,waio->", pw, pa, pci, pco, grid)
-      total[m] = total.get(m, 0.0) + value
+      total[m] = total.get(m, 0.0) + xp.einsum("s,w,a,i,o,swaio->", pnm, pw, pa, pci, pco, grid)
   return total
 
 

@@ -338,10 +338,13 @@ class _HashableTables(tuple):
 
 
 def onehot_probs(model, choices: Mapping) -> dict[str, np.ndarray]:
-  """The degenerate distributions of one discrete assignment (per-channel choices: one row per channel)."""
+  """The degenerate distributions of one discrete assignment (per-channel choices: one row per channel; one
+  value for a per-channel choice, as the reference gives, holds for every row)."""
   out = {}
   for n, c in model.choices.items():
     v = choices[n]
+    if not isinstance(v, (tuple, list)) and getattr(c, "per_channel", False):
+      v = (v,) * c.logits[...].shape[0]
     rows = v if isinstance(v, (tuple, list)) else [v]
     p = np.asarray([[float(x == r) for x in c.values] for r in rows], np.float32)
     out[n] = p if isinstance(v, (tuple, list)) else p[0]
