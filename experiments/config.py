@@ -103,7 +103,8 @@ class BaselineConfig:
   kind: str = "none"                    # none (search) | uniform | random
   w_bits: int = 8                       # uniform: weight bits of every searchable layer
   a_bits: int = 8                       # uniform: activation bits
-  width_mult: float = 1.0               # uniform: width multiple of every layer
+  width_mult: float = 1.0               # uniform: width multiple of every layer (and of the heads)
+  nm: Optional[str] = None              # uniform: N:M weight sparsity of every sparse-capable layer, e.g. "2:4"
   arch_seed: Optional[int] = None       # random: the draw of the architecture (None: seed), apart from training
   steps: Optional[int] = None           # training steps from scratch; None: search.steps + finetune.steps
 
@@ -221,6 +222,11 @@ def validate(cfg) -> None:
     raise ValueError(f"finetune.kd_alpha={cfg.finetune.kd_alpha} must be in [0, 1] (0 turns distillation off).")
   if cfg.finetune.optimizer not in ("adamw", "sgd"):
     raise ValueError(f"finetune.optimizer={cfg.finetune.optimizer!r}; use 'adamw' or 'sgd'.")
+  if cfg.baseline.nm is not None:
+    parts = str(cfg.baseline.nm).split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or not 1 <= int(parts[0]) < int(parts[1]):
+      raise ValueError(f"baseline.nm={cfg.baseline.nm!r} must be an N:M pattern 'N:M' with 1 <= N < M, e.g. '2:4', "
+                       f"or null for dense.")
   if cfg.baseline.steps is not None and cfg.baseline.steps < 1:
     raise ValueError(f"baseline.steps={cfg.baseline.steps} must be >= 1, or null for search.steps + finetune.steps.")
   if cfg.search.batch_size < 1:

@@ -176,13 +176,22 @@ def baseline_choices(model, cfg: DictConfig) -> dict:
   """Uniform precision at one width, or a random architecture of the space (seeded)."""
   b = cfg.baseline
   if b.kind == "uniform":
+    from nas import sparsity
+    nm = None if b.get("nm") is None else sparsity.nm_code(tuple(int(v) for v in str(b.nm).split(":")))
     choices = {}
     for name, c in model.choices.items():
       if c.fixed:
         choices[name] = c.values[0]
-      elif name.endswith(".width"):
+      elif name.endswith((".width", ".heads")):
         target = model.reference[name] * b.width_mult
         choices[name] = min(c.values, key=lambda v: abs(v - target))
+      elif name.endswith(".nm"):
+        want = sparsity.DENSE if nm is None else nm
+        if want not in c.values:
+          raise ValueError(f"baseline.nm={b.nm!r} is not a candidate of {name} "
+                           f"({[sparsity.nm_pattern(v) for v in c.values]}); choose one of the model's "
+                           f"model.args.nm_patterns, or null for dense.")
+        choices[name] = want
       else:
         want = b.w_bits if name.endswith(".w_bits") else b.a_bits
         if want not in c.values:
@@ -260,6 +269,7 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
   kind = "searched" if cfg.baseline.kind == "none" else f"baseline:{cfg.baseline.kind}"
   name = (f"{target.name}-{cfg.budget.metric}-{budget['fraction']:.3g}" if kind == "searched"
           else f"{target.name}-{kind.split(':')[1]}" + (f"-w{cfg.baseline.w_bits}a{cfg.baseline.a_bits}"
+                                                         + (f"-{cfg.baseline.nm}" if cfg.baseline.get("nm") else "")
                                                          if cfg.baseline.kind == "uniform" else f"-s{cfg.seed}"))
   tracker = Tracker(WandbConfig(**OmegaConf.to_container(cfg.wandb)), out_dir, name,
                     cfg.wandb.group or group, "search", OmegaConf.to_container(cfg, resolve=True))
