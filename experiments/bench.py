@@ -2,8 +2,9 @@
 
   python -m experiments.bench                          # digits CNN and ResNet-20, batch 64
   python -m experiments.bench --models digits_cnn --batch 128 --iters 100
+  python -m experiments.bench --models vit --iters 40  # the ViT for 28x28 images (heads, MLP, N:M, group bits)
 
-"Plain" is the widest network of the space at 8 bits (one candidate per choice: one quantisation per tensor,
+"Plain" is the widest network of the space at 8 bits (dense weights where N:M is searched) (one candidate per choice: one quantisation per tensor,
 no sampling, no cost term), trained with the same optimiser on the same batch. The supernet step samples
 every choice, quantises at the drawn bit-widths (forward) while every candidate's weight gets its gradient
 (backward), applies the width masks, adds the budget term and steps the architecture optimiser. Both steps
@@ -26,12 +27,14 @@ from omegaconf import OmegaConf
 
 from nas import cost as costlib
 from nas import search as searchlib
+from nas import sparsity
 from nas import train as trainlib
 from nas.models import build_model
 from nas.space import SearchSpace
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHAPES = {"digits_cnn": (8, 8, 1), "resnet20": (32, 32, 3), "mobilenetv2": (32, 32, 3)}
+SHAPES = {"digits_cnn": (8, 8, 1), "fmnist_cnn": (28, 28, 1), "vit": (28, 28, 1), "resnet20": (32, 32, 3),
+          "mobilenetv2": (32, 32, 3)}
 # Steps timed per network: a digits step takes a few ms and the ratio of 60 steps varied by +-0.04 between
 # runs on 2 cores (by +-0.02 with 400); a ResNet-20 step takes most of a second on a CPU.
 DEFAULT_ITERS = {"digits_cnn": 400}
@@ -68,6 +71,15 @@ def _time(fn, iters: int) -> float:
   return float(np.median(_block_times([fn], iters)[0]))
 
 
+def widest_value(name: str, choice):
+  """The plain network's value of a choice: the widest width or head count, 8 bits, dense weights."""
+  if name.endswith((".width", ".heads")):
+    return max(choice.values)
+  if name.endswith(".nm"):
+    return sparsity.DENSE
+  return 8 if 8 in choice.values else max(choice.values)
+
+
 def bench_model(name: str, batch: int, iters: int, method: str, hardware: str) -> dict:
   hw = instantiate(OmegaConf.load(ROOT / "conf" / "hardware" / f"{hardware}.yaml"), _convert_="all")
   shape = SHAPES.get(name, (32, 32, 3))
@@ -82,6 +94,7 @@ def bench_model(name: str, batch: int, iters: int, method: str, hardware: str) -
   metrics = ("latency_s",)
   arrays = costlib.table_arrays(tables, metrics)
   limits = jnp.asarray([1e9], jnp.float32)
+  two_sided = jnp.asarray([False])  # a budget that is only an upper bound (no target term)
   trainlib.calibrate(supernet, x, mode="expected")
   w_opt = trainlib.weights_optimizer(supernet, 1e-3, 1e-4)
   a_opt = searchlib.arch_optimizer(supernet, 1e-2)  # as nas.search.search builds it
@@ -93,11 +106,11 @@ def bench_model(name: str, batch: int, iters: int, method: str, hardware: str) -
   search_step = nnx.cached_partial(searchlib._search_step, supernet, w_opt, a_opt)  # as nas.search.search runs it
 
   def supernet_step():
-    return search_step(x, y, key, jnp.float32(1.0), lam, jnp.float32(1.0), arrays, limits, hashable, metrics,
-                       "lagrange", jnp.float32(1.0), jnp.float32(0.05), jnp.float32(0.1))[0]
+    return search_step(x, y, key, jnp.float32(1.0), lam, jnp.float32(1.0), arrays, limits, two_sided, hashable,
+                       metrics, "lagrange", jnp.float32(1.0), jnp.float32(10.0), jnp.float32(0.05),
+                       jnp.float32(0.3))[0]
 
-  widest = {n: max(c.values) if n.endswith(".width") else (8 if 8 in c.values else max(c.values))
-            for n, c in supernet.choices.items()}
+  widest = {n: widest_value(n, c) for n, c in supernet.choices.items()}
   plain = build_model(name, space, arch=supernet.architecture(widest), **kwargs)
   trainlib.calibrate(plain, x, mode="argmax")
   p_opt = trainlib.weights_optimizer(plain, 1e-3, 1e-4)
