@@ -126,7 +126,8 @@ def _onehot_quantize(x: jax.Array, steps: jax.Array, bits: tuple[int, ...], sign
   w_drawn = jnp.take_along_axis(w.weights, w.drawn[..., None], axis=-1)[..., 0]  # 1 forward
   q = quant.lsq_quantize_range(x, at(steps, index[0]), qn_all[index[0]], qp_all[index[0]], gs_all[index[0]])
   q = q * jax.lax.stop_gradient(w_drawn)  # w_drawn is 1 (to rounding)
-  q = q * (qp_all[index[0]] > 0)  # PRUNED drawn: no gradient to x either (clip(0, 0, 0) would pass some)
+  if PRUNED in bits:  # PRUNED drawn: no gradient to x either (clip(0, 0, 0) would pass some)
+    q = q * (qp_all[index[0]] > 0)
   tap_steps = jax.lax.stop_gradient(jnp.stack([at(steps, i) for i in index]))
   place = jnp.stack([jax.nn.one_hot(p, k, dtype=w.weights.dtype) for p in positions[1:]])
   return _weights_tap(w.weights, q, jax.lax.stop_gradient(x), tap_steps, jnp.stack([qn_all[i] for i in index]),
@@ -169,6 +170,8 @@ class WeightQuantizer(nnx.Module):
 
   def _steps(self, cout: int) -> jax.Array:
     """One step row per candidate, ``PRUNED`` ones a constant 1 (never used: that candidate clips to 0)."""
+    if PRUNED not in self.bits:  # no candidate prunes: the steps as they are (no extra op in the step)
+      return self.step[...]
     rows, live = [], 0
     for b in self.bits:
       if b == PRUNED:
