@@ -79,8 +79,11 @@ def plan_jobs(spec: dict) -> list[dict]:
     uniform = base.get("uniform") or {}
     for w, a in uniform.get("pairs", []):
       width = float(uniform.get("width", 1.0))
-      add("uniform", f"W{w}A{a}", f"uniform-w{w}a{a}-x{width:g}",
-          ["baseline.kind=uniform", f"baseline.w_bits={w}", f"baseline.a_bits={a}", f"baseline.width_mult={width}"])
+      for nm in uniform.get("nm") or [None]:  # N:M patterns of the weights ("2:4"; None: dense)
+        tag, label = ("", "") if nm is None else (f"-nm{str(nm).replace(':', 'of')}", f" {nm}")
+        add("uniform", f"W{w}A{a}{label}", f"uniform-w{w}a{a}-x{width:g}{tag}",
+            ["baseline.kind=uniform", f"baseline.w_bits={w}", f"baseline.a_bits={a}", f"baseline.width_mult={width}"]
+            + ([] if nm is None else [f"baseline.nm='{nm}'"]))
     pruned = base.get("pruned") or {}
     for w, a in pruned.get("pairs", []):
       for width in pruned.get("widths", []):

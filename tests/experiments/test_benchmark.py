@@ -121,3 +121,25 @@ def test_same_total_steps_default_override_and_bad_value():
       benchmark.same_total_steps({"search": 800, "finetune": 2000, "same_total": bad})
   spec = benchmark.load_protocol("fashion", quick=False)
   assert benchmark.manifest(spec, [])["steps"]["same_total"] == 2300
+
+
+def test_uniform_baselines_with_nm_patterns_plan_one_job_per_pattern():
+  spec = {"name": "t", "variant": "full", "common": ["model=vit"], "steps": {"search": 10, "finetune": 10,
+                                                                            "baseline": 10},
+          "seeds": [0], "comparisons": [{"target": "gpu", "metric": "latency", "budgets": [0.5], "default": "g",
+                                         "families": {"g": {"seeds": 1, "overrides": []}}}],
+          "baselines": {"uniform": {"pairs": [[4, 4]], "width": 1.0, "nm": [None, "2:4"]}}}
+  jobs = [j for j in benchmark.plan_jobs(spec) if j["role"] == "baseline"]
+  assert [(j["config"], j["dir"]) for j in jobs] == [("W4A4", "baseline/uniform-w4a4-x1-s0"),
+                                                     ("W4A4 2:4", "baseline/uniform-w4a4-x1-nm2of4-s0")]
+  assert "baseline.nm='2:4'" in jobs[1]["overrides"] and not any("nm" in o for o in jobs[0]["overrides"])
+
+
+def test_vit_protocol_plans_dense_and_2of4_baselines_on_two_targets():
+  jobs = benchmark.plan_jobs(benchmark.load_protocol("fashion_vit", quick=False))
+  searched = [j for j in jobs if j["role"] == "searched"]
+  assert {(j["target"], j["family"]) for j in searched} == {("gpu", "gumbel-shared"), ("riscv", "gumbel-shared")}
+  assert len(searched) == 2 * 3 * 4
+  uniform = {j["config"] for j in jobs if j["family"] == "uniform"}
+  assert uniform == {"W8A8", "W8A8 2:4", "W4A4", "W4A4 2:4"}
+  assert all("model=vit" in j["overrides"] for j in jobs)
