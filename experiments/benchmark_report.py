@@ -313,15 +313,17 @@ def training_steps(steps: dict, same_total_jobs: int = 0) -> dict:
   """The step counts and both framings of the comparison: same total steps, and final training
   (``same_total_jobs``: how many baselines of the SAME_TOTAL family the protocol has)."""
   search, finetune, baseline = (steps.get(k) for k in ("search", "finetune", "baseline"))
+  shared = "same_total" in steps and steps["same_total"] != (search or 0) + (finetune or 0)
   text = (f"Baselines train from scratch for {baseline} steps; a searched network gets {search} search steps "
-          f"then {finetune} fine-tuning steps, with the same recipe.")
+          + ("(one search per budget; a shared supernet's steps per job are in the table below) " if shared else "")
+          + f"then {finetune} fine-tuning steps, with the same recipe.")
   if None in (search, finetune, baseline):
     return {**steps, "same_total": None, "final_training_equal": None,
             "text": text + " (step counts incomplete in protocol.json: no framing computed)"}
   total = search + finetune
   same_total = total == baseline
   final_equal = finetune == baseline
-  text += (f" Same total steps: {search} + {finetune} = {total} "
+  text += (f" Same total steps" + (", one search per budget" if shared else "") + f": {search} + {finetune} = {total} "
            + ("= " if same_total else f"{'>' if total > baseline else '<'} ") + f"{baseline} baseline steps"
            + (" (equal)." if same_total else f" ({abs(total - baseline)} {'more' if total > baseline else 'fewer'} "
                                               "for the searched network).")

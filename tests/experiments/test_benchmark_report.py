@@ -338,6 +338,8 @@ def test_same_total_steps_family_gets_its_own_verdict(tmp_path):
   text = report_app.build_report(root)["training"]["text"]
   assert "2 baseline jobs of the 'same total steps' family train for 1800 steps (the protocol's " \
          "steps.same_total)" in text and "search steps per network of the default search" in text
+  assert "gets 1000 search steps (one search per budget; a shared supernet's steps per job are in the table " \
+         "below) then 1500 fine-tuning steps" in text and "Same total steps, one search per budget: 1000 + 1500" in text
   md = report_app.report_markdown(report)
   assert "**Same total steps. Verdict: gumbel ties with all baselines, either step count" in md
   assert "**Same final training. Verdict: gumbel wins against all baselines:" in md
