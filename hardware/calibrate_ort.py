@@ -210,8 +210,19 @@ def _inference_yaml(inference: Dict | None) -> str:
           f"elements; median relative error {inference['median_rel_err']:.3f})")
 
 
+def repo_path(path: str) -> str:
+  """``path`` relative to the repository root when it lies inside it (how a preset names a shipped file), else
+  absolute."""
+  root = pathlib.Path(__file__).resolve().parent.parent
+  full = pathlib.Path(path).resolve()
+  try:
+    return str(full.relative_to(root))
+  except ValueError:
+    return str(full)
+
+
 def preset_yaml(p: Dict[str, float], info: Dict, fit_q: Dict, held_q: Dict, measurements: str,
-                inference: Dict | None = None) -> str:
+                inference: Dict | None = None, measured_layers: str | None = None) -> str:
   """The preset's text; every constant's comment says where it came from."""
   fmt, bound = calibrate._fmt, calibrate._bound
   load = calibrate._load
@@ -251,6 +262,7 @@ static_power_w: 12.5            # ASSUMPTION (U): 2 cores' share of a 56-core 35
 float_ops_per_s: null           # NOT MEASURED (softmax / layernorm were not timed): null = mac_rate.conv / 4, fp32 lanes 4x int8 (ASSUMPTION U)
 nm_weights: dense               # onnxruntime's QLinearConv / QGemm take dense weights (ONNX sparse initializers are densified at load, U): N:M buys nothing
 {_inference_yaml(inference)}
+measured_layers: {json.dumps(measured_layers) if measured_layers else "null"}  # a layer of a measured shape costs its measured time (batch 1; the roofline elsewhere): nn-Meter-style lookup
 fitted_on:                      # the machine timed; hardware.host.host_mismatch warns on any other (hardware/README.md)
   cpu: {json.dumps(str(info.get('cpu')))}  # `host.cpu` of {measurements} (/proc/cpuinfo model name)
   flags: {calibrate._fitted_flags(info)}  # its CPU flags among hardware.host.KERNEL_FLAGS (those that change the int8 kernels)
@@ -304,7 +316,8 @@ def _run(args) -> None:
   p, fit_q, held_q = fit_records(data)
   inference = fit_inference(data["records"])
   calibrate.write_preset(args.out, args.measurements,
-                         lambda shown: preset_yaml(p, data["host"], fit_q, held_q, shown, inference), fit_q, held_q)
+                         lambda shown: preset_yaml(p, data["host"], fit_q, held_q, shown, inference,
+                                                   repo_path(args.measurements)), fit_q, held_q)
 
 
 def main(argv=None) -> None:

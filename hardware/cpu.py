@@ -48,6 +48,26 @@ E_FLOAT_OP_J = 2.3e-12  # 45 nm PROXY, U: mean of Horowitz ISSCC 2014 fp32 add 0
 NM_WEIGHTS = ("compressed", "dense")
 
 
+def load_measured_layers(path: str, model: str) -> dict:
+  """``{(kind, kernel, stride, in_h, in_w): {(cin, cout): seconds}}`` from a measurements JSON (see
+  ``SIMDCPU``'s ``measured_layers``); one ValueError naming the field if it cannot be read."""
+  import json
+  import pathlib
+  file = pathlib.Path(path)
+  if not file.is_absolute():
+    file = pathlib.Path(__file__).resolve().parent.parent / file
+  try:
+    records = json.loads(file.read_text())["records"]
+    table: dict = {}
+    for r in records:
+      key = (str(r["kind"]), int(r["kernel"]), int(r["stride"]), int(r["in_h"]), int(r["in_w"]))
+      table.setdefault(key, {})[(int(r["cin"]), int(r["cout"]))] = float(r["median_s"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"measured_layers={path!r} of {model!r} cannot be read ({type(e).__name__}: {e}); give a "
+                     f"measurements file of `python -m hardware.calibrate_ort --measure`, or null.") from None
+  return table
+
+
 def _pad(channels: np.ndarray, multiple: int) -> np.ndarray:
   return np.ceil(channels / multiple) * multiple
 
@@ -115,9 +135,17 @@ class SIMDCPU:
     nm_weights: how N:M-sparse weights are stored: ``"compressed"`` (the default: kept values plus index bits,
       decompressed in the kernel) or ``"dense"`` (the runtime has no N:M format: the pattern buys nothing).
 
+    measured_layers: a measurements file (``hardware.calibrate_ort``'s JSON: records of kind, cin, cout, kernel,
+      stride, in_h, in_w and median_s, timed at batch 1; a path relative to the repository root, or absolute).
+      A dense layer whose shape it holds costs its measured time at batch 1 (non-decreasing in channels), any
+      other the roofline: a kernel-level lookup table before the fitted model, as nn-Meter predicts (Zhang et
+      al., MobiSys 2021). None (the default): the roofline everywhere.
+
   References:
     Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378, 2021 (the compressed N:M
     format: kept values plus 2-bit positions for 2:4).
+    Zhang et al., "nn-Meter: Towards Accurate Latency Prediction of Deep-Learning Model Inference on Diverse
+    Edge Devices", MobiSys 2021 (kernel-level measured latencies).
   """
 
   bits_monotone = True  # compute unpacks to the kernel precision (same time), packed memory traffic shrinks
@@ -129,7 +157,8 @@ class SIMDCPU:
                fallback_channels: int = 0, fallback_mac_rate: Optional[float] = None,
                fitted_on: Optional[Mapping] = None, batch_size: int = 1, inference_overhead_s: float = 0.0,
                input_rate: Optional[float] = None, float_ops_per_s: Optional[float] = None,
-               e_float_op_j: float = E_FLOAT_OP_J, nm_weights: str = "compressed"):
+               e_float_op_j: float = E_FLOAT_OP_J, nm_weights: str = "compressed",
+               measured_layers: Optional[str] = None):
     self.name = name
     self.fitted_on = host.machine_record(fitted_on, name)
     self.mac_rate = _per_kind(mac_rate, "mac_rate", name, optional=("linear", "matmul"))
@@ -169,6 +198,7 @@ class SIMDCPU:
       raise ValueError(f"nm_weights={nm_weights!r} of {name!r} must be one of {NM_WEIGHTS}: 'compressed' if the "
                        f"runtime stores N:M weights as kept values plus indices, 'dense' if it has no N:M format.")
     self.nm_weights = nm_weights
+    self.measured = None if measured_layers is None else load_measured_layers(measured_layers, name)
     self.fallback_channels = int(fallback_channels)
     self.fallback_mac_rate = None if fallback_mac_rate is None else float(fallback_mac_rate)
     if self.fallback_channels > 0 and not (self.fallback_mac_rate or 0) > 0:
@@ -228,8 +258,27 @@ class SIMDCPU:
       compute_s = np.where(generic, macs / self.fallback_mac_rate, compute_s)
     memory_s = traffic / self.mem_bw
     latency = self.layer_overhead_s[layer.kind] / self.batch_size + np.maximum(compute_s, memory_s)
+    if self.measured is not None and self.batch_size == 1 and layer.nm is None:
+      latency = self._measured_latency(layer, w_bits, a_bits, cin, cout, latency)
     energy = self.e_mac_j * macs + self.e_byte_j * traffic + self.static_power_w * latency
     return Cost(latency_s=latency, energy_j=energy)
+
+  def _measured_latency(self, layer: LayerSpec, w_bits, a_bits, cin, cout, roofline):
+    """Where this layer's shape was measured (``measured_layers``), its measured time, made non-decreasing in
+    channels (the largest measured time of the same shape at no more input and output channels); the roofline
+    elsewhere."""
+    table = self.measured.get((layer.kind, layer.kernel, layer.stride, layer.in_h, layer.in_w))
+    if not table:
+      return roofline
+    w, a, ci, co = broadcast_choices(w_bits, a_bits, cin, cout)
+    if layer.kind == "dwconv":
+      ci = co
+    out = np.array(np.broadcast_to(roofline, ci.shape), dtype=np.float64)
+    for idx in np.ndindex(ci.shape):
+      key = (int(ci[idx]), int(co[idx]))
+      if key in table:
+        out[idx] = max(t for (i, o), t in table.items() if i <= key[0] and o <= key[1])
+    return out
 
   def inference_cost(self, input_layer: LayerSpec) -> Cost:
     """Per image, outside every layer: the runtime call's fixed time shared by the batch, plus quantising the

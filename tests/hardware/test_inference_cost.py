@@ -95,3 +95,27 @@ def test_models_without_the_method_cost_nothing_outside_layers():
   assert float(c.latency_s) == 0.0 and float(c.energy_j) == 0.0
   net = models.build_model("digits_cnn", SearchSpace(), seed=0)
   assert cost.INFERENCE not in [t.name for t in cost.build_cost_tables(net, riscv)]
+
+
+def test_measured_layers_cost_their_measured_time_monotone_in_channels(tmp_path):
+  """A measured shape costs its measured time (never less than a narrower measured one of the same shape); an
+  unmeasured shape, a batch above 1 and an N:M layer cost the roofline."""
+  import json
+  rec = lambda cin, cout, t: {"kind": "conv", "cin": cin, "cout": cout, "kernel": 3, "stride": 2, "in_h": 28,
+                              "in_w": 28, "median_s": t}
+  f = tmp_path / "m.json"
+  f.write_text(json.dumps({"records": [rec(1, 8, 5.0e-6), rec(1, 16, 4.5e-6), rec(1, 24, 6.0e-6)]}))
+  plain = SIMDCPU(**CPU)
+  lut = SIMDCPU(**CPU, measured_layers=str(f))
+  first = LayerSpec("conv", 1, 24, 3, 2, 28, 28)
+  got = lut.cost(first, 8, 8, np.array([1, 1, 1, 1]), np.array([8, 16, 24, 12])).latency_s
+  roof12 = float(plain.cost(first, 8, 8, 1, 12).latency_s)
+  # 1->16 measured 4.5 us, below 1->8's 5.0 us: a wider layer costs at least a narrower measured one: 5.0 us.
+  assert got.tolist() == [5.0e-6, 5.0e-6, 6.0e-6, roof12]
+  other = LayerSpec("conv", 1, 24, 3, 1, 28, 28)  # stride 1: not measured
+  assert float(lut.cost(other, 8, 8, 1, 16).latency_s) == float(plain.cost(other, 8, 8, 1, 16).latency_s)
+  batch2 = SIMDCPU(**{**CPU, "batch_size": 2}, measured_layers=str(f))
+  assert float(batch2.cost(first, 8, 8, 1, 16).latency_s) == float(
+      SIMDCPU(**{**CPU, "batch_size": 2}).cost(first, 8, 8, 1, 16).latency_s)
+  with pytest.raises(ValueError, match="measured_layers="):
+    SIMDCPU(**CPU, measured_layers=str(tmp_path / "missing.json"))
