@@ -92,12 +92,14 @@ _weights_tap.defvjp(_weights_tap_fwd, _weights_tap_bwd)
 def _qtables(bits: tuple[int, ...], signed: bool, n_elements: int):
   """(Q_N, Q_P, LSQ gradient scale) per candidate as float32 arrays; a ``PRUNED`` candidate gets (0, 0, 0): it
   clips everything to 0, and its (unused) step gets no gradient."""
-  b = np.asarray(bits, np.float64)
+  # float32 arithmetic throughout, as the quantisers have always computed these (a float64 detour changes the
+  # last bit of the gradient scale, and with it every trajectory).
+  b = np.asarray(bits, np.float32)
   live = b > 0
-  bl = np.where(live, b, 2.0)
-  qp = np.where(live, 2.0 ** (bl - 1) - 1 if signed else 2.0 ** bl - 1, 0.0)
-  qn = np.where(live, 2.0 ** (bl - 1), 0.0) if signed else np.zeros_like(b)
-  gs = np.where(live, 1.0 / np.sqrt(max(n_elements, 1) * np.maximum(qp, 1.0)), 0.0)
+  bl = np.where(live, b, np.float32(2.0))
+  qp = np.where(live, 2.0 ** (bl - 1) - 1 if signed else 2.0 ** bl - 1, np.float32(0.0)).astype(np.float32)
+  qn = (np.where(live, 2.0 ** (bl - 1), np.float32(0.0)) if signed else np.zeros_like(b)).astype(np.float32)
+  gs = np.where(live, 1.0 / np.sqrt(max(n_elements, 1) * np.maximum(qp, np.float32(1.0))), np.float32(0.0))
   return tuple(jnp.asarray(t.astype(np.float32)) for t in (qn, qp, gs))
 
 
