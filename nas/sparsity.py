@@ -76,6 +76,12 @@ def nm_mask(w: jax.Array, n: int, m: int) -> jax.Array:
     m: group size along the reduction axis.
   """
   n, m = check_pattern((n, m))
+  return (nm_rank(w, m) < n).astype(w.dtype)
+
+
+def nm_rank(w: jax.Array, m: int) -> jax.Array:
+  """How many weights of its group of ``m`` beat each weight of ``w`` (see :func:`nm_mask`), same shape: the
+  mask of every N:M pattern with this M is ``rank < N``, so patterns sharing M share one ranking."""
   if w.ndim < 2:
     raise ValueError(f"nm_mask needs a kernel with its output columns on the last axis (rank >= 2), "
                      f"got shape {w.shape}.")
@@ -90,8 +96,7 @@ def nm_mask(w: jax.Array, n: int, m: int) -> jax.Array:
   # beats[:, j, i, :]: weight j beats weight i of the same group and column.
   beats = (g[:, :, None, :] > g[:, None, :, :]) | ((g[:, :, None, :] == g[:, None, :, :]) & lower[None, :, :, None])
   rank = jnp.sum(beats, axis=1)  # (groups, M, cout): how many beat each weight
-  keep = (rank < n).astype(w.dtype).reshape(-1, cout)[:rows]
-  return keep.reshape(w.shape)
+  return rank.reshape(-1, cout)[:rows].reshape(w.shape)
 
 
 @jax.custom_vjp
@@ -116,8 +121,7 @@ def sr_ste(w: jax.Array, n: int, m: int, decay: float = SRSTE_DECAY) -> jax.Arra
 
   With ``decay=0`` this is the plain straight-through estimator of the sparse weights.
   """
-  mask = nm_mask(w, n, m)
-  return _masked(w, mask, jnp.asarray(decay, w.dtype))
+  return _masked(w, nm_mask(w, n, m), jnp.asarray(decay, w.dtype))
 
 
 def mix_patterns(w: jax.Array, codes: tuple[int, ...], weights: jax.Array,
@@ -132,10 +136,17 @@ def mix_patterns(w: jax.Array, codes: tuple[int, ...], weights: jax.Array,
   if len(codes) != weights.shape[-1]:
     raise ValueError(f"mix_patterns got {len(codes)} N:M candidates but {weights.shape[-1]} mixing weights; "
                      f"give one weight per candidate.")
-  out = None
+  out, ranks = None, {}
+  decay = jnp.asarray(decay, w.dtype)
   for i, code in enumerate(codes):
     pattern = nm_pattern(code)
-    term = w if pattern is None else sr_ste(w, *pattern, decay=decay)
+    if pattern is None:
+      term = w
+    else:  # 2:4 and 1:4 share one ranking of each group of 4
+      n, m = check_pattern(pattern)
+      if m not in ranks:
+        ranks[m] = nm_rank(w, m)
+      term = _masked(w, (ranks[m] < n).astype(w.dtype), decay)
     term = term * weights[i]
     out = term if out is None else out + term
   return out
