@@ -100,3 +100,19 @@ def test_spearman_against_a_hand_ranked_example():
   from hardware.fit_gpu import spearman
   # ranks x: 0 1 2 3, y: 0 2 1 3 -> d = 0, 1, 1, 0: rho = 1 - 6 * 2 / (4 * 15) = 0.8
   assert spearman([1.0, 2.0, 3.0, 4.0], [10.0, 30.0, 20.0, 40.0]) == pytest.approx(0.8)
+
+
+def test_throughput_preset_is_the_a100_preset_at_batch_4096():
+  # gpu_throughput.yaml copies gpu.yaml's constants (flat presets): any drift between the two fails here.
+  base = OmegaConf.to_container(OmegaConf.load(CONF / "gpu.yaml"))
+  wide = OmegaConf.to_container(OmegaConf.load(CONF / "gpu_throughput.yaml"))
+  assert (wide.pop("name"), wide.pop("batch_size")) == ("gpu_throughput", 4096)
+  assert (base.pop("name"), base.pop("batch_size")) == ("gpu", 8)
+  assert wide == base
+  # Per image at batch 4,096 a launch costs 5 us / 4,096; the INT8 GEMM of a token-wise linear by hand.
+  layer = LayerSpec("linear", 64, 128, in_h=17, name="fc1")
+  m = 17 * 4096  # rows: tokens x batch, a multiple of the 16-row tile
+  compute = 2 * m * 64 * 128 / (624e12 * 0.119)
+  traffic = 64 * 128 + 4096 * 17 * (64 + 128)  # INT8 bytes: weights once, inputs and outputs per image
+  expected = (5e-6 + max(compute, traffic / 1555e9)) / 4096
+  assert float(preset("gpu_throughput").cost(layer, 8, 8, 64, 128).latency_s) == pytest.approx(expected, rel=1e-12)
