@@ -185,6 +185,8 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
   out.mkdir(parents=True, exist_ok=True)
   todo = [j for j in jobs if not (out / j["dir"] / "result.json").exists()]
   if todo and check_first:
+    print(f"{spec['name']} ({spec['variant']}): preflight, the first searched and baseline jobs shrunk to a debug "
+          f"run (compiling them takes a minute or two)", flush=True)
     error = preflight(todo, out, python)
     if error:
       raise ValueError(f"the protocol's first job fails before any work: {error}")

@@ -95,6 +95,46 @@ def architecture_text(result: dict) -> str | None:
                     "ch", "/".join(str(l.get("cout")) for l in layers)]))
 
 
+WEIGHTED_KINDS = ("conv", "dwconv", "dense", "linear")  # layer kinds with stored weights (N:M applies to them)
+
+
+def nm_share(result: dict) -> dict[str, float] | None:
+  """The share of the network's stored weights (dense count: kernel² · cin · cout, kernel² · cout for a
+  depthwise layer) under each N:M pattern, e.g. {"2:4": 0.31}; {} when every layer is dense, None without
+  weighted layers in its architecture. Shares weigh layers by size, so a few small layers at 2:4 count little."""
+  layers = [l for l in (result.get("architecture") or {}).get("layers") or [] if l.get("kind") in WEIGHTED_KINDS]
+  counts = [int(l.get("kernel", 1)) ** 2 * (1 if l["kind"] == "dwconv" else int(l["cin"])) * int(l["cout"])
+            for l in layers]
+  total = sum(counts)
+  if not total:
+    return None
+  share = collections.Counter()
+  for l, n in zip(layers, counts):
+    if l.get("nm"):
+      share[f"{l['nm'][0]}:{l['nm'][1]}"] += n / total
+  return dict(sorted(share.items()))
+
+
+def nm_usage(points: list[dict]) -> dict | None:
+  """Mean N:M share of the searched networks' weights, per pattern and in all (``nm_share``); None when no
+  network of the comparison, baseline or searched, has an N:M layer (nothing to say)."""
+  if not any(p.get("nm_share") for p in points):
+    return None
+  searched = [p["nm_share"] or {} for p in points if p["role"] == "searched" and p.get("nm_share") is not None]
+  if not searched:
+    return None
+  patterns = sorted({k for s in searched for k in s})
+  return {"networks": len(searched), "any": float(np.mean([sum(s.values()) for s in searched])),
+          "per_pattern": {k: float(np.mean([s.get(k, 0.0) for s in searched])) for k in patterns},
+          "networks_using": int(sum(bool(s) for s in searched))}
+
+
+def _share_text(share: dict | None) -> str:
+  if share is None:
+    return "–"
+  return "dense" if not share else ", ".join(f"{k} {100 * v:.0f} %" for k, v in share.items())
+
+
 def comparison_points(jobs: list[dict], target: str, metric: str) -> tuple[list[dict], list[dict]]:
   """The points of one comparison (its searched jobs and every baseline), and those excluded with why."""
   points, excluded = [], []
@@ -122,7 +162,7 @@ def comparison_points(jobs: list[dict], target: str, metric: str) -> tuple[list[
         "fraction": job.get("budget", budget.get("fraction")) if searched else None,
         "budget_value": budget.get("value") if searched and own_budget else None,
         "reference": budget.get("reference") if searched and own_budget else None,
-        "architecture": architecture_text(result) if searched else None})
+        "architecture": architecture_text(result) if searched else None, "nm_share": nm_share(result)})
   return points, excluded
 
 
@@ -293,7 +333,8 @@ def budget_rows(points: list[dict], configs: list[dict], ref: dict) -> list[dict
                  "vs_same_total": (compare_to_baseline(accuracy, max(costs), configs)
                                    if len(final_configs) < len(configs) else None),
                  "networks": [{"seed": p["seed"], "accuracy": p["accuracy"], "cost": p["cost"],
-                               "architecture": p["architecture"]} for p in sorted(ps, key=lambda p: str(p["seed"]))]})
+                               "architecture": p["architecture"], "nm_share": p.get("nm_share")}
+                              for p in sorted(ps, key=lambda p: str(p["seed"]))]})
   return rows
 
 
@@ -306,6 +347,7 @@ def build_comparison(spec: dict, jobs: list[dict]) -> dict:
   return {"target": target, "metric": metric, "default": spec.get("default", "gumbel"), "reference": ref,
           "hypervolume": hypervolumes(points, ref, spec.get("default", "gumbel")),
           "budgets": budget_rows(points, configs, ref), "baselines": configs, "points": points,
+          "nm_usage": nm_usage(points),
           "excluded": excluded, "plot": f"{target}-{metric}.png".replace("/", "_")}
 
 
@@ -443,7 +485,7 @@ def comparison_markdown(c: dict) -> list[str]:
             for f, h in hv["families"].items()]
     for name, key in ((ALL_BASELINES, "all_baselines"), (WITH_SAME_TOTAL, "with_same_total")):
       if hv.get(key):
-        ratio = hv[key]["mean"] / hv["all_baselines"]["mean"] if hv["all_baselines"] else None
+        ratio = hv[key]["mean"] / hv["all_baselines"]["mean"] if hv["all_baselines"] and hv["all_baselines"]["mean"] > 0 else None
         rows.append((name, "baseline", len(hv[key]["seeds"]), _pm(hv[key], 1 / box),
                      "–" if not ratio else f"{ratio:.3g}"))
     out += _table(("family", "role", "seeds", "hypervolume", "/ all baselines"), rows)
@@ -505,10 +547,17 @@ def comparison_markdown(c: dict) -> list[str]:
                    "–" if b is None else f"{100 * vs['difference']:+.2f}", vs["verdict"]))
     out += _table(("family", "budget", "accuracy", "best baseline at ≤ cost, either step count", "its accuracy",
                    "Δ points", "verdict"), rows)
+  usage = c.get("nm_usage")
+  if usage:
+    out += [f"N:M sparsity in the searched networks: {100 * usage['any']:.1f} % of their weights on average "
+            f"({', '.join(f'{k} {100 * v:.1f} %' for k, v in usage['per_pattern'].items()) or 'none'}); "
+            f"{usage['networks_using']} of {usage['networks']} networks use it (shares of stored weights, "
+            f"dense counts).", ""]
   out += ["Searched networks (per-channel bits shown as their mean, ~):", ""]
-  out += _table(("family", "budget", "seed", "accuracy", "cost", "architecture"),
+  out += _table(("family", "budget", "seed", "accuracy", "cost", "architecture") + (("N:M share",) if usage else ()),
                 [(r["family"], f"{r['fraction']:g}" if r["fraction"] is not None else "?", n["seed"],
                   f"{100 * n['accuracy']:.2f} %", format_cost(m, n["cost"]), n["architecture"] or "–")
+                 + ((_share_text(n.get("nm_share")),) if usage else ())
                  for r in c["budgets"] for n in r["networks"]])
   out += ["### Baselines", ""]
   out += _table(("family", "config", "cost", "accuracy", "seeds"),

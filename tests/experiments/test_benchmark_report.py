@@ -403,3 +403,33 @@ def test_other_searched_families_with_seeds_get_verdicts_too(tmp_path):
   assert v["final"]["outcome"] == "wins" and v["final"]["margin"] == pytest.approx(5.987 - 5.40)
   assert v["same_total"] is None  # no same-total-steps family in this bench
   assert "gumbel" not in hv["other_verdicts"]
+
+
+def test_nm_share_of_the_searched_networks(tmp_path):
+  # Shares of stored weights by hand: fc1 64 x 128 at 2:4 (8,192), fc2 128 x 64 dense (8,192), head 64 x 10
+  # (640); the matmul and the layernorm store none. 2:4 share = 8,192 / 17,024 = 0.481203.
+  def layers(nm):
+    return [{"kind": "linear", "name": "fc1", "cin": 64, "cout": 128, "kernel": 1, "nm": nm, "w_bits": 8, "a_bits": 8},
+            {"kind": "matmul", "name": "qk", "cin": 16, "cout": 68, "kernel": 1, "nm": None},
+            {"kind": "layernorm", "name": "ln", "cin": 64, "cout": 64, "kernel": 1, "nm": None},
+            {"kind": "linear", "name": "fc2", "cin": 128, "cout": 64, "kernel": 1, "nm": None, "w_bits": 4, "a_bits": 4},
+            {"kind": "dense", "name": "head", "cin": 64, "cout": 10, "kernel": 1, "nm": None, "w_bits": 8, "a_bits": 8}]
+  assert report_app.nm_share({"architecture": {"layers": layers([2, 4])}}) == {"2:4": pytest.approx(8192 / 17024)}
+  assert report_app.nm_share({"architecture": {"layers": layers(None)}}) == {}
+  assert report_app.nm_share({"architecture": {"layers": SEARCHED_LAYERS}}) is None  # no kinds: nothing to say
+  jobs = [searched("gumbel", "riscv", "latency_s", 0.5, 0, 0.85, 4.0, layers([2, 4])),
+          searched("gumbel", "riscv", "latency_s", 0.5, 1, 0.86, 4.0, layers(None)),
+          baseline("uniform", "W8A8", 0, 0.90, 10.0), baseline("uniform", "W8A8", 1, 0.90, 10.0)]
+  root = make_bench(tmp_path / "b", jobs, comparisons=COMPARISONS[:1], extra_jobs=())
+  usage = report_app.build_report(root)["comparisons"][0]["nm_usage"]
+  # Two searched networks: 0.481203 and 0 -> mean 0.240602; one of them uses N:M.
+  assert usage == {"networks": 2, "any": pytest.approx(8192 / 17024 / 2), "networks_using": 1,
+                   "per_pattern": {"2:4": pytest.approx(8192 / 17024 / 2)}}
+  text = report_app.report_markdown(report_app.build_report(root))
+  assert "N:M sparsity in the searched networks: 24.1 % of their weights on average (2:4 24.1 %); 1 of 2" in text
+  assert "| 2:4 48 % |" in text and "| dense |" in text
+  # Without any N:M layer in the comparison the report says nothing about it.
+  plain = make_bench(tmp_path / "c", [searched("gumbel", "riscv", "latency_s", 0.5, 0, 0.85, 4.0, layers(None)),
+                                      baseline("uniform", "W8A8", 0, 0.90, 10.0)], comparisons=COMPARISONS[:1],
+                     extra_jobs=())
+  assert report_app.build_report(plain)["comparisons"][0]["nm_usage"] is None
