@@ -135,7 +135,7 @@ class ViT(Supernet):
       ``.attn.q/k/v``, embed / heads columns for ``.attn.proj``, ``mlp_groups`` groups for ``.mlp.fc1`` and
       ``.mlp.fc2``; candidates ``search.w_bits`` plus 0 (the group pruned) when ``prune_groups``.
     ``{linear}.a_bits``: the linear's input bits. ``{linear}.nm``: its N:M pattern (``nas.sparsity.nm_code``:
-      0 dense, 204 = 2:4, 104 = 1:4), trained with SR-STE.
+      104 = 1:4, 204 = 2:4, 0 dense; in ascending density, dense last), trained with SR-STE.
     ``.attn.qk.a_bits`` / ``.attn.qk.w_bits``: bits of Q and K; ``.attn.av.a_bits`` / ``.attn.av.w_bits``:
       bits of the softmax output and of V (a matmul's "weights" are its second operand, as in LayerSpec).
   With ``search.quantize=False`` every bit choice is float, every linear dense and no group prunable: a plain
@@ -143,7 +143,8 @@ class ViT(Supernet):
   Gumbel choices. ``search.per_channel_w`` has no effect here: the linears' bits are per group, and the patch
   embedding and classifier have fixed bits. ``search.channel_multiple`` rounds the MLP widths, not the heads.
   Before any search step, "argmax" breaks the ties of uniform Gumbel logits towards the first candidate, which
-  for group bits is 0 (pruned): derive or evaluate "argmax" only after the architecture has trained.
+  for group bits is 0 (pruned) and for N:M the sparsest pattern: derive or evaluate "argmax" only after the
+  architecture has trained.
 
   Args:
     space: the candidates.
@@ -189,7 +190,12 @@ class ViT(Supernet):
       patterns = tuple(sparsity.nm_code(p) for p in nm_patterns) if space.quantize else ()
     except ValueError as e:
       raise ValueError(f"model.args.nm_patterns={nm_patterns!r}: {e}") from None
-    self.nm_values = (sparsity.DENSE,) + tuple(sorted(set(patterns)))
+    # Candidates in ascending density, dense last, as bits and widths ascend: the budget projection and the
+    # budget filling after the argmax (nas.search.fit_to_budget / fill_budget) move one candidate down or up
+    # and read "up" as more network. Dense first made "up" mean sparser: on a target where N:M costs the same
+    # as dense (riscv), the filling then moved every linear to 2:4 for free.
+    density = lambda code: sparsity.nm_pattern(code)[0] / sparsity.nm_pattern(code)[1]
+    self.nm_values = tuple(sorted(set(patterns), key=lambda c: (density(c), c))) + (sparsity.DENSE,)
     self.group_w_bits = ((PRUNED,) if prune_groups else ()) + space.w_bits
     self._cost_axes = {}  # layer name -> (cin axis, cout axis, group size) of the linears
     self.patch = self.qlayer("patch", "conv", None, c, None, embed, patch, patch, (h, w), first=True,

@@ -56,8 +56,8 @@ def test_heads_mask_zeroes_exactly_the_dropped_heads():
   model = tiny(SearchSpace(w_bits=(4, 8), a_bits=(8,), width_mults=(0.5, 1.0, 1.5)))  # 1, 2 or 3 heads
   attn = model.blocks[0].attn
   assert model.choices[attn.heads_key].values == (1, 2, 3) and attn.max_heads == 3 and attn.head_dim == 8
-  for name, c in model.choices.items():  # argmax: 8-bit groups (not the first candidate, 0 = pruned), dense
-    if name.endswith(".w_bits") and not c.fixed:
+  for name, c in model.choices.items():  # argmax: 8-bit groups and dense (the last candidates; the first are
+    if name.endswith((".w_bits", ".nm")) and not c.fixed:  # 0 = pruned and 1:4)
       c.logits[...] = c.logits[...].at[..., -1].set(5.0)
   logits = np.zeros(3, np.float32)
   logits[1] = 5.0  # argmax: 2 heads of 3

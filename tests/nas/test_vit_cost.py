@@ -114,3 +114,33 @@ def test_reference_and_one_hot_costs_read_from_the_grids_equal_direct_evaluation
   values = 3 * t * e + h * t * t  # three layernorms, one softmax over 2 heads x 5 x 5
   ref = cost.architecture_cost(net.reference_architecture(), model)["latency_s"]
   assert ref == pytest.approx(macs * 64e-12 + values * 1e-9, rel=1e-12)
+
+
+@pytest.mark.parametrize("target", ["riscv", "gpu_throughput"])
+def test_budget_filling_takes_nm_to_dense_only_where_it_costs_nothing(target):
+  # N:M candidates ascend in density, dense last (like bits and widths): "up" is more network. On riscv a
+  # pattern costs what dense costs, so filling a network's own cost as budget densifies every linear for free;
+  # on the A100 at batch 4,096, 2:4 halves the tensor-core time, so no linear can go dense within that budget.
+  from hydra.utils import instantiate
+  from omegaconf import OmegaConf
+  from nas.search import Constraint, discrete_costs, fill_budget
+  from nas import sparsity
+  net = models.build_model("vit", SearchSpace(w_bits=(4, 8), a_bits=(8,), width_mults=(1.0,)), num_classes=10,
+                    input_shape=(28, 28, 1), depth=1, nm_patterns=[[2, 4], [1, 4]])
+  two4, one4 = sparsity.nm_code((2, 4)), sparsity.nm_code((1, 4))
+  nm_names = [n for n in net.choices if n.endswith(".nm")]
+  assert nm_names and all(net.choices[n].values == (one4, two4, sparsity.DENSE) for n in nm_names)
+  hw = instantiate(OmegaConf.load(__import__("pathlib").Path(__file__).resolve().parents[2] / "conf" / "hardware" / f"{target}.yaml"),
+                   _convert_="all")
+  tables = cost.build_cost_tables(net, hw)
+  top = {n: (c.values[-1],) * c.logits[...].shape[0] if getattr(c, "per_channel", False) else c.values[-1]
+         for n, c in net.choices.items()}  # 8-bit groups, widest, dense
+  start = dict(top, **{n: two4 for n in nm_names})  # the same network at 2:4 everywhere
+  own = discrete_costs(tables, start, net, ["latency_s"])["latency_s"]
+  probs = {n: np.full(np.shape(c.logits[...]), 1.0 / len(c.values)) for n, c in net.choices.items()}
+  filled, _ = fill_budget(net, tables, [Constraint("latency_s", own)], probs, start)
+  dense = [n for n in nm_names if filled[n] == sparsity.DENSE]
+  if target == "riscv":
+    assert dense == nm_names and discrete_costs(tables, filled, net, ["latency_s"])["latency_s"] == pytest.approx(own)
+  else:
+    assert dense == [] and all(filled[n] == two4 for n in nm_names)
