@@ -91,11 +91,16 @@ def nm_rank(w: jax.Array, m: int) -> jax.Array:
   pad = -rows % m
   a = jnp.pad(a, ((0, pad), (0, 0)), constant_values=-1.0)  # below every |w|: padding is never kept over a weight
   g = a.reshape(-1, m, cout)  # (groups, M, cout)
-  idx = jnp.arange(m)
-  lower = idx[:, None] < idx[None, :]  # lower[j, i]: row j precedes row i
-  # beats[:, j, i, :]: weight j beats weight i of the same group and column.
-  beats = (g[:, :, None, :] > g[:, None, :, :]) | ((g[:, :, None, :] == g[:, None, :, :]) & lower[None, :, :, None])
-  rank = jnp.sum(beats, axis=1)  # (groups, M, cout): how many beat each weight
+  rows_of = [g[:, i] for i in range(m)]
+  # One comparison per pair j < i: row j beats row i when |w_j| >= |w_i| (ties go to the lower row), else row i
+  # beats row j. M (M - 1) / 2 comparisons, each counted for both rows, instead of M^2 broadcast ones.
+  rank = [jnp.zeros(rows_of[0].shape, jnp.int32) for _ in range(m)]
+  for i in range(m):
+    for j in range(i):
+      j_beats_i = (rows_of[j] >= rows_of[i]).astype(jnp.int32)
+      rank[i] = rank[i] + j_beats_i
+      rank[j] = rank[j] + (1 - j_beats_i)
+  rank = jnp.stack(rank, axis=1)  # (groups, M, cout): how many beat each weight
   return rank.reshape(-1, cout)[:rows].reshape(w.shape)
 
 
