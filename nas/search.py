@@ -464,19 +464,27 @@ def fill_budget(model, tables, constraints: Sequence[Constraint], probs: Mapping
   moves that keep every budget, it takes the one the search rated closest to the current choice (least
   log-probability given up), so the network grows where the search was least sure it should be small.
 
+  N:M choices (candidates in ascending density, dense last) move up only where the denser pattern costs
+  nothing more: budget left over is not spent undoing a pattern the search chose on a target that rewards it
+  (2:4 on sparse tensor cores), while a pattern that buys nothing on the target (riscv) goes dense.
+
   Returns:
     (choices, number of moves).
   """
   metrics = [c.metric for c in constraints]
   limits = {c.metric: c.limit for c in constraints}
+  nm_names = {layer.keys.nm for layer in model.qlayers() if getattr(layer.keys, "nm", None)}
   choices = dict(choices)
   moves = 0
   while True:
     best, best_lost = None, math.inf
+    now = discrete_costs(tables, choices, model, metrics) if nm_names else None
     for trial, lost in _moves(model, choices, probs, +1):
       if lost >= best_lost:
         continue
       tc = discrete_costs(tables, trial, model, metrics)
+      if any(trial[n] != choices[n] for n in nm_names) and any(tc[m] > now[m] * (1 + 1e-12) for m in metrics):
+        continue  # a denser N:M pattern that costs more
       if all(tc[m] <= limits[m] for m in metrics):
         best, best_lost = trial, lost
     if best is None:
