@@ -138,7 +138,7 @@ def test_uniform_baselines_with_nm_patterns_plan_one_job_per_pattern():
 def test_vit_protocol_plans_dense_and_2of4_baselines_on_two_targets():
   jobs = benchmark.plan_jobs(benchmark.load_protocol("fashion_vit", quick=False))
   searched = [j for j in jobs if j["role"] == "searched"]
-  assert {(j["target"], j["family"]) for j in searched} == {("gpu", "gumbel-shared"), ("riscv", "gumbel-shared")}
+  assert {(j["target"], j["family"]) for j in searched} == {("gpu_throughput", "gumbel"), ("riscv", "gumbel")}
   assert len(searched) == 2 * 3 * 4
   uniform = {j["config"] for j in jobs if j["family"] == "uniform"}
   assert uniform == {"W8A8", "W8A8 2:4", "W4A4", "W4A4 2:4"}
