@@ -485,7 +485,8 @@ def comparison_markdown(c: dict) -> list[str]:
             for f, h in hv["families"].items()]
     for name, key in ((ALL_BASELINES, "all_baselines"), (WITH_SAME_TOTAL, "with_same_total")):
       if hv.get(key):
-        ratio = hv[key]["mean"] / hv["all_baselines"]["mean"] if hv["all_baselines"] and hv["all_baselines"]["mean"] > 0 else None
+        union = hv["all_baselines"]
+        ratio = hv[key]["mean"] / union["mean"] if union and union["mean"] > 0 else None
         rows.append((name, "baseline", len(hv[key]["seeds"]), _pm(hv[key], 1 / box),
                      "–" if not ratio else f"{ratio:.3g}"))
     out += _table(("family", "role", "seeds", "hypervolume", "/ all baselines"), rows)

@@ -412,7 +412,8 @@ def test_nm_share_of_the_searched_networks(tmp_path):
     return [{"kind": "linear", "name": "fc1", "cin": 64, "cout": 128, "kernel": 1, "nm": nm, "w_bits": 8, "a_bits": 8},
             {"kind": "matmul", "name": "qk", "cin": 16, "cout": 68, "kernel": 1, "nm": None},
             {"kind": "layernorm", "name": "ln", "cin": 64, "cout": 64, "kernel": 1, "nm": None},
-            {"kind": "linear", "name": "fc2", "cin": 128, "cout": 64, "kernel": 1, "nm": None, "w_bits": 4, "a_bits": 4},
+            {"kind": "linear", "name": "fc2", "cin": 128, "cout": 64, "kernel": 1, "nm": None, "w_bits": 4,
+             "a_bits": 4},
             {"kind": "dense", "name": "head", "cin": 64, "cout": 10, "kernel": 1, "nm": None, "w_bits": 8, "a_bits": 8}]
   assert report_app.nm_share({"architecture": {"layers": layers([2, 4])}}) == {"2:4": pytest.approx(8192 / 17024)}
   assert report_app.nm_share({"architecture": {"layers": layers(None)}}) == {}

@@ -8,14 +8,20 @@ enumeration whatever the probabilities. Choices outside the enumerated subset ar
 (pruned groups among them), so every op kind and both kinds of width (heads, MLP) take part.
 """
 import itertools
+import pathlib
 
 import numpy as np
 import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from hardware.base import ELEMENTWISE_KINDS, Cost, broadcast_choices, require_kind
 from hardware import metrics
-from nas import cost, models
+from nas import cost, models, sparsity
+from nas.search import Constraint, discrete_costs, fill_budget
 from nas.space import SearchSpace
+
+CONF_HW = pathlib.Path(__file__).resolve().parents[2] / "conf" / "hardware"
 
 
 class LinearCounter:
@@ -121,17 +127,12 @@ def test_budget_filling_takes_nm_to_dense_only_where_it_costs_nothing(target):
   # N:M candidates ascend in density, dense last (like bits and widths): "up" is more network. The filling
   # densifies a pattern only where that costs nothing: on riscv (a pattern costs what dense costs) every linear
   # goes dense; on the A100 at batch 4,096 (2:4 halves the tensor-core time) none does, budget or not.
-  from hydra.utils import instantiate
-  from omegaconf import OmegaConf
-  from nas.search import Constraint, discrete_costs, fill_budget
-  from nas import sparsity
   net = models.build_model("vit", SearchSpace(w_bits=(4, 8), a_bits=(8,), width_mults=(1.0,)), num_classes=10,
                     input_shape=(28, 28, 1), depth=1, nm_patterns=[[2, 4], [1, 4]])
   two4, one4 = sparsity.nm_code((2, 4)), sparsity.nm_code((1, 4))
   nm_names = [n for n in net.choices if n.endswith(".nm")]
   assert nm_names and all(net.choices[n].values == (one4, two4, sparsity.DENSE) for n in nm_names)
-  hw = instantiate(OmegaConf.load(__import__("pathlib").Path(__file__).resolve().parents[2] / "conf" / "hardware" / f"{target}.yaml"),
-                   _convert_="all")
+  hw = instantiate(OmegaConf.load(CONF_HW / f"{target}.yaml"), _convert_="all")
   tables = cost.build_cost_tables(net, hw)
   top = {n: (c.values[-1],) * c.logits[...].shape[0] if getattr(c, "per_channel", False) else c.values[-1]
          for n, c in net.choices.items()}  # 8-bit groups, widest, dense
