@@ -32,6 +32,10 @@ class OpAxes:
   head_dim columns). ``nm``: the N:M choice (values ``nas.sparsity.nm_code``; None: dense). ``w_groups``: the
   weight-bit choice is per group of this many output columns (1: per channel; None: one per layer); a 0-bit
   candidate prunes its columns. ``w_bits`` / ``a_bits`` None: the op has no bit choice (softmax, layernorm).
+  ``dead_if``: the op's result is unused when every group of one of these weight-bit choices is pruned (an
+  attention's Q, K, V when its output projection is wholly pruned): it then costs nothing, and its expected
+  cost is weighted by P(alive) = prod_k (1 - prod_g p_kg(0)), exact because choices are independent and an
+  op's own choices are not its killers'.
   """
   w_bits: str | None
   a_bits: str | None
@@ -41,6 +45,7 @@ class OpAxes:
   cout_scale: int = 1
   nm: str | None = None
   w_groups: int | None = None
+  dead_if: tuple[tuple[str, int], ...] = ()  # (per-group w_bits choice, index of its 0-bit candidate) pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +78,10 @@ def model_ops(model) -> list[tuple[LayerSpec, OpAxes]]:
     out = []
     for spec, ax in model.cost_layers():
       cin, cout = ax.get("cin"), ax.get("cout")
+      dead_if = tuple((k, model.choices[k].values.index(0)) for k in ax.get("dead_if", ()))
       out.append((spec, OpAxes(ax.get("w_bits"), ax.get("a_bits"), cin[0] if cin else None,
                                cout[0] if cout else None, cin[1] if cin else 1, cout[1] if cout else 1,
-                               ax.get("nm"), ax.get("w_groups"))))
+                               ax.get("nm"), ax.get("w_groups"), dead_if)))
     return out
   out = []
   for layer in model.qlayers():
@@ -209,6 +215,11 @@ def expected_costs(tables: list[LayerCostTable], arrays: list[dict], probs: Mapp
   def p(key, size):  # a choice's probabilities, or 1 for an axis fixed (of length 1 in the grid)
     return probs[key] if (key is not None and size > 1) else one
 
+  def add(m, value, keys):
+    for name, pruned in keys.dead_if:  # weighted by P(the op's result is used)
+      value = value * (1.0 - xp.prod(probs[name][..., pruned]))
+    total[m] = total.get(m, 0.0) + value
+
   for t, arr in zip(tables, arrays):
     k = t.keys
     if k is None:  # the fixed per-inference cost
@@ -231,11 +242,11 @@ def expected_costs(tables: list[LayerCostTable], arrays: list[dict], probs: Mapp
       for m, grid in arr.items():
         at = xp.stack([xp.stack([_interp_last(grid[s, b], n_b[b], xp) for b in range(shape[1])])
                        for s in range(shape[0])])  # (nNM, nW, nA, nCin)
-        total[m] = total.get(m, 0.0) + xp.einsum("s,a,i,swai->", pnm, pa, pci, at)
+        add(m, xp.einsum("s,a,i,swai->", pnm, pa, pci, at), k)
       continue
     pw, pco = p(k.w_bits, shape[1]), p(k.cout, shape[4])
     for m, grid in arr.items():
-      total[m] = total.get(m, 0.0) + xp.einsum("s,w,a,i,o,swaio->", pnm, pw, pa, pci, pco, grid)
+      add(m, xp.einsum("s,w,a,i,o,swaio->", pnm, pw, pa, pci, pco, grid), k)
   return total
 
 

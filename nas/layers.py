@@ -77,8 +77,16 @@ def _weights_tap_bwd(res, g):
   # One reduction per candidate cost 1.5x as much on a CPU, and stacking the candidates' tensors (a
   # concatenate) made XLA write them out. Per-channel weights keep x's last axis.
   axes = tuple(range(1, x.ndim)) if weights.ndim == 2 else tuple(range(1, x.ndim + 1))
-  q = quant.lsq_value(x[None], others(steps), others(qn), others(qp))
-  diffs = jnp.sum(g[None] * (q - q_drawn[None]), axis=axes)
+  # <g, Q_j(x)> = s_j <g, round(clip(x / s_j))>: the step multiplies after the reduction, and <g, Q_d(x)> is
+  # reduced once for all j (12 % less time than reducing g (Q_j(x) - Q_d(x)) per candidate, measured on CPU).
+  s = jnp.maximum(others(steps), quant.STEP_FLOOR)
+  r = jnp.round(jnp.clip(x[None] / s, -others(qn), others(qp)))
+  a_drawn = jnp.sum(g * q_drawn, axis=tuple(a - 1 for a in axes))
+  if all(s.shape[a] == 1 for a in axes if a < s.ndim):  # one step per reduced slice: factor it out
+    sums = jnp.sum(g[None] * r, axis=axes)
+    diffs = sums * jnp.reshape(s, sums.shape) - a_drawn
+  else:  # per-channel steps under a per-tensor choice
+    diffs = jnp.sum(g[None] * r * s, axis=axes) - a_drawn
   # The barrier keeps XLA from sinking the placement below into the reductions (k times the work).
   diffs = jax.lax.optimization_barrier(diffs)
   grads = jnp.sum(place * diffs[..., None], axis=0)
@@ -126,10 +134,13 @@ def _onehot_quantize(x: jax.Array, steps: jax.Array, bits: tuple[int, ...], sign
   positions = [(w.drawn + i) % k for i in range(k)]
   index = [jnp.take_along_axis(w.cands, p[..., None], axis=-1)[..., 0] for p in positions]
   w_drawn = jnp.take_along_axis(w.weights, w.drawn[..., None], axis=-1)[..., 0]  # 1 forward
-  q = quant.lsq_quantize_range(x, at(steps, index[0]), qn_all[index[0]], qp_all[index[0]], gs_all[index[0]])
-  q = q * jax.lax.stop_gradient(w_drawn)  # w_drawn is 1 (to rounding)
-  if PRUNED in bits:  # PRUNED drawn: no gradient to x either (clip(0, 0, 0) would pass some)
-    q = q * (qp_all[index[0]] > 0)
+  # w_drawn is 1 (to rounding); a PRUNED draw multiplies by 0, so that x gets no gradient either (clip(0, 0, 0)
+  # would pass some). Both are folded into the step's multiply: no extra pass over the tensor.
+  scale = jax.lax.stop_gradient(w_drawn)
+  if PRUNED in bits:
+    scale = scale * (qp_all[index[0]] > 0)
+  q = quant.lsq_quantize_range(x, at(steps, index[0]), qn_all[index[0]], qp_all[index[0]], gs_all[index[0]],
+                               out_scale=scale)
   tap_steps = jax.lax.stop_gradient(jnp.stack([at(steps, i) for i in index]))
   place = jnp.stack([jax.nn.one_hot(p, k, dtype=w.weights.dtype) for p in positions[1:]])
   return _weights_tap(w.weights, q, jax.lax.stop_gradient(x), tap_steps, jnp.stack([qn_all[i] for i in index]),
@@ -317,12 +328,20 @@ class QLayer(nnx.Module):
     dense = w_sel.dense(len(bits)) if isinstance(w_sel, OneHot) else w_sel
     return b * (1.0 - dense[..., bits.index(PRUNED)])
 
-  def __call__(self, x: jax.Array, arch: Mapping[str, jax.Array]) -> jax.Array:
+  def __call__(self, x: jax.Array, arch: Mapping[str, jax.Array], column_scale: jax.Array | None = None
+               ) -> jax.Array:
+    """The layer's output; ``column_scale`` (dense and linear layers, shape (cout,)) multiplies its output
+    columns, applied to the quantised kernel and the bias (a pass over the kernel, not over the output)."""
     x = self.aq(x, arch[self.keys.a_bits])
     w_sel = self.column_weights(arch)
     w = self.wq(self.sparse_kernel(arch), w_sel)
     if self.spec.kind in ("dense", "linear"):
-      return x @ w + self._bias(w_sel)
+      b = self._bias(w_sel)
+      if column_scale is not None:
+        w, b = w * column_scale, b * column_scale
+      return x @ w + b
+    if column_scale is not None:
+      raise ValueError(f"QLayer {self.spec.name!r}: column_scale is for dense and linear layers only.")
     groups = self.spec.cin if self.spec.kind == "dwconv" else 1
     return jax.lax.conv_general_dilated(
         x, w, (self.spec.stride,) * 2, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),

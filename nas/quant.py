@@ -70,12 +70,16 @@ def lsq_quantize(x: jax.Array, step: jax.Array, bits: int, signed: bool, grad_sc
   return lsq_quantize_range(x, step, qn, qp, grad_scale)
 
 
-def lsq_quantize_range(x: jax.Array, step: jax.Array, qn, qp, grad_scale) -> jax.Array:
+def lsq_quantize_range(x: jax.Array, step: jax.Array, qn, qp, grad_scale, out_scale=None) -> jax.Array:
   """``lsq_quantize`` with the integer range [-qn, qp] and the gradient scale given directly; they may be
-  traced arrays (broadcastable to ``x``), so the bit-width can be chosen inside a jitted step (SDQ)."""
+  traced arrays (broadcastable to ``x``), so the bit-width can be chosen inside a jitted step (SDQ).
+
+  ``out_scale`` (a constant broadcastable to ``step``) multiplies the result, folded into the step's last
+  multiply instead of a pass over the output: ``round(clip(x / s)) * (s * out_scale)``.
+  """
   s = scale_grad(floor_ste(step, STEP_FLOOR), grad_scale)
   v = jnp.clip(x / s, -qn, qp)
-  return round_ste(v) * s
+  return round_ste(v) * (s if out_scale is None else s * out_scale)
 
 
 def lsq_value(x: jax.Array, step: jax.Array, qn, qp) -> jax.Array:

@@ -366,12 +366,15 @@ def cheapest_choices(model) -> dict:
 
 
 def cost_lower_bound(tables, metrics) -> dict[str, float]:
-  """Sum over layers of each layer's cheapest grid entry: no network of the space costs less.
+  """Sum over layers of each layer's cheapest grid entry (0 for an op that can be left out, ``OpAxes.dead_if``):
+  no network of the space costs less.
 
   (Costs need not fall with bits or widths, e.g. a CPU whose narrow convolutions take a slow path, so the
   network of smallest candidates is not always the cheapest.)
   """
-  return {m: float(sum(np.min(t.grids[m]) for t in tables)) for m in metrics}
+  def least(t, m):  # an op that can be left out (``OpAxes.dead_if``) can cost nothing
+    return 0.0 if (t.keys is not None and t.keys.dead_if) else float(np.min(t.grids[m]))
+  return {m: float(sum(least(t, m) for t in tables)) for m in metrics}
 
 
 def cheapest_network(model, tables, metric: str) -> tuple[dict, float]:

@@ -129,29 +129,72 @@ def sr_ste(w: jax.Array, n: int, m: int, decay: float = SRSTE_DECAY) -> jax.Arra
   return _masked(w, nm_mask(w, n, m), jnp.asarray(decay, w.dtype))
 
 
-def mix_patterns(w: jax.Array, codes: tuple[int, ...], weights: jax.Array,
-                 decay: float = SRSTE_DECAY) -> jax.Array:
-  """sum_s weights[s] * S_s(W): the N:M candidates ``codes`` (``nm_code`` values) of one kernel, mixed by a
-  choice's weights (shape (len(codes),)); S_s is ``sr_ste`` for a pattern and the identity for ``DENSE``.
-
-  Every candidate is computed even when the weights are one-hot forward: the gradient of each candidate's
-  weight is <dL/dW_eff, S_s(W)>, which needs S_s(W) anyway, and the masks of a kernel cost little next to
-  the layer's product with its activations.
-  """
-  if len(codes) != weights.shape[-1]:
-    raise ValueError(f"mix_patterns got {len(codes)} N:M candidates but {weights.shape[-1]} mixing weights; "
-                     f"give one weight per candidate.")
-  out, ranks = None, {}
-  decay = jnp.asarray(decay, w.dtype)
-  for i, code in enumerate(codes):
+def _pattern_masks(w: jax.Array, codes: tuple[int, ...]) -> list[jax.Array]:
+  """The mask of each candidate in ``codes`` (ones for ``DENSE``); patterns sharing M share one ranking."""
+  masks, ranks = [], {}
+  for code in codes:
     pattern = nm_pattern(code)
     if pattern is None:
-      term = w
-    else:  # 2:4 and 1:4 share one ranking of each group of 4
-      n, m = check_pattern(pattern)
-      if m not in ranks:
-        ranks[m] = nm_rank(w, m)
-      term = _masked(w, (ranks[m] < n).astype(w.dtype), decay)
-    term = term * weights[i]
+      masks.append(jnp.ones_like(w))
+      continue
+    n, m = check_pattern(pattern)
+    if m not in ranks:
+      ranks[m] = nm_rank(w, m)
+    masks.append((ranks[m] < n).astype(w.dtype))
+  return masks
+
+
+@jax.custom_vjp
+def _mix_tap(weights: jax.Array, out: jax.Array, w: jax.Array, masks: jax.Array) -> jax.Array:
+  """``out`` unchanged; backward, candidate s's mixing weight gets <g, W * mask_s> (its gradient in the full mix
+  sum_s weights[s] S_s(W)), so that the forward pass needs the drawn candidate's kernel only. Only ``weights``
+  and ``out`` get gradients (W gets its own through ``out``)."""
+  del weights, w, masks
+  return out
+
+
+def _mix_tap_fwd(weights, out, w, masks):
+  return out, (weights, w, masks)
+
+
+def _mix_tap_bwd(res, g):
+  weights, w, masks = res
+  grads = jnp.sum((g * w)[None] * masks, axis=tuple(range(1, masks.ndim)))
+  return grads.astype(weights.dtype), g, jnp.zeros_like(w), jnp.zeros_like(masks)
+
+
+_mix_tap.defvjp(_mix_tap_fwd, _mix_tap_bwd)
+
+
+def mix_patterns(w: jax.Array, codes: tuple[int, ...], weights, decay: float = SRSTE_DECAY) -> jax.Array:
+  """sum_s weights[s] * S_s(W): the N:M candidates ``codes`` (``nm_code`` values) of one kernel, mixed by a
+  choice's weights (shape (len(codes),), or a ``nas.choices.OneHot`` of them); S_s is ``sr_ste`` for a pattern
+  and the identity for ``DENSE``. Candidate s's SR-STE decay is scaled by the forward value of weights[s]: the
+  pruned weights of a pattern are pulled to zero while the pattern is drawn (in proportion, when mixed softly).
+
+  Soft weights compute every candidate. A OneHot (a hard Gumbel sample, an argmax) computes the drawn
+  candidate's kernel only, forward; backward, W gets the drawn candidate's SR-STE gradient and every mixing
+  weight its gradient of the full mix, <dL/dW_eff, S_s(W)>, from a tap: the same values and gradients as the
+  full mix (tests/nas/test_sparsity.py), with one masked product in the forward pass instead of one a candidate.
+  """
+  one_hot = hasattr(weights, "drawn")  # a nas.choices.OneHot (not imported: nas.choices imports nothing of ours)
+  mixing = weights.weights if one_hot else weights
+  if len(codes) != mixing.shape[-1]:
+    raise ValueError(f"mix_patterns got {len(codes)} N:M candidates but {mixing.shape[-1]} mixing weights; "
+                     f"give one weight per candidate.")
+  decay = jnp.asarray(decay, w.dtype)
+  masks = _pattern_masks(w, codes)
+  if one_hot:
+    table = jnp.stack(masks)
+    index = weights.cands[weights.drawn]
+    w_drawn = mixing[weights.drawn]  # 1 forward (to rounding)
+    out = _masked(w, table[index], decay) * jax.lax.stop_gradient(w_drawn)
+    return _mix_tap(mixing, out, jax.lax.stop_gradient(w), table)
+  out = None
+  for i, mask in enumerate(masks):
+    # A candidate's SR-STE decay counts with its weight's forward value (0 for an undrawn one, as in the
+    # OneHot path): the decay belongs to the network that uses the pattern.
+    sparse = nm_pattern(codes[i]) is not None
+    term = (_masked(w, mask, decay * jax.lax.stop_gradient(mixing[i])) if sparse else w) * mixing[i]
     out = term if out is None else out + term
   return out

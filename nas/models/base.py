@@ -35,6 +35,7 @@ class Supernet(nnx.Module):
     self.choices = nnx.Dict()
     self.reference = {}  # choice name -> value of the reference network (W8A8 at base width)
     self._bit_choices = ()  # names of the bit-width choices
+    self._onehot_choices = ()  # other choices whose consumers take a OneHot (N:M: nas.sparsity.mix_patterns)
     self._layer_names = []
 
   def add_choice(self, name: str, candidates, reference: int, bits: bool = False,
@@ -112,7 +113,7 @@ class Supernet(nnx.Module):
 
   def mixing_weights(self, mode: str, key: jax.Array | None = None, tau=1.0) -> dict[str, jax.Array]:
     """Every choice's mixing weights for one forward pass (one draw of noise for all of them in ``"sample"``
-    mode). Bit-width choices give theirs as quantisers take them (``OneHot`` where one-hot forward)."""
+    mode). Bit-width and N:M choices give theirs as quantisers take them (``OneHot`` where one-hot forward)."""
     check_mode(mode)
     names = list(self.choices.keys())
     noise = {}
@@ -127,7 +128,8 @@ class Supernet(nnx.Module):
     out = {}
     for n in names:
       choice = self.choices[n]
-      weights = choice.quantizer_weights if n in self._bit_choices else choice.mixing_weights
+      onehot = n in self._bit_choices or n in self._onehot_choices
+      weights = choice.quantizer_weights if onehot else choice.mixing_weights
       out[n] = weights(mode, tau=tau, uniform=noise.get(n))
     return out
 

@@ -77,10 +77,11 @@ class Attention(nnx.Module):
     return width_mask(cols, arch[self.heads_key], self.max_heads * self.head_dim)
 
   def qkv(self, y: jax.Array, net: "ViT", arch: Mapping[str, jax.Array]):
-    """Q, K, V of the normalised tokens ``y`` (B, T, E), each (B, T, heads x head_dim), masked by the heads."""
+    """Q, K, V of the normalised tokens ``y`` (B, T, E), each (B, T, heads x head_dim), masked by the heads (the
+    mask scales the quantised kernels' columns and the biases: the same product, a pass over each kernel
+    instead of one over each output)."""
     m = self.head_mask(net, arch)
-    out = (self.q(y, arch), self.k(y, arch), self.v(y, arch))
-    return out if m is None else tuple(t * m for t in out)
+    return self.q(y, arch, m), self.k(y, arch, m), self.v(y, arch, m)
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, arch: Mapping[str, jax.Array]) -> jax.Array:
     """softmax(Q K^T / sqrt(d)) V per head, operands quantised; returns the projection's input (B, T, H d)."""
@@ -223,6 +224,8 @@ class ViT(Supernet):
     wk, wb = self.bits_choice(f"{attr}.w_bits", None, self.group_w_bits, channels=groups)
     ak, ab = self.bits_choice(f"{attr}.a_bits", None, self.space.a_bits)
     nk = self.add_choice(f"{attr}.nm", self.nm_values, sparsity.DENSE)
+    if nk not in self._onehot_choices:
+      self._onehot_choices += (nk,)
     # Only choices whose values are channel counts go in ChoiceKeys (what nas.cost reads); heads go through
     # cost_layers().
     channel_key = lambda axis: axis[0] if axis is not None and axis[1] == 1 else None
@@ -270,36 +273,46 @@ class ViT(Supernet):
         value times per_value (heads x head_dim for Q/K/V columns and the projection's rows; heads x T for
         Q K^T's columns and the softmax; MLP columns x 1).
       ``nm``: the N:M choice (values ``nas.sparsity.nm_code``) or None (dense).
+      ``dead_if``: weight-bit choices (per group, with a 0-bit candidate) that leave the op's result unused when
+        all their groups are pruned: every op of an attention (its LayerNorm, Q, K, V, both matmuls and the
+        softmax) when its output projection is wholly pruned (the attention adds exactly 0 to the residual),
+        and the MLP's LayerNorm and fc1 when fc2 is. Such a sub-block is skipped (FBNet's skip op). Only the
+        projections with a fixed number of output columns (the embedding) kill: the other dead ops (K when
+        all of Q is pruned, fc2 computing only its bias when all of fc1 is) are still costed, an upper bound.
     The specs carry ``nm=None``: the widest choice is dense.
     """
     out = []
-    none = dict(w_bits=None, w_groups=None, a_bits=None, cin=None, cout=None, nm=None)
+    none = dict(w_bits=None, w_groups=None, a_bits=None, cin=None, cout=None, nm=None, dead_if=())
 
     def add(spec, **axes):
       out.append((spec, {**none, **axes}))
 
-    def add_layer(layer):
+    def add_layer(layer, **extra):
       cin_axis, cout_axis, group_size = self._cost_axes.get(layer.spec.name, (None, None, None))
       add(layer.spec, w_bits=layer.keys.w_bits, a_bits=layer.keys.a_bits, cin=cin_axis, cout=cout_axis,
-          w_groups=group_size, nm=layer.keys.nm)
+          w_groups=group_size, nm=layer.keys.nm, **extra)
+
+    def killers(layer):  # the layer's weight-bit choice, where pruning all its groups is a candidate
+      return (layer.keys.w_bits,) if PRUNED in self.choices[layer.keys.w_bits].values else ()
 
     t, e = self.tokens, self.embed
     add_layer(self.patch)
     for i, block in enumerate(self.blocks):
       p, attn = f"blocks.{i}", block.attn
       h, d = attn.max_heads, attn.head_dim
-      add(LayerSpec("layernorm", e, e, in_h=t, name=f"{p}.ln1"))
+      a_dead, m_dead = killers(attn.proj), killers(block.fc2)
+      add(LayerSpec("layernorm", e, e, in_h=t, name=f"{p}.ln1"), dead_if=a_dead)
       for layer in (attn.q, attn.k, attn.v):
-        add_layer(layer)
+        add_layer(layer, dead_if=a_dead)
       add(LayerSpec("matmul", d, h * t, in_h=t, head_cols=t, name=f"{p}.attn.qk"),
-          a_bits=attn.qk_keys[0][0], w_bits=attn.qk_keys[1][0], cout=(attn.heads_key, t))
+          a_bits=attn.qk_keys[0][0], w_bits=attn.qk_keys[1][0], cout=(attn.heads_key, t), dead_if=a_dead)
       add(LayerSpec("softmax", h * t, h * t, in_h=t, name=f"{p}.attn.softmax"),
-          cin=(attn.heads_key, t), cout=(attn.heads_key, t))
+          cin=(attn.heads_key, t), cout=(attn.heads_key, t), dead_if=a_dead)
       add(LayerSpec("matmul", t, h * d, in_h=t, head_cols=d, name=f"{p}.attn.av"),
-          a_bits=attn.av_keys[0][0], w_bits=attn.av_keys[1][0], cout=(attn.heads_key, d))
+          a_bits=attn.av_keys[0][0], w_bits=attn.av_keys[1][0], cout=(attn.heads_key, d), dead_if=a_dead)
       add_layer(attn.proj)
-      add(LayerSpec("layernorm", e, e, in_h=t, name=f"{p}.ln2"))
-      add_layer(block.fc1)
+      add(LayerSpec("layernorm", e, e, in_h=t, name=f"{p}.ln2"), dead_if=m_dead)
+      add_layer(block.fc1, dead_if=m_dead)
       add_layer(block.fc2)
     add(LayerSpec("layernorm", e, e, in_h=t, name="norm"))
     add_layer(self.head)
@@ -327,11 +340,15 @@ class ViT(Supernet):
   def architecture(self, choices: Mapping | None = None) -> Architecture:
     """The discrete network for ``choices`` (default: the derived argmax): every op of ``cost_layers`` at its
     chosen widths and N:M pattern. A linear's per-group bits become per-column bits; pruned (0-bit) columns
-    are left out of its spec (an op whose columns are all pruned is left out), though the inputs of the ops
-    after it still count them (a conservative cost). Softmax and layernorm carry 32-bit (float) bits."""
+    are left out of its spec (an op whose columns are all pruned is left out, and so are the ops whose result
+    it leaves unused: ``dead_if`` of ``cost_layers``), though the inputs of the ops after it still count them
+    (a conservative cost). Softmax and layernorm carry 32-bit (float) bits."""
     choices = dict(self.derive() if choices is None else choices)
     layers = []
+    pruned = lambda v: all(int(b) == PRUNED for b in (v if isinstance(v, (tuple, list)) else (v,)))
     for spec, axes in self.cost_layers():
+      if any(pruned(choices[k]) for k in axes["dead_if"]):
+        continue
       cin = self._axis(choices, axes["cin"], spec.cin)
       cout = self._axis(choices, axes["cout"], spec.cout)
       nm = sparsity.nm_pattern(choices[axes["nm"]]) if axes["nm"] else None

@@ -44,7 +44,10 @@ def test_uniform_baseline_sets_every_pattern_heads_and_bits():
 
 
 def test_debug_search_records_transformer_ops(tmp_path):
-  r = app.run(_compose(["debug=true", "hardware=gpu", "budget.room=0.5"]), tmp_path)
+  # No pruned groups: a debug search's logits barely move from uniform, whose argmax prunes every group (ties go
+  # to the first candidate, 0 bits), and a wholly pruned projection skips its attention or MLP.
+  r = app.run(_compose(["debug=true", "hardware=gpu", "budget.room=0.5", "model.args.prune_groups=false"]),
+              tmp_path)
   kinds = {l["kind"] for l in r["architecture"]["layers"]}
   assert {"linear", "matmul", "softmax", "layernorm", "conv", "dense"} <= kinds
   assert r["cost"]["gpu"]["latency_s"] <= r["budget"]["value"] * (1 + 1e-9)

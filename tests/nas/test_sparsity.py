@@ -89,6 +89,37 @@ def test_mix_patterns_one_hot_and_soft():
                                              float(jnp.sum(w * reference_mask(np.asarray(w), 1, 4)))], rtol=1e-5)
 
 
+@pytest.mark.parametrize("drawn", [0, 1, 2])
+def test_mix_patterns_onehot_matches_the_full_mix(drawn):
+  """A OneHot (hard sample) computes only the drawn kernel forward; its values and the gradients of W and of
+  every mixing weight are the full mix's, checked against a NumPy reference of the full mix's gradients:
+  dL/dW = sum_s p_s (G + lambda (1 - mask_s) W) at one-hot p, dL/dp_s = <G, W mask_s>."""
+  from nas.choices import OneHot
+  rng = np.random.default_rng(5)
+  w = rng.normal(size=(10, 4)).astype(np.float32)  # 10 rows: a partial group of 2
+  c = rng.normal(size=(10, 4)).astype(np.float32)  # dL/dW_eff of L = <c, W_eff>
+  codes, lam = (104, 204, sparsity.DENSE), 1e-2
+  masks = [reference_mask(w, 1, 4), reference_mask(w, 2, 4), np.ones_like(w)]
+  logits = jnp.asarray([0.3, -0.2, 0.1])
+
+  def loss(w, logits, onehot):
+    y = jax.nn.softmax(logits)  # straight-through one-hot, as a hard Gumbel sample builds it
+    y = y + jax.lax.stop_gradient(jax.nn.one_hot(drawn, 3) - y)
+    weights = OneHot(jnp.arange(3), jnp.asarray(drawn), y) if onehot else y
+    return jnp.sum(jnp.asarray(c) * sparsity.mix_patterns(w, codes, weights, lam))
+
+  for onehot in (False, True):
+    value = sparsity.mix_patterns(jnp.asarray(w), codes, OneHot(jnp.arange(3), jnp.asarray(drawn),
+                                                                jax.nn.one_hot(drawn, 3)) if onehot else
+                                  jax.nn.one_hot(drawn, 3), lam)
+    np.testing.assert_allclose(np.asarray(value), w * masks[drawn], rtol=1e-6)
+    gw, gl = jax.grad(loss, argnums=(0, 1))(jnp.asarray(w), logits, onehot)
+    np.testing.assert_allclose(np.asarray(gw), c + lam * (1 - masks[drawn]) * w, rtol=1e-5, atol=1e-7)
+    a = np.asarray([np.sum(c * w * m) for m in masks], np.float64)  # dL/dp_s
+    p = np.exp(np.asarray(logits, np.float64)); p /= p.sum()
+    np.testing.assert_allclose(np.asarray(gl), p * (a - np.sum(p * a)), rtol=1e-4, atol=1e-6)  # softmax's Jacobian
+
+
 def test_codes_round_trip_and_bad_patterns_raise():
   assert sparsity.nm_code((2, 4)) == 204 and sparsity.nm_pattern(204) == (2, 4)
   assert sparsity.nm_code(None) == sparsity.DENSE and sparsity.nm_pattern(sparsity.DENSE) is None

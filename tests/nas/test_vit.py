@@ -116,13 +116,18 @@ def test_derived_network_with_pruned_groups_and_nm_builds_and_reports_its_layers
   choices = dict(model.reference)
   choices.update({"blocks.0.attn.heads": 1, "blocks.0.mlp.width": 16, "blocks.0.mlp.fc1.nm": 204,
                   "blocks.0.attn.q.w_bits": (4, 0), "blocks.0.mlp.fc1.w_bits": (2, 0, 8, 8),
-                  "blocks.0.mlp.fc2.w_bits": (0, 0, 0, 0)})
+                  "blocks.0.mlp.fc2.w_bits": (0, 0, 0, 0), "blocks.0.attn.proj.w_bits": (0, 8)})
   arch = model.architecture(choices)
   s = {l.spec.name: l for l in arch.layers}
   assert s["blocks.0.attn.q"].spec.cout == 8 and s["blocks.0.attn.q"].w_bits == 4  # one head, at 4 bits
+  assert "blocks.0.mlp.fc2" not in s and "blocks.0.mlp.fc1" not in s  # fc2 wholly pruned: the MLP is skipped
+  assert s["blocks.0.attn.proj"].spec.cout == 8  # proj's first group (of 8 columns) pruned
+  choices["blocks.0.mlp.fc2.w_bits"] = (0, 0, 0, 8)
+  s = {l.spec.name: l for l in model.architecture(choices).layers}
   fc1 = s["blocks.0.mlp.fc1"]  # 16 columns of groups of 8: (2, 0) -> 8 columns at 2 bits, 8 pruned
   assert fc1.spec.cout == 8 and fc1.w_bits == 2 and fc1.spec.nm == (2, 4)
-  assert "blocks.0.mlp.fc2" not in s  # every group pruned
+  assert s["blocks.0.mlp.fc2"].spec.cout == 4 and s["blocks.0.mlp.fc2"].w_bits == 8  # one group of 16 / 4 kept
+  arch = model.architecture(choices)
   derived = build_model("vit", SPACE, arch=arch, **TINY)
   assert derived.blocks[0].attn.q.kernel[...].shape == (16, 8)
   assert derived.blocks[0].fc1.kernel[...].shape == (16, 16)

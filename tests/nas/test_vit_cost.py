@@ -47,11 +47,9 @@ def tiny_vit():
                             heads=2, mlp=8, depth=1, mlp_groups=2)
 
 
-def test_expected_cost_equals_enumeration():
+def _enumerate_and_compare(enumerate_over, count, seed):
   net = tiny_vit()
-  rng = np.random.default_rng(7)
-  enumerate_over = ["blocks.0.attn.heads", "blocks.0.mlp.width", "blocks.0.attn.q.w_bits", "blocks.0.attn.q.nm",
-                    "blocks.0.attn.qk.a_bits", "blocks.0.mlp.fc1.w_bits"]
+  rng = np.random.default_rng(seed)
   names = [n for n, c in net.choices.items() if not c.fixed]
   assert set(enumerate_over) <= set(names), sorted(names)
   fixed_value = {}
@@ -80,24 +78,58 @@ def test_expected_cost_equals_enumeration():
   brute = {"latency_s": 0.0, "weight_bytes": 0.0}
   total_p = 0.0
   fixed_choices = {n: c.values[0] for n, c in net.choices.items() if c.fixed}
+  layer_counts = set()
   for assignment in itertools.product(*axes):
     choices = {**fixed_choices, **fixed_value, **{n: v for n, v, _ in assignment}}
     prob = float(np.prod([q for _, _, q in assignment]))
     arch = net.architecture(choices)
+    layer_counts.add(len(arch.layers))
     brute["latency_s"] += prob * cost.architecture_cost(arch, model)["latency_s"]
     wb = sum(float(metrics.weight_bytes(spec, w)) for spec, w, _ in arch.layer_specs())
     brute["weight_bytes"] += prob * wb
     total_p += prob
   assert total_p == pytest.approx(1.0, rel=1e-6)  # float32 softmax
-  assert len(list(itertools.product(*axes))) == 2 * 2 * 9 * 3 * 2 * 9
+  assert len(list(itertools.product(*axes))) == count
 
   tables = cost.build_cost_tables(net, model)
-  kinds = {t.name: t for t in tables}
-  assert kinds["blocks.0.attn.softmax"].grids["latency_s"].shape[-1] == 1  # one channel axis (heads x T)
-  assert kinds["blocks.0.attn.q"].per_channel and kinds["blocks.0.attn.q"].grids["latency_s"].shape[0] == 3
   expected = cost.expected_costs(tables, cost.table_arrays(tables, cost.METRICS), net.probs())
   assert float(expected["latency_s"]) == pytest.approx(brute["latency_s"], rel=2e-4)
   assert float(expected["weight_bytes"]) == pytest.approx(brute["weight_bytes"], rel=2e-4)
+  return tables, layer_counts
+
+
+def test_expected_cost_equals_enumeration():
+  tables, _ = _enumerate_and_compare(
+      ["blocks.0.attn.heads", "blocks.0.mlp.width", "blocks.0.attn.q.w_bits", "blocks.0.attn.q.nm",
+       "blocks.0.attn.qk.a_bits", "blocks.0.mlp.fc1.w_bits"], 2 * 2 * 9 * 3 * 2 * 9, seed=7)
+  kinds = {t.name: t for t in tables}
+  assert kinds["blocks.0.attn.softmax"].grids["latency_s"].shape[-1] == 1  # one channel axis (heads x T)
+  assert kinds["blocks.0.attn.q"].per_channel and kinds["blocks.0.attn.q"].grids["latency_s"].shape[0] == 3
+
+
+def test_expected_cost_of_skippable_sub_blocks_equals_enumeration():
+  """Where every group of the output projection (of fc2) is pruned, the derived network leaves out the whole
+  attention (the MLP's LayerNorm and fc1): enumerating both killers' groups, and the widths and bits of the ops
+  they kill, the expected cost (each op weighted by P(alive)) still equals the enumeration."""
+  _, layer_counts = _enumerate_and_compare(
+      ["blocks.0.attn.proj.w_bits", "blocks.0.mlp.fc2.w_bits", "blocks.0.attn.heads", "blocks.0.mlp.width",
+       "blocks.0.attn.v.nm", "blocks.0.mlp.fc1.a_bits"], 9 * 9 * 2 * 2 * 3 * 2, seed=3)
+  # Ops in a derived network: patch, 7 of the attention, proj, 3 of the MLP, norm, head, less what is pruned.
+  full = 1 + 7 + 1 + 3 + 2
+  assert max(layer_counts) <= full and full - 7 - 1 - 3 in layer_counts  # some networks skip both sub-blocks
+
+
+def test_skipped_sub_blocks_leave_the_derived_architecture():
+  net = tiny_vit()
+  choices = dict(net.reference)
+  choices.update({"blocks.0.attn.proj.w_bits": (0, 0), "blocks.0.mlp.fc2.w_bits": (0, 4)})
+  names = [l.spec.name for l in net.architecture(choices).layers]
+  assert names == ["patch", "blocks.0.ln2", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2", "norm", "head"]
+  choices.update({"blocks.0.attn.proj.w_bits": (8, 0), "blocks.0.mlp.fc2.w_bits": (0, 0)})
+  names = [l.spec.name for l in net.architecture(choices).layers]
+  assert names == ["patch", "blocks.0.ln1", "blocks.0.attn.q", "blocks.0.attn.k", "blocks.0.attn.v",
+                   "blocks.0.attn.qk", "blocks.0.attn.softmax", "blocks.0.attn.av", "blocks.0.attn.proj", "norm",
+                   "head"]
 
 
 def test_reference_and_one_hot_costs_read_from_the_grids_equal_direct_evaluation():
