@@ -30,6 +30,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from nas.choices import OneHot
+
 SRSTE_DECAY = 2e-4
 DENSE = 0  # the N:M choice value of the dense (unpruned) candidate
 
@@ -177,7 +179,7 @@ def mix_patterns(w: jax.Array, codes: tuple[int, ...], weights, decay: float = S
   weight its gradient of the full mix, <dL/dW_eff, S_s(W)>, from a tap: the same values and gradients as the
   full mix (tests/nas/test_sparsity.py), with one masked product in the forward pass instead of one a candidate.
   """
-  one_hot = hasattr(weights, "drawn")  # a nas.choices.OneHot (not imported: nas.choices imports nothing of ours)
+  one_hot = isinstance(weights, OneHot)
   mixing = weights.weights if one_hot else weights
   if len(codes) != mixing.shape[-1]:
     raise ValueError(f"mix_patterns got {len(codes)} N:M candidates but {mixing.shape[-1]} mixing weights; "
