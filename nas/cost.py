@@ -18,6 +18,7 @@ import numpy as np
 from hardware import metrics
 from hardware.base import ELEMENTWISE_KINDS, CostModel, LayerSpec, choice_grid, inference_cost
 from nas.arch import Architecture
+from nas.layers import PRUNED
 
 HW_METRICS = ("latency_s", "energy_j")
 INFERENCE = "(inference)"  # the name of the choice-free table of a model's per-inference cost
@@ -78,7 +79,7 @@ def model_ops(model) -> list[tuple[LayerSpec, OpAxes]]:
     out = []
     for spec, ax in model.cost_layers():
       cin, cout = ax.get("cin"), ax.get("cout")
-      dead_if = tuple((k, model.choices[k].values.index(0)) for k in ax.get("dead_if", ()))
+      dead_if = tuple((k, model.choices[k].values.index(PRUNED)) for k in ax.get("dead_if", ()))
       out.append((spec, OpAxes(ax.get("w_bits"), ax.get("a_bits"), cin[0] if cin else None,
                                cout[0] if cout else None, cin[1] if cin else 1, cout[1] if cout else 1,
                                ax.get("nm"), ax.get("w_groups"), dead_if)))

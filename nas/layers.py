@@ -82,7 +82,7 @@ def _weights_tap_bwd(res, g):
   s = jnp.maximum(others(steps), quant.STEP_FLOOR)
   r = jnp.round(jnp.clip(x[None] / s, -others(qn), others(qp)))
   a_drawn = jnp.sum(g * q_drawn, axis=tuple(a - 1 for a in axes))
-  if all(s.shape[a] == 1 for a in axes if a < s.ndim):  # one step per reduced slice: factor it out
+  if all(s.shape[a] == 1 for a in axes):  # one step per reduced slice: factor it out
     sums = jnp.sum(g[None] * r, axis=axes)
     diffs = sums * jnp.reshape(s, sums.shape) - a_drawn
   else:  # per-channel steps under a per-tensor choice
