@@ -147,9 +147,9 @@ def _start(g: _Graph, inet: integer.IntegerNetwork):
 
 
 def _conv_attrs(layer) -> dict:
-  k, s = layer.kernel, layer.stride
-  (t, b), (l, r) = integer.same_pads(layer.in_hw[0], k, s), integer.same_pads(layer.in_hw[1], k, s)
-  return {"kernel_shape": [k, k], "strides": [s, s], "pads": [t, l, b, r]}
+  k, s, d = layer.kernel, layer.stride, layer.dilation
+  (t, b), (l, r) = (integer.dilated_pads(n, k, s, d) for n in layer.in_hw)
+  return {"kernel_shape": [k, k], "strides": [s * d, s * d], "pads": [t, l, b, r], "dilations": [d, d]}
 
 
 def _oihw(weight: np.ndarray) -> np.ndarray:

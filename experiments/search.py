@@ -185,6 +185,8 @@ def baseline_choices(model, cfg: DictConfig) -> dict:
       elif name.endswith((".width", ".heads")):
         target = model.reference[name] * b.width_mult
         choices[name] = min(c.values, key=lambda v: abs(v - target))
+      elif name.endswith(".keep"):  # a uniform network has every layer
+        choices[name] = 1
       elif name.endswith(".nm"):
         want = sparsity.DENSE if nm is None else nm
         if want not in c.values:

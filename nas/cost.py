@@ -33,10 +33,10 @@ class OpAxes:
   head_dim columns). ``nm``: the N:M choice (values ``nas.sparsity.nm_code``; None: dense). ``w_groups``: the
   weight-bit choice is per group of this many output columns (1: per channel; None: one per layer); a 0-bit
   candidate prunes its columns. ``w_bits`` / ``a_bits`` None: the op has no bit choice (softmax, layernorm).
-  ``dead_if``: the op's result is unused when every group of one of these weight-bit choices is pruned (an
-  attention's Q, K, V when its output projection is wholly pruned): it then costs nothing, and its expected
-  cost is weighted by P(alive) = prod_k (1 - prod_g p_kg(0)), exact because choices are independent and an
-  op's own choices are not its killers'.
+  ``dead_if``: the op's result is unused when every group of one of these choices takes its 0 candidate (an
+  attention's Q, K, V when its output projection is wholly pruned; a CNN layer whose keep choice skips it):
+  it then costs nothing, and its expected cost is weighted by P(alive) = prod_k (1 - prod_g p_kg(0)), exact
+  because choices are independent and an op's own choices are not its killers'.
   """
   w_bits: str | None
   a_bits: str | None
@@ -46,7 +46,7 @@ class OpAxes:
   cout_scale: int = 1
   nm: str | None = None
   w_groups: int | None = None
-  dead_if: tuple[tuple[str, int], ...] = ()  # (per-group w_bits choice, index of its 0-bit candidate) pairs
+  dead_if: tuple[tuple[str, int], ...] = ()  # (choice, index of its 0 candidate) pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +88,10 @@ def model_ops(model) -> list[tuple[LayerSpec, OpAxes]]:
   for layer in model.qlayers():
     k = layer.keys
     per_channel = getattr(model.choices[k.w_bits], "per_channel", False)
+    killers = getattr(model, "killers", {}).get(layer.spec.name, ())  # a skipped layer: its keep choice at 0
+    dead_if = tuple((c, model.choices[c].values.index(0)) for c in killers)
     out.append((layer.spec, OpAxes(k.w_bits, k.a_bits, k.cin, k.cout, nm=getattr(k, "nm", None),
-                                   w_groups=1 if per_channel else None)))
+                                   w_groups=1 if per_channel else None, dead_if=dead_if)))
   return out
 
 

@@ -103,6 +103,7 @@ class IntLayer:
   requant: Requant | None
   out_bits: int | None
   out_step: float | None
+  dilation: int = 1  # > 1: the layer reads a map that skipped strided layers left unsubsampled (see from_network)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,12 +166,27 @@ def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def conv_int(q: np.ndarray, weight: np.ndarray, stride: int) -> np.ndarray:
-  """Integer NHWC x HWIO convolution, "SAME" zero padding (the zero point is 0), int64 accumulation."""
+def dilated_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+  """Padding of one axis for a "SAME" convolution (``same_pads``) of the map subsampled by ``dilation``
+  (``x[::dilation]``, ceil(size / dilation) pixels), run on the full map as a convolution of stride
+  ``stride * dilation`` and dilation ``dilation``: its taps land exactly on the subsampled pixels and on zeros
+  where the subsampled map is padded. ``dilation=1`` is ``same_pads``."""
+  sub = -(-size // dilation)
+  t, _ = same_pads(sub, kernel, stride)
+  out = -(-sub // stride)
+  last = dilation * ((out - 1) * stride + kernel - 1 - t)  # the last tap's pixel, relative to pixel 0
+  return dilation * t, max(last - (size - 1), 0)
+
+
+def conv_int(q: np.ndarray, weight: np.ndarray, stride: int, dilation: int = 1) -> np.ndarray:
+  """Integer NHWC x HWIO convolution, "SAME" zero padding (the zero point is 0), int64 accumulation; with
+  ``dilation`` D > 1, the convolution of ``q[:, ::D, ::D]`` (``dilated_pads``)."""
   kh, kw = weight.shape[:2]
-  (t, b), (l, r) = same_pads(q.shape[1], kh, stride), same_pads(q.shape[2], kw, stride)
+  d = dilation
+  (t, b), (l, r) = dilated_pads(q.shape[1], kh, stride, d), dilated_pads(q.shape[2], kw, stride, d)
   qp = np.pad(q.astype(np.int64), ((0, 0), (t, b), (l, r), (0, 0)))
-  win = np.lib.stride_tricks.sliding_window_view(qp, (kh, kw), axis=(1, 2))[:, ::stride, ::stride]
+  span = (d * (kh - 1) + 1, d * (kw - 1) + 1)
+  win = np.lib.stride_tricks.sliding_window_view(qp, span, axis=(1, 2))[:, ::stride * d, ::stride * d, :, ::d, ::d]
   # win: (N, Ho, Wo, Cin, kh, kw); contract with (kh, kw, Cin, Cout)
   return np.einsum("nhwcij,ijco->nhwo", win, weight.astype(np.int64), optimize=True)
 
@@ -195,7 +211,7 @@ def run(net: IntegerNetwork, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         q = requantize(q.reshape(q.shape[0], -1, q.shape[-1]).sum(axis=1), net.pool)
       acc = q.reshape(q.shape[0], -1).astype(np.int64) @ layer.weight.astype(np.int64)
     else:
-      acc = conv_int(q, layer.weight, layer.stride)
+      acc = conv_int(q, layer.weight, layer.stride, layer.dilation)
     check_int32(acc, layer.name)
     acc = np.left_shift(acc, layer.bias_shift) + layer.bias.astype(np.int64)
     check_int32(acc, layer.name)
@@ -209,6 +225,12 @@ def run(net: IntegerNetwork, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def from_network(net) -> IntegerNetwork:
   """The integer network of a derived (fixed-architecture) ``digits_cnn`` or ``fmnist_cnn`` in eval mode.
 
+  A skipped conv layer (``model.args.skip``) is no integer layer. Its shortcut (``nas.models.digits.shortcut``)
+  becomes part of the layers around it, exactly: the layer before it keeps only the output channels the
+  shortcut passes on, the layer after it drops the input channels that are the shortcut's zero padding, and a
+  strided shortcut's subsampling (``x[::s, ::s]``) becomes that next layer's dilation: a convolution of the
+  subsampled map is one of the full map with stride and dilation multiplied by s (``dilated_pads``).
+
   Raises:
     ValueError: for another model, a supernet, or a float layer, naming the model or layer.
   """
@@ -218,19 +240,37 @@ def from_network(net) -> IntegerNetwork:
   if net.arch is None:
     raise ValueError("the network is a supernet; export the derived network (built with arch=...).")
   convs, bns, head = list(net.convs), list(net.bns), net.head
-  qlayers = convs + [head]
-  a_steps = [_act_step(l) for l in qlayers]
+  n = len(convs)
+  order = [i for i in range(n) if not _skipped(net, i)] + [n]  # the layers that run; n: the head
+  qlayer = lambda i: head if i == n else convs[i]
+  a_steps = {i: _act_step(qlayer(i)) for i in order}
+  reads = {}  # running layer -> (dilation, its input's real channels: the first ones, the rest zero padding)
+  dilation, real = 1, convs[0].spec.cin
+  for i in range(n + 1):
+    if i in order:
+      reads[i] = (dilation, real)
+      if i < n:
+        dilation, real = 1, convs[i].spec.cout
+    else:
+      dilation, real = dilation * convs[i].spec.stride, min(real, convs[i].spec.cout)
   h, w, _ = _input_hw(convs[0])
   layers = []
   pool, pool_hw = None, 1
-  for i, (conv, bn) in enumerate(zip(convs, bns)):
+  for j, i in enumerate(order[:-1]):
+    conv, bn, nxt = convs[i], bns[i], order[j + 1]
+    keep = reads[nxt][1]  # the output channels the next running layer reads
     w_int, w_bits, w_step = _weights(net, conv)
+    w_int, w_bits, w_step = w_int[:, :, :reads[i][1], :keep], w_bits[:keep], w_step[:keep]
     g = np.asarray(bn.scale[...], np.float64) / np.sqrt(np.asarray(bn.var[...], np.float64) + bn.epsilon)
     beta = np.asarray(bn.bias[...], np.float64) - np.asarray(bn.mean[...], np.float64) * g
+    g, beta = g[:keep], beta[:keep]
     s_in, in_bits = a_steps[i]
     unit = float(s_in) * w_step.astype(np.float64) * g
-    nxt_step, nxt_bits = a_steps[i + 1]
-    if i == len(convs) - 1 and net.classifier == "pool":
+    nxt_step, nxt_bits = a_steps[nxt]
+    if nxt == n and net.classifier == "pool":
+      if reads[n][0] > 1:
+        raise ValueError(f"layer {convs[-1].spec.name}: a skipped strided layer before global average pooling "
+                         f"cannot be exported yet; keep it (model.args.skip) or use model.args.classifier=flatten.")
       pool_hw = conv.spec.out_h * conv.spec.out_w
       qp_head = quant.qrange(nxt_bits, False)[1]
       frac = int(np.floor(np.log2(INT32_MAX / (qp_head * pool_hw * pool_hw))))
@@ -247,18 +287,28 @@ def from_network(net) -> IntegerNetwork:
     bias = _int_bias(beta, unit, conv.spec.name)
     m, k = dyadic(unit / out_step)
     layers.append(IntLayer(conv.spec.name, "conv", w_int, w_bits, w_step, conv.spec.kernel, conv.spec.stride,
-                           (conv.spec.in_h, conv.spec.in_w), in_bits, float(s_in), bool(conv.aq.signed), g, beta, r, unit, bias,
-                           Requant(m, k, 0, hi), out_bits, out_step))
+                           (h, w), in_bits, float(s_in), bool(conv.aq.signed), g, beta, r, unit, bias,
+                           Requant(m, k, 0, hi), out_bits, out_step, reads[i][0]))
+    h, w = conv.spec.out_h, conv.spec.out_w
   w_int, w_bits, w_step = _weights(net, head)
-  s_in, in_bits = a_steps[-1]
+  w_int = w_int[:, :, :reads[n][1], :] if w_int.ndim == 4 else w_int[:reads[n][1]]
+  s_in, in_bits = a_steps[n]
   unit = float(s_in) * w_step.astype(np.float64)
   b = np.asarray(head.bias[...], np.float64) if head.bias is not None else np.zeros(len(unit))
   r = bias_shift(w_int, in_bits, bool(head.aq.signed), b, unit, None)
   unit = unit / 2 ** r
   layers.append(IntLayer(head.spec.name, head.spec.kind, w_int, w_bits, w_step, head.spec.kernel,
-                         head.spec.stride, (head.spec.in_h, head.spec.in_w), in_bits, float(s_in), bool(head.aq.signed), np.ones(len(unit)), b, r,
-                         unit, _int_bias(b, unit, head.spec.name), None, None, None))
-  return IntegerNetwork(name, (h, w, convs[0].spec.cin), tuple(layers), pool, pool_hw, net.classifier)
+                         head.spec.stride, (h, w) if head.spec.kind == "conv" else (head.spec.in_h, head.spec.in_w),
+                         in_bits, float(s_in), bool(head.aq.signed), np.ones(len(unit)), b, r, unit,
+                         _int_bias(b, unit, head.spec.name), None, None, None,
+                         reads[n][0] if head.spec.kind == "conv" else 1))
+  return IntegerNetwork(name, _input_hw(convs[0]), tuple(layers), pool, pool_hw, net.classifier)
+
+
+def _skipped(net, i: int) -> bool:
+  """Whether the derived network leaves conv layer ``i`` out (its keep choice fixed at 0)."""
+  key = getattr(net, "keep_keys", [None] * len(net.convs))[i]
+  return key is not None and net.choices[key].values == (0,)
 
 
 def whole_step(net: IntegerNetwork) -> IntegerNetwork:

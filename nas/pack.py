@@ -10,13 +10,15 @@ stream is padded, to a whole byte, so a layer of n weights at b bits takes ceil(
 
 ``weights.bin`` (all integers little-endian):
 
-  header   8 bytes  magic b"HWNASW01"
+  header   8 bytes  magic b"HWNASW02"
            u32      number of layers L
   L times  u16      length of the layer's name, then the name (UTF-8)
            u8       kind (0: conv, 1: dense)
            u8       input bits, u8 input signed (0/1), u8 output bits (0: the layer's output is not requantised
                     to an activation: logits, or a wide map before pooling)
-           u16 x 5  kernel, stride, cin, cout, number of requantisation outputs R (cout, or 0 if none)
+           u16 x 6  kernel, stride, dilation, cin, cout, number of requantisation outputs R (cout, or 0 if
+                    none). A convolution runs at stride x dilation with taps dilation apart (its input is the
+                    map a skipped strided layer left unsubsampled), padded as ``nas.integer.dilated_pads``
            u8       bias shift r (the accumulator is shifted left by r before the bias is added)
            f32      input step (the input activation's LSQ step)
            u8[cout]     weight bits per output channel
@@ -39,7 +41,7 @@ import struct
 
 import numpy as np
 
-MAGIC = b"HWNASW01"
+MAGIC = b"HWNASW02"  # 02: the dilation field
 
 
 def packed_size(bits) -> int:
@@ -115,8 +117,8 @@ def write_weights(path, net) -> dict:
     out += [struct.pack("<H", len(name)), name,
             struct.pack("<BBBB", 0 if layer.kind == "conv" else 1, layer.in_bits, int(layer.in_signed),
                         layer.out_bits or 0),
-            struct.pack("<HHHHH", layer.kernel, layer.stride, layer.weight.shape[-2] if layer.kind == "conv"
-                        else layer.weight.shape[0], cout, r),
+            struct.pack("<HHHHHH", layer.kernel, layer.stride, layer.dilation,
+                        layer.weight.shape[-2] if layer.kind == "conv" else layer.weight.shape[0], cout, r),
             struct.pack("<B", layer.bias_shift),
             struct.pack("<f", layer.in_step),
             np.asarray(layer.w_bits, "<u1").tobytes(), np.asarray(layer.w_step, "<f4").tobytes(),
@@ -156,8 +158,8 @@ def read_packed_weights(path) -> dict[str, np.ndarray]:
     name = data[pos + 2:pos + 2 + ln].decode()
     pos += 2 + ln
     kind, _, _, _ = struct.unpack_from("<BBBB", data, pos)
-    kernel, _, cin, cout, r = struct.unpack_from("<HHHHH", data, pos + 4)
-    pos += 4 + 10 + 1 + 4
+    kernel, _, _, cin, cout, r = struct.unpack_from("<HHHHHH", data, pos + 4)
+    pos += 4 + 12 + 1 + 4
     w_bits = np.frombuffer(data, "<u1", cout, pos).astype(np.int64)
     pos += cout * (1 + 4 + 4 + 8) + r * (4 + 1) + 8
     (nbytes,) = struct.unpack_from("<I", data, pos)

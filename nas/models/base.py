@@ -37,19 +37,25 @@ class Supernet(nnx.Module):
     self._bit_choices = ()  # names of the bit-width choices
     self._onehot_choices = ()  # other choices whose consumers take a OneHot (N:M: nas.sparsity.mix_patterns)
     self._layer_names = []
+    self.killers = {}  # layer name -> choices whose 0 candidate leaves the layer out (a skipped conv)
 
   def add_choice(self, name: str, candidates, reference: int, bits: bool = False,
-                 channels: int | None = None) -> str:
+                 channels: int | None = None, init: np.ndarray | None = None, absent: int | None = None) -> str:
     """Registers choice ``name`` (once: layers naming the same choice share it) and returns its name.
 
     Bit-width choices follow ``space.method`` (Gumbel-softmax or SDQ); width choices are always Gumbel.
-    ``channels`` makes a per-output-channel choice (channel-wise mixed precision).
+    ``channels`` makes a per-output-channel choice (channel-wise mixed precision). ``init``: starting
+    probabilities (default uniform). ``absent``: the value an architecture saved before this choice existed
+    had (a layer that could not be skipped was kept); without it such an architecture is an error.
     """
     if name in self.choices:
       return name
     self.reference[name] = reference
     if self.arch is not None:
-      value = self.arch.choices[name]
+      if name not in self.arch.choices and absent is None:
+        raise ValueError(f"the architecture has no value for choice {name!r}; it was saved for another search "
+                         f"space (model.args).")
+      value = self.arch.choices.get(name, absent)
       if isinstance(value, (tuple, list)):
         self.choices[name] = CategoricalChoice.assigned(value)
       else:
@@ -62,6 +68,9 @@ class Supernet(nnx.Module):
       self.choices[name] = SDQChoice(values, channels=channels)
     else:
       self.choices[name] = CategoricalChoice(values, hard=self.space.hard, channels=channels)
+      if init is not None:
+        self.choices[name].logits[...] = jnp.broadcast_to(jnp.log(jnp.asarray(init, jnp.float32)),
+                                                          self.choices[name].logits[...].shape)
     return name
 
   def bits_choice(self, name: str, fixed: int | None, candidates,
@@ -151,6 +160,8 @@ class Supernet(nnx.Module):
     layers = []
     for layer in self.qlayers():
       spec, k = layer.spec, layer.keys
+      if any(choices[c] == 0 for c in self.killers.get(spec.name, ())):
+        continue  # left out: its choices stay recorded, the hardware never runs it
       cin = choices[k.cin] if k.cin else spec.cin
       cout = cin if spec.kind == "dwconv" else (choices[k.cout] if k.cout else spec.cout)
       s = LayerSpec(spec.kind, cin, cout, spec.kernel, spec.stride, spec.in_h, spec.in_w, spec.name)

@@ -28,6 +28,18 @@ class DigitsCNN(Supernet):
     classifier: ``pool`` (global average pooling, then a dense layer) or ``flatten`` (a dense layer over the
       whole last feature map, which keeps where in the image a feature was; built as a convolution whose
       kernel and stride cover the map, so the cost models see its true multiply-accumulates).
+    skip: the conv layers (0-based; not the first) the search may leave out: choice ``convs.<i>.keep`` in
+      {0, 1}. A skipped layer's output is its shortcut: the input subsampled by the layer's stride
+      (``x[:, ::s, ::s]``, the map size the conv gives) with its channels cut or zero-padded to the layer's
+      width: the parameter-free shortcut of He et al., "Deep Residual Learning", CVPR 2016 (option A), used
+      as a layer-skip candidate as FBNet's "skip" block does (Wu et al., CVPR 2019). The supernet mixes the
+      two paths with the choice's Gumbel weights; a skipped layer costs nothing (``OpAxes.dead_if``) and the
+      next layer reads the shortcut (in the integer network, as a dilated convolution: ``nas.integer``).
+      On launch-bound targets (a GPU at batch 8: a fixed time per layer) fewer layers is the only way to a
+      much cheaper network.
+    keep_init: P(keep) each keep choice starts at, so that the supernet's weights train mostly on the whole
+      network (at 0.5, three skippable layers would leave all three in for 1 step in 8). Stochastic depth
+      (Huang et al., ECCV 2016) keeps its layers with probability 0.5 to 1 for the same reason.
   """
 
   name = "digits_cnn"
@@ -35,18 +47,31 @@ class DigitsCNN(Supernet):
   def __init__(self, space: SearchSpace, *, rngs: nnx.Rngs, arch: Architecture | None = None,
                num_classes: int = 10, input_shape: Sequence[int] = (8, 8, 1),
                widths: Sequence[int] = (16, 32, 32), strides: Sequence[int] = (1, 2, 1),
-               input_signed: bool = False, classifier: str = "pool"):
+               input_signed: bool = False, classifier: str = "pool", skip: Sequence[int] = (),
+               keep_init: float = 0.9):
     if len(widths) != len(strides):
       raise ValueError(f"model.widths ({len(widths)}) and model.strides ({len(strides)}) must have equal length.")
     if classifier not in ("pool", "flatten"):
       raise ValueError(f"model.args.classifier={classifier!r}; use 'pool' or 'flatten'.")
+    skip = tuple(int(i) for i in skip)
+    if any(not 1 <= i < len(widths) for i in skip) or len(set(skip)) != len(skip):
+      raise ValueError(f"model.args.skip={list(skip)}: list distinct conv layers 1..{len(widths) - 1} "
+                       f"(the first layer cannot be skipped), or [] for none.")
+    if not 0.0 < keep_init < 1.0:
+      raise ValueError(f"model.args.keep_init={keep_init}: give P(keep) at the start, strictly between 0 and 1.")
     self.classifier = classifier
+    self.strides = tuple(int(v) for v in strides)
     self._setup(space, arch, rngs)
     h, w, c = input_shape
-    convs, bns, self.width_keys = [], [], []
+    convs, bns, self.width_keys, self.keep_keys = [], [], [], []
     cin_key, cin = None, c
     for i, (base, stride) in enumerate(zip(widths, strides)):
       name = f"convs.{i}"
+      keep = None
+      if i in skip:
+        keep = self.add_choice(f"{name}.keep", (0, 1), 1, init=(1.0 - keep_init, keep_init), absent=1)
+        self.killers[name] = (keep,)
+      self.keep_keys.append(keep)
       wkey = self.width_choice(f"{name}.width", base)
       layer = self.qlayer(name, "conv", cin_key, cin, wkey, 0, 3, stride, (h, w), first=(i == 0),
                           a_signed=(i == 0 and input_signed))
@@ -69,13 +94,30 @@ class DigitsCNN(Supernet):
 
   def __call__(self, x: jax.Array, *, mode: str = "sample", key: jax.Array | None = None, tau=1.0) -> jax.Array:
     arch = self.mixing_weights(mode, key, tau)
-    for conv, bn, wkey in zip(self.convs, self.bns, self.width_keys):
-      x = jax.nn.relu(bn(conv(x, arch)))
-      x = self.mask(x, wkey, arch)
+    for conv, bn, wkey, kkey, stride in zip(self.convs, self.bns, self.width_keys, self.keep_keys, self.strides):
+      keep = self.choices[kkey] if kkey else None
+      short = None
+      if keep is not None:
+        short = self.mask(shortcut(x, stride, conv.spec.cout), wkey, arch)
+        if keep.fixed and keep.values[0] == 0:  # a derived network that skips this layer
+          x = short
+          continue
+      y = self.mask(jax.nn.relu(bn(conv(x, arch))), wkey, arch)
+      if keep is not None and not keep.fixed:
+        z = arch[kkey]  # (P-weights of skip, keep): one-hot forward when hard, straight-through
+        y = z[1] * y + z[0] * short
+      x = y
     if self.classifier == "flatten":  # kernel = stride = the map: one output position
       return self.head(x, arch)[:, 0, 0, :]
     x = jnp.mean(x, axis=(1, 2))
     return self.head(x, arch)
+
+
+def shortcut(x: jax.Array, stride: int, channels: int) -> jax.Array:
+  """A skipped layer's output: ``x`` (NHWC) subsampled by ``stride``, its channels cut or zero-padded to
+  ``channels`` (the first ones kept, as width masks keep them)."""
+  x = x[:, ::stride, ::stride, :channels]
+  return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, channels - x.shape[-1])))
 
 
 class FashionCNN(DigitsCNN):
@@ -85,6 +127,8 @@ class FashionCNN(DigitsCNN):
   A strided first layer, because on a CPU a 3x3 convolution over the full 28x28 map with one input channel
   costs as much time as the rest of the network (training step 47 against 27 ms at batch 64, 2 cores).
   Global average pooling, as in ``digits_cnn``, throws away where a feature is, which Fashion-MNIST needs.
+  Layers 1-3 may be skipped (``skip``): the cheapest network is then the first conv and the classifier, 2
+  layers of 5, which on the targets that pay a fixed time per layer is the only way below 0.4 of the reference.
   """
 
   name = "fmnist_cnn"
@@ -92,6 +136,8 @@ class FashionCNN(DigitsCNN):
   def __init__(self, space: SearchSpace, *, rngs: nnx.Rngs, arch: Architecture | None = None,
                num_classes: int = 10, input_shape: Sequence[int] = (28, 28, 1),
                widths: Sequence[int] = (16, 32, 32, 64), strides: Sequence[int] = (2, 1, 2, 1),
-               input_signed: bool = False, classifier: str = "flatten"):
+               input_signed: bool = False, classifier: str = "flatten", skip: Sequence[int] = (1, 2, 3),
+               keep_init: float = 0.9):
     super().__init__(space, rngs=rngs, arch=arch, num_classes=num_classes, input_shape=input_shape,
-                     widths=widths, strides=strides, input_signed=input_signed, classifier=classifier)
+                     widths=widths, strides=strides, input_signed=input_signed, classifier=classifier, skip=skip,
+                     keep_init=keep_init)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from experiments import export as ex
-from nas import integer
+from nas import integer, pack
 from nas.arch import Architecture
 from nas.checkpoint import save_network
 from nas.cost import architecture_metrics
@@ -115,6 +115,45 @@ def test_flattening_classifier_agrees_too():
   ort_logits = ex.ort_session(ex.qdq_model(inet).SerializeToString()).run(None, {"image": data.x_test})[0]
   np.testing.assert_array_equal(ort_logits.argmax(-1), logits.argmax(-1))
   assert np.mean(ex.jax_logits(net, data.x_test).argmax(-1) == logits.argmax(-1)) >= 0.98
+
+
+def _tiny_skipping_network(classifier: str):
+  """A calibrated digits_cnn (widths 8/4/6, strides 1/2/1) whose strided layer 1 is skipped: its shortcut
+  subsamples conv 0's map and keeps 4 of its 8 channels; conv 2 reads it (dilation 2, 4 input channels)."""
+  data = load_digits(limit=64)
+  space = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in SPACE.items()})
+  kwargs = dict(widths=(8, 4, 6), strides=STRIDES, classifier=classifier, skip=(1,))
+  sup = build_model("digits_cnn", space, seed=0, **kwargs)
+  choices = {n: max(c.values) for n, c in sup.choices.items()}
+  choices.update({"convs.1.keep": 0, "convs.2.w_bits": (2, 4, 8, 2, 4, 8), "convs.2.a_bits": 4})
+  arch = sup.architecture(choices)
+  net = build_model("digits_cnn", space, seed=0, arch=arch, **kwargs)
+  calibrate(net, data.x_train[:64])
+  net.eval()
+  return net, arch, data
+
+
+@pytest.mark.parametrize("classifier", ["pool", "flatten"])
+def test_a_skipped_layer_exports_as_the_next_layers_dilation(classifier, tmp_path):
+  net, arch, data = _tiny_skipping_network(classifier)
+  assert [l.spec.name for l in arch.layers] == ["convs.0", "convs.2", "head"]
+  inet = integer.from_network(net)
+  assert [l.name for l in inet.layers] == ["convs.0", "convs.2", "head"]
+  conv0, conv2 = inet.layers[:2]
+  assert conv0.weight.shape[-1] == 4 and conv2.weight.shape[2] == 4  # the channels the shortcut passes on
+  assert (conv2.dilation, conv2.in_hw) == (2, (8, 8))
+  _, logits = integer.run(inet, data.x_test)
+  assert np.mean(ex.jax_logits(net, data.x_test).argmax(-1) == logits.argmax(-1)) >= 0.98
+  qdq = ex.ort_session(ex.qdq_model(inet).SerializeToString()).run(None, {"image": data.x_test})[0]
+  np.testing.assert_array_equal(qdq.argmax(-1), logits.argmax(-1))
+  np.testing.assert_allclose(qdq, logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+  model = ex.int8_model(inet)
+  assert _optimized_ops(model.SerializeToString(), tmp_path).count("QLinearConv") == 2
+  int8 = ex.ort_session(model.SerializeToString()).run(None, {"image": data.x_test})[0]
+  _, ref = integer.run(integer.int8_kernels(inet), data.x_test)
+  np.testing.assert_allclose(int8, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+  pack.write_weights(tmp_path / "weights.bin", inet)
+  assert pack.read_packed_weights(tmp_path / "weights.bin")["convs.2"].shape == (6, 9 * 4)
 
 
 def _optimized_ops(model_bytes: bytes, tmp_path) -> list[str]:

@@ -82,6 +82,8 @@ def test_cli_bad_input_exits_with_one_sentence(tmp_path):
     (["budget.room=1.5"], "budget.room"),
     (["budget.room=-0.1"], "budget.room"),
     (["budget.fraction=0.3", "budget.room=0.2"], r"budget.fraction=0.3 and budget.room=0.2 are both set"),
+    (["model=fmnist_cnn", "model.args.skip=[0,2]"], r"model.args.skip=\[0, 2\]: .*the first layer cannot"),
+    (["model=fmnist_cnn", "model.args.keep_init=1"], "model.args.keep_init"),
 ])
 def test_bad_input_names_the_field_before_training(tmp_path, overrides, field, monkeypatch):
   import nas.search as searchlib
@@ -104,6 +106,16 @@ def test_typo_in_a_config_key_fails_at_startup():
   from hydra.errors import ConfigCompositionException
   with pytest.raises(ConfigCompositionException, match="search.stepz"):
     _compose(["search.stepz=10"])
+
+
+def test_a_uniform_baseline_keeps_every_skippable_layer():
+  from nas import models
+  from nas.space import SearchSpace
+  cfg = _compose(["model=fmnist_cnn", "baseline.kind=uniform", "baseline.w_bits=4", "baseline.a_bits=4"])
+  net = models.build_model("fmnist_cnn", SearchSpace(), seed=0)
+  choices = app.baseline_choices(net, cfg)
+  assert {choices[f"convs.{i}.keep"] for i in (1, 2, 3)} == {1}
+  assert [l.spec.name for l in net.architecture(choices).layers] == [f"convs.{i}" for i in range(4)] + ["head"]
 
 
 def test_baselines_run_in_process(tmp_path):

@@ -54,13 +54,15 @@ class DepthwiseNet(Supernet):
 
 
 def digits_layers(ch, input_shape, strides):
-  """(LayerSpec, w_bits, a_bits) of DigitsCNN for choices ``ch``, written out from its docstring."""
+  """(LayerSpec, w_bits, a_bits) of DigitsCNN for choices ``ch``, written out from its docstring: a skipped
+  layer (keep 0) is absent, and its shortcut hands the next layer a map of the same size and channels."""
   h, w, c = input_shape
   out = []
   for i, s in enumerate(strides):
     cout = ch[f"convs.{i}.width"]
-    out.append((LayerSpec("conv", c, cout, 3, s, h, w, f"convs.{i}"), ch[f"convs.{i}.w_bits"],
-                ch[f"convs.{i}.a_bits"]))
+    if ch.get(f"convs.{i}.keep", 1) == 1:
+      out.append((LayerSpec("conv", c, cout, 3, s, h, w, f"convs.{i}"), ch[f"convs.{i}.w_bits"],
+                  ch[f"convs.{i}.a_bits"]))
     h, w, c = -(-h // s), -(-w // s), cout
   out.append((LayerSpec("dense", c, 10, 1, 1, 1, 1, "head"), ch["head.w_bits"], ch["head.a_bits"]))
   return out
@@ -109,6 +111,12 @@ CASES = {
         space=SearchSpace(w_bits=(2, 4, 8), a_bits=(4, 8), width_mults=(0.5, 1.0), first_layer_bits=None,
                           last_layer_bits=8, method="sdq"),
         kwargs=dict(widths=(4, 8), strides=(1, 2))),
+    # Skippable layers 1 and 2 (the second strided): a skipped layer costs nothing, its width still sets the
+    # next layer's input channels. 2^3 widths x 2^4 bits x 2^2 keeps = 512 networks.
+    "digits_skip": dict(
+        space=SearchSpace(w_bits=(2, 4), a_bits=(4, 8), width_mults=(0.5, 1.0), first_layer_bits=8,
+                          last_layer_bits=8),
+        kwargs=dict(widths=(4, 8, 8), strides=(1, 2, 1), skip=(1, 2))),
     # Depthwise layer: its output width follows its input width choice. 3 widths x 3 widths x 2^6 bits = 576.
     "depthwise": dict(
         space=SearchSpace(w_bits=(2, 8), a_bits=(4, 8), width_mults=(0.5, 0.75, 1.0), first_layer_bits=None,
@@ -209,6 +217,15 @@ def test_expected_cost_equals_brute_force_enumeration(case, riscv_model):
   expected = cost.expected_costs(tables, cost.table_arrays(tables, cost.METRICS), model.probs())
   for m in cost.METRICS:
     assert float(expected[m]) == pytest.approx(brute[m], rel=1e-5), m
+
+
+def test_cheapest_network_with_skippable_layers_is_the_enumerated_minimum(riscv_model):
+  model, layers_of = build("digits_skip")
+  tables = cost.build_cost_tables(model, riscv_model)
+  least = min(ref_cost(layers_of(ch), riscv_model)["latency_s"] for _, ch in all_assignments(model))
+  choices, found = search.cheapest_network(model, tables, "latency_s")
+  assert found == pytest.approx(least, rel=1e-9) and choices["convs.1.keep"] == choices["convs.2.keep"] == 0
+  assert search.cost_lower_bound(tables, ["latency_s"])["latency_s"] <= least * (1 + 1e-9)
 
 
 def per_channel_groups(layers):

@@ -79,6 +79,18 @@ def test_integer_conv_matches_a_float_convolution():
     np.testing.assert_array_equal(integer.conv_int(q, w, stride), np.asarray(ref).astype(np.int64))
 
 
+@pytest.mark.parametrize("size, kernel, stride, dilation", [
+    (14, 3, 1, 2), (14, 3, 2, 2), (13, 3, 1, 2), (12, 3, 2, 3), (14, 7, 7, 2), (9, 3, 1, 1)])
+def test_dilated_conv_is_the_conv_of_the_subsampled_map(size, kernel, stride, dilation):
+  """A skipped strided layer's subsampling folded into the next layer: by definition, the convolution of
+  q[:, ::D, ::D] (checked against a float convolution above)."""
+  rng = np.random.default_rng(size + kernel + stride)
+  q = rng.integers(0, 16, (2, size, size, 3))
+  w = rng.integers(-8, 8, (kernel, kernel, 3, 4))
+  np.testing.assert_array_equal(integer.conv_int(q, w, stride, dilation),
+                                integer.conv_int(q[:, ::dilation, ::dilation], w, stride))
+
+
 # --- packing -------------------------------------------------------------------------------------------------
 
 def test_pack_layout_by_hand():
