@@ -202,7 +202,8 @@ def train_supernet(model, data: Dataset, cfg: SearchConfig, steps: int,
                    checkpoint_every: int = 100) -> dict:
   """Trains the supernet's weights for every budget at once: each step one sub-network drawn uniformly from the
   whole space (every bit-width and width candidate of every choice, as straight-through one-hot samples with
-  the architecture parameters left at their uniform start), AdamW with cosine decay over ``steps``.
+  the architecture parameters left at their start: uniform, but P(keep) = ``keep_init`` for a skippable
+  layer), AdamW with cosine decay over ``steps``.
 
   This is single-path one-shot training (Guo et al., "Single Path One-Shot Neural Architecture Search with
   Uniform Sampling", ECCV 2020): the search's own weight warm-up run longer, with no budget. A step costs
@@ -428,13 +429,15 @@ def _argmax_choices(model, probs) -> dict:
   return out
 
 
-def _moves(model, choices, probs, step: int):
+def _moves(model, choices, probs, step: int, frozen=frozenset()):
   """Candidate moves one candidate down (step=-1) or up (step=+1): (trial choices, log-probability given up).
 
   Per-channel choices offer, per current bit-width, the one channel that gives up least probability:
-  channels at one bit-width cost the same.
+  channels at one bit-width cost the same. Choices named in ``frozen`` do not move.
   """
   for name, choice in model.choices.items():
+    if name in frozen:
+      continue
     value = choices[name]
     p = probs[name]
     last = len(choice.values) - 1
@@ -469,7 +472,8 @@ def fill_budget(model, tables, constraints: Sequence[Constraint], probs: Mapping
 
   N:M choices (candidates in ascending density, dense last) move up only where the denser pattern costs
   nothing more: budget left over is not spent undoing a pattern the search chose on a target that rewards it
-  (2:4 on sparse tensor cores), while a pattern that buys nothing on the target (riscv) goes dense.
+  (2:4 on sparse tensor cores), while a pattern that buys nothing on the target (riscv) goes dense. A skipped
+  layer's own choices do not move (``_skipped_layer_choices``).
 
   Returns:
     (choices, number of moves).
@@ -482,7 +486,7 @@ def fill_budget(model, tables, constraints: Sequence[Constraint], probs: Mapping
   while True:
     best, best_lost = None, math.inf
     now = discrete_costs(tables, choices, model, metrics) if nm_names else None
-    for trial, lost in _moves(model, choices, probs, +1):
+    for trial, lost in _moves(model, choices, probs, +1, _skipped_layer_choices(model, choices)):
       if lost >= best_lost:
         continue
       tc = discrete_costs(tables, trial, model, metrics)
@@ -494,6 +498,17 @@ def fill_budget(model, tables, constraints: Sequence[Constraint], probs: Mapping
       return choices, moves
     choices = best
     moves += 1
+
+
+def _skipped_layer_choices(model, choices: Mapping) -> set[str]:
+  """The bits and width choices of the layers ``choices`` skip (``Supernet.killers``): the budget left over is
+  not spent on them. A skipped layer's bits cost nothing and do nothing, and its width above the channels it
+  is handed only adds zero channels for the next layer to read."""
+  out = set()
+  for layer in model.qlayers():
+    if any(choices[c] == 0 for c in getattr(model, "killers", {}).get(layer.spec.name, ())):
+      out.update(n for n in (layer.keys.w_bits, layer.keys.a_bits, layer.keys.cout) if n)
+  return out
 
 
 def fit_to_budget(model, tables, constraints: Sequence[Constraint], probs: Mapping[str, np.ndarray]):

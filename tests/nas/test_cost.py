@@ -228,6 +228,26 @@ def test_cheapest_network_with_skippable_layers_is_the_enumerated_minimum(riscv_
   assert search.cost_lower_bound(tables, ["latency_s"])["latency_s"] <= least * (1 + 1e-9)
 
 
+def test_fill_budget_leaves_a_skipped_layers_choices_alone(riscv_model):
+  """Budget left over buys nothing on a skipped layer: its bits do nothing, and a width above the channels it is
+  handed only adds zero channels for the next layer to read (and pay for). Here the search was unsure of layer
+  1's width (0.6 / 0.4) and sure it skips the layer: the budget would pay for the wider skipped layer, the
+  likeliest move, but goes to keeping the layer instead."""
+  model, layers_of = build("digits_skip")
+  tables = cost.build_cost_tables(model, riscv_model)
+  probs = {n: np.eye(len(c.values))[-1] for n, c in model.choices.items()}  # every choice at its largest...
+  for n in ("convs.1.keep", "convs.1.w_bits", "convs.1.a_bits"):  # ...but layer 1: skipped, 2-bit, narrow
+    probs[n] = np.eye(len(model.choices[n].values))[0]
+  probs["convs.1.width"] = np.asarray([0.6, 0.4])
+  choices = {n: model.choices[n].values[int(np.argmax(p))] for n, p in probs.items()}
+  lat = lambda ch: ref_cost(layers_of(ch), riscv_model)["latency_s"]
+  limit = lat(dict(choices, **{"convs.1.width": 8})) * (1 + 1e-9)  # the skipped layer wider: within the budget
+  kept = dict(choices, **{"convs.1.keep": 1})
+  assert lat(choices) < lat(kept) < limit < lat(dict(kept, **{"convs.1.width": 8}))
+  got, _ = search.fill_budget(model, tables, [search.Constraint("latency_s", limit)], probs, choices)
+  assert (got["convs.1.keep"], got["convs.1.width"]) == (1, 4) and lat(got) <= limit  # then its bits grew
+
+
 def per_channel_groups(layers):
   """A layer with per-channel weight bits runs as one sub-layer per distinct bit-width among its kept
   channels (the first ``cout``), each with that many output channels (depthwise: input channels too)."""
