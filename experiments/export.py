@@ -261,7 +261,7 @@ def int8_model(inet: integer.IntegerNetwork):
     b_scale = f32(layer.in_step) * w_scale
     if conv and head:  # flattening classifier: a conv over the whole map is a Gemm over the flattened map
       q = g.node("Flatten", [q], p)
-      weight = np.transpose(layer.weight, (2, 0, 1, 3)).reshape(-1, layer.weight.shape[-1])  # (C H W, cout)
+      weight = np.transpose(_spread(layer), (2, 0, 1, 3)).reshape(-1, layer.weight.shape[-1])  # (C H W, cout)
     else:
       weight = _oihw(layer.weight) if conv else layer.weight.reshape(-1, layer.weight.shape[-1])
     axis = 0 if conv and not head else 1
@@ -282,6 +282,21 @@ def int8_model(inet: integer.IntegerNetwork):
       q = g.node("Flatten", [q], p)
   g.nodes[-1].output[0] = "logits"
   return g.model([x_info], [y_info], f"{inet.model}_int8", [("", OPSET)])
+
+
+def _spread(layer) -> np.ndarray:
+  """A flattening classifier's HWIO kernel over the map it reads: with dilation d (a skipped strided layer left
+  the map unsubsampled) its taps are every d-th pixel and the weights between them zero. A Gemm over the whole
+  map (d^2 times the multiply-accumulates) is faster in onnxruntime than slicing the map first (measured on an
+  fmnist_cnn network of one conv and the classifier, batch 1, one thread: the classifier 11.7 us through a
+  strided Slice, 3.8 us as this Gemm)."""
+  d = layer.dilation
+  if d == 1:
+    return layer.weight
+  kh, kw, cin, cout = layer.weight.shape
+  full = np.zeros((*layer.in_hw, cin, cout), layer.weight.dtype)
+  full[:d * kh:d, :d * kw:d] = layer.weight  # a kernel over the whole map has no padding: tap (i, j) at (d i, d j)
+  return full
 
 
 def qonnx_model(inet: integer.IntegerNetwork):

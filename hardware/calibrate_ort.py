@@ -7,9 +7,12 @@ average pooling with the QLinearGlobalAveragePool after it, a dense classifier a
 (the layer, and a classifier after it or a layer before it), in onnxruntime's CPU provider with one intra-op
 thread, batch 1, and its time is what ``experiments.export --measure`` reports per layer (``marginal_us``): the
 end-to-end time of the network cut after the layer minus that of the network cut before it, each the median of
-the fastest of 10 interleaved blocks of runs and the smallest over four passes over the grid (alternately in
-reverse order): the shared machine has slow phases (whole blocks up to 1.6x slower) lasting tens of
-milliseconds and more, so each layer is timed at four moments seconds apart. (onnxruntime's profiler adds about
+the fastest of 10 interleaved blocks of runs, in each of four passes over the grid (alternately in reverse
+order), and the layer's time the median of the four differences: the shared machine has slow phases (whole
+blocks up to 1.6x slower) lasting tens of milliseconds and more, so each layer is timed at four moments seconds
+apart. (Until 2026-12-01 it was the smallest cut-after time less the smallest cut-before time, each over the
+passes: unpaired, so one fast pass of the longer cut made a small layer's time negative, and the fit stopped.
+The shipped preset's measurements were taken that way; their file records the method.) (onnxruntime's profiler adds about
 2 us to every node, more than many of these layers take, so it is not used here.)
 
 The grid: every layer shape the shipped small models take over the search's width choices (``digits_cnn`` on
@@ -178,7 +181,7 @@ def measure(grid: List[GridLayer], repeats: int = 400, passes: int = 4, threads:
   for g, model, net, b, a, inp in zip(grid, models, nets, before, after, inputs):
     s = g.spec
     op = kernels(model.SerializeToString(), net)["layer"]
-    seconds = 1e-6 * (min(a) - min(b))
+    seconds = 1e-6 * float(np.median(np.subtract(a, b)))  # paired: both cuts of one pass ran together
     records.append({"kind": s.kind, "cin": s.cin, "cout": s.cout, "kernel": s.kernel, "stride": s.stride,
                     "in_h": s.in_h, "in_w": s.in_w, "name": s.name, "path": g.path, "op_types": op,
                     "macs": float(s.macs()), "median_s": seconds, "cut_after_us": a, "cut_before_us": b,
@@ -190,7 +193,7 @@ def measure(grid: List[GridLayer], repeats: int = 400, passes: int = 4, threads:
   info.update(load_avg_1min_before=load_before, runtime_s=round(time.perf_counter() - t0, 1),
               method="per layer: the end-to-end time of its network cut after the layer minus cut before it "
                      "(experiments.export.marginal: medians of the fastest of 10 interleaved blocks of runs), "
-                     "each the smallest over the passes (hardware/calibrate_ort.py)")
+                     "the median over the passes of that difference (hardware/calibrate_ort.py)")
   return {"host": info, "records": records}
 
 

@@ -117,15 +117,15 @@ def test_flattening_classifier_agrees_too():
   assert np.mean(ex.jax_logits(net, data.x_test).argmax(-1) == logits.argmax(-1)) >= 0.98
 
 
-def _tiny_skipping_network(classifier: str):
-  """A calibrated digits_cnn (widths 8/4/6, strides 1/2/1) whose strided layer 1 is skipped: its shortcut
-  subsamples conv 0's map and keeps 4 of its 8 channels; conv 2 reads it (dilation 2, 4 input channels)."""
+def _tiny_skipping_network(classifier: str, strides=STRIDES, skipped: int = 1):
+  """A calibrated digits_cnn (widths 8/4/6) whose strided layer ``skipped`` is skipped: its shortcut subsamples
+  the map and keeps 4 of the 8 channels before it; the next layer reads it (dilation 2, 4 input channels)."""
   data = load_digits(limit=64)
   space = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in SPACE.items()})
-  kwargs = dict(widths=(8, 4, 6), strides=STRIDES, classifier=classifier, skip=(1,))
+  kwargs = dict(widths=(8, 4, 6), strides=strides, classifier=classifier, skip=(skipped,))
   sup = build_model("digits_cnn", space, seed=0, **kwargs)
   choices = {n: max(c.values) for n, c in sup.choices.items()}
-  choices.update({"convs.1.keep": 0, "convs.2.w_bits": (2, 4, 8, 2, 4, 8), "convs.2.a_bits": 4})
+  choices.update({f"convs.{skipped}.keep": 0, "convs.2.w_bits": (2, 4, 8, 2, 4, 8), "convs.2.a_bits": 4})
   arch = sup.architecture(choices)
   net = build_model("digits_cnn", space, seed=0, arch=arch, **kwargs)
   calibrate(net, data.x_train[:64])
@@ -133,27 +133,39 @@ def _tiny_skipping_network(classifier: str):
   return net, arch, data
 
 
-@pytest.mark.parametrize("classifier", ["pool", "flatten"])
-def test_a_skipped_layer_exports_as_the_next_layers_dilation(classifier, tmp_path):
-  net, arch, data = _tiny_skipping_network(classifier)
-  assert [l.spec.name for l in arch.layers] == ["convs.0", "convs.2", "head"]
+@pytest.mark.parametrize("classifier, strides, skipped, reader", [
+    ("pool", (1, 2, 1), 1, 1), ("flatten", (1, 2, 1), 1, 1),  # conv 2 reads the unsubsampled map
+    ("flatten", (1, 1, 2), 2, 2)])  # the classifier does (the int8 graph's Gemm through a strided Slice)
+def test_a_skipped_layer_exports_as_the_next_layers_dilation(classifier, strides, skipped, reader, tmp_path):
+  net, arch, data = _tiny_skipping_network(classifier, strides, skipped)
+  names = [f"convs.{i}" for i in range(3) if i != skipped] + ["head"]
+  assert [l.spec.name for l in arch.layers] == names
   inet = integer.from_network(net)
-  assert [l.name for l in inet.layers] == ["convs.0", "convs.2", "head"]
-  conv0, conv2 = inet.layers[:2]
-  assert conv0.weight.shape[-1] == 4 and conv2.weight.shape[2] == 4  # the channels the shortcut passes on
-  assert (conv2.dilation, conv2.in_hw) == (2, (8, 8))
+  assert [l.name for l in inet.layers] == names
+  before, after = inet.layers[reader - 1:reader + 1]
+  assert before.weight.shape[-1] == 4 and after.weight.shape[2] == 4  # the channels the shortcut passes on
+  assert (after.dilation, after.in_hw) == (2, (8, 8))
   _, logits = integer.run(inet, data.x_test)
   assert np.mean(ex.jax_logits(net, data.x_test).argmax(-1) == logits.argmax(-1)) >= 0.98
   qdq = ex.ort_session(ex.qdq_model(inet).SerializeToString()).run(None, {"image": data.x_test})[0]
   np.testing.assert_array_equal(qdq.argmax(-1), logits.argmax(-1))
   np.testing.assert_allclose(qdq, logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
   model = ex.int8_model(inet)
+  onnx.checker.check_model(model, full_check=True)
   assert _optimized_ops(model.SerializeToString(), tmp_path).count("QLinearConv") == 2
   int8 = ex.ort_session(model.SerializeToString()).run(None, {"image": data.x_test})[0]
   _, ref = integer.run(integer.int8_kernels(inet), data.x_test)
   np.testing.assert_allclose(int8, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+  qonnx = ex.qonnx_model(inet)
+  onnx.checker.check_model(qonnx)
   pack.write_weights(tmp_path / "weights.bin", inet)
-  assert pack.read_packed_weights(tmp_path / "weights.bin")["convs.2"].shape == (6, 9 * 4)
+  assert pack.read_packed_weights(tmp_path / "weights.bin")[after.name].shape[1] == after.kernel ** 2 * 4
+
+
+def test_a_skipped_strided_layer_before_global_pooling_is_refused_in_one_sentence():
+  net, _, _ = _tiny_skipping_network("pool", (1, 1, 2), 2)
+  with pytest.raises(ValueError, match=r"before global average pooling cannot be exported yet; keep it"):
+    integer.from_network(net)
 
 
 def _optimized_ops(model_bytes: bytes, tmp_path) -> list[str]:
