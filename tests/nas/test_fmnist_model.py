@@ -9,6 +9,7 @@ import pytest
 
 from hardware import check
 from nas import cost, search
+from nas.arch import Architecture
 from nas.models import build_model
 from nas.space import SearchSpace
 
@@ -104,3 +105,15 @@ def test_every_preset_has_room_below_the_reference(preset):
     direct = cost.architecture_cost(net.architecture(choices), hw)[metric]
     assert direct == pytest.approx(cheapest, rel=1e-6)  # a real network, costed layer by layer
     assert cheapest <= 0.4 * ref[metric], (metric, cheapest / ref[metric])
+
+
+def test_an_architecture_saved_before_layers_could_be_skipped_still_loads():
+  space = SearchSpace(quantize=False, width_mults=(0.5, 1.0))
+  old = build_model("fmnist_cnn", space, seed=0, skip=()).reference_architecture()
+  assert not any(n.endswith(".keep") for n in old.choices)
+  net = build_model("fmnist_cnn", space, seed=0, arch=old)  # skippable by default: its layers were all kept
+  assert all(net.choices[f"convs.{i}.keep"].values == (1,) for i in (1, 2, 3))
+  assert [l.spec.name for l in net.architecture().layers] == [l.spec.name for l in old.layers]
+  partial = Architecture(old.model, {k: v for k, v in old.choices.items() if k != "convs.2.width"}, old.layers)
+  with pytest.raises(ValueError, match=r"no value for choice 'convs.2.width'.*another search space"):
+    build_model("fmnist_cnn", space, seed=0, arch=partial)
