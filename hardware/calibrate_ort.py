@@ -10,10 +10,10 @@ end-to-end time of the network cut after the layer minus that of the network cut
 the fastest of 10 interleaved blocks of runs, in each of four passes over the grid (alternately in reverse
 order), and the layer's time the median of the four differences: the shared machine has slow phases (whole
 blocks up to 1.6x slower) lasting tens of milliseconds and more, so each layer is timed at four moments seconds
-apart. (Until 2026-12-01 it was the smallest cut-after time less the smallest cut-before time, each over the
-passes: unpaired, so one fast pass of the longer cut made a small layer's time negative, and the fit stopped.
-The shipped preset's measurements were taken that way; their file records the method.) (onnxruntime's profiler adds about
-2 us to every node, more than many of these layers take, so it is not used here.)
+apart. Until 2026-12-01 it was the smallest cut-after time less the smallest cut-before time, each over the
+passes: unpaired, so one fast pass of the longer cut made a small layer's time negative, and the fit stopped;
+the shipped preset's measurements were taken that way (their file records the method). onnxruntime's profiler
+adds about 2 us to every node, more than many of these layers take, so it is not used here.
 
 The grid: every layer shape the shipped small models take over the search's width choices (``digits_cnn`` on
 8x8 digits, ``fmnist_cnn`` on 28x28 images: conf/model/, the base widths times ``SearchSpace.width_mults``),

@@ -88,7 +88,7 @@ def model_ops(model) -> list[tuple[LayerSpec, OpAxes]]:
   for layer in model.qlayers():
     k = layer.keys
     per_channel = getattr(model.choices[k.w_bits], "per_channel", False)
-    killers = getattr(model, "killers", {}).get(layer.spec.name, ())  # a skipped layer: its keep choice at 0
+    killers = model.killers.get(layer.spec.name, ())  # a skippable layer: its keep choice at 0 skips it
     dead_if = tuple((c, model.choices[c].values.index(0)) for c in killers)
     out.append((layer.spec, OpAxes(k.w_bits, k.a_bits, k.cin, k.cout, nm=getattr(k, "nm", None),
                                    w_groups=1 if per_channel else None, dead_if=dead_if)))

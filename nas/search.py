@@ -506,7 +506,7 @@ def _skipped_layer_choices(model, choices: Mapping) -> set[str]:
   is handed only adds zero channels for the next layer to read."""
   out = set()
   for layer in model.qlayers():
-    if any(choices[c] == 0 for c in getattr(model, "killers", {}).get(layer.spec.name, ())):
+    if model.skipped(layer.spec.name, choices):
       out.update(n for n in (layer.keys.w_bits, layer.keys.a_bits, layer.keys.cout) if n)
   return out
 

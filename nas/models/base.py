@@ -160,7 +160,7 @@ class Supernet(nnx.Module):
     layers = []
     for layer in self.qlayers():
       spec, k = layer.spec, layer.keys
-      if any(choices[c] == 0 for c in self.killers.get(spec.name, ())):
+      if self.skipped(spec.name, choices):
         continue  # left out: its choices stay recorded, the hardware never runs it
       cin = choices[k.cin] if k.cin else spec.cin
       cout = cin if spec.kind == "dwconv" else (choices[k.cout] if k.cout else spec.cout)
@@ -171,6 +171,10 @@ class Supernet(nnx.Module):
         choices[k.w_bits] = w_bits
       layers.append(LayerChoice(s, w_bits, choices[k.a_bits]))
     return Architecture(self.name, choices, tuple(layers))
+
+  def skipped(self, layer: str, choices: Mapping) -> bool:
+    """Whether ``choices`` leave layer ``layer`` out (one of its ``killers`` at 0)."""
+    return any(choices[c] == 0 for c in self.killers.get(layer, ()))
 
   def reference_architecture(self) -> Architecture:
     """All layers at 8 bits (or their fixed bits) and base width: what budget fractions are relative to."""

@@ -96,16 +96,13 @@ class DigitsCNN(Supernet):
     arch = self.mixing_weights(mode, key, tau)
     for conv, bn, wkey, kkey, stride in zip(self.convs, self.bns, self.width_keys, self.keep_keys, self.strides):
       keep = self.choices[kkey] if kkey else None
-      short = None
-      if keep is not None:
-        short = self.mask(shortcut(x, stride, conv.spec.cout), wkey, arch)
-        if keep.fixed and keep.values[0] == 0:  # a derived network that skips this layer
-          x = short
-          continue
+      if keep is not None and keep.values == (0,):  # a derived network that skips this layer
+        x = self.mask(shortcut(x, stride, conv.spec.cout), wkey, arch)
+        continue
       y = self.mask(jax.nn.relu(bn(conv(x, arch))), wkey, arch)
       if keep is not None and not keep.fixed:
-        z = arch[kkey]  # (P-weights of skip, keep): one-hot forward when hard, straight-through
-        y = z[1] * y + z[0] * short
+        z = arch[kkey]  # weights of (skip, keep): one-hot forward when hard, straight-through
+        y = z[1] * y + z[0] * self.mask(shortcut(x, stride, conv.spec.cout), wkey, arch)
       x = y
     if self.classifier == "flatten":  # kernel = stride = the map: one output position
       return self.head(x, arch)[:, 0, 0, :]
