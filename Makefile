@@ -7,7 +7,7 @@ PYTHON ?= python3
 TEST_WORKERS ?= 2
 SWEEP ?= multirun/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean riscv-tools
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: install
 	$(PY) -m experiments.search -m 'baseline={kind:uniform,w_bits:8,a_bits:8},{kind:uniform,w_bits:4,a_bits:4},{kind:uniform,w_bits:2,a_bits:2}' hardware=riscv hydra.sweep.dir=$(SWEEP)-uniform
 	$(PY) -m experiments.pareto $(SWEEP) $(SWEEP)-uniform --label searched --label uniform --out $(SWEEP)
 	@echo "results: $(SWEEP)/<job>/result.json   front: $(SWEEP)/pareto.json  plot: $(SWEEP)/pareto.png  table: $(SWEEP)/pareto.html"
+
+# the C backend's RISC-V build and its CV32E40P simulation (nas.deploy.c; Debian/Ubuntu, as root)
+riscv-tools: install
+	apt-get update && apt-get install -y gcc-riscv64-unknown-elf verilator
+	$(PY) -m pip install -q pythondata-cpu-cv32e40p
 
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS)

@@ -25,16 +25,14 @@ from flax import nnx
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from nas import cost as costlib
-from nas import search as searchlib
-from nas import sparsity
-from nas import train as trainlib
-from nas.models import build_model
-from nas.space import SearchSpace
+from nas.search import cost as costlib
+from nas.search import loop as searchlib  # StepInputs and the step itself
+from nas.ops import sparsity
+from nas.train import finetune as trainlib
+from nas.models import build_model, default_input_shape
+from nas.models.space import SearchSpace
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHAPES = {"digits_cnn": (8, 8, 1), "fmnist_cnn": (28, 28, 1), "vit": (28, 28, 1), "resnet20": (32, 32, 3),
-          "mobilenetv2": (32, 32, 3)}
 # Steps timed per network: a digits step takes a few ms and the ratio of 60 steps varied by +-0.04 between
 # runs on 2 cores (by +-0.02 with 400); a ResNet-20 step takes most of a second on a CPU.
 DEFAULT_ITERS = {"digits_cnn": 400}
@@ -82,7 +80,7 @@ def widest_value(name: str, choice):
 
 def bench_model(name: str, batch: int, iters: int, method: str, hardware: str) -> dict:
   hw = instantiate(OmegaConf.load(ROOT / "conf" / "hardware" / f"{hardware}.yaml"), _convert_="all")
-  shape = SHAPES.get(name, (32, 32, 3))
+  shape = default_input_shape(name)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(batch, *shape)).astype(np.float32))
   y = jnp.asarray(rng.integers(0, 10, size=batch).astype(np.int32))
@@ -91,24 +89,23 @@ def bench_model(name: str, batch: int, iters: int, method: str, hardware: str) -
   space = SearchSpace(method=method)
   supernet = build_model(name, space, **kwargs)
   tables = costlib.build_cost_tables(supernet, hw)
-  metrics = ("latency_s",)
-  arrays = costlib.table_arrays(tables, metrics)
-  limits = jnp.asarray([1e9], jnp.float32)
-  two_sided = jnp.asarray([False])  # a budget that is only an upper bound (no target term)
+  arrays = costlib.table_arrays(tables, ("latency_s",))
+  # a budget that is only an upper bound (no target term), never reached
+  config = searchlib.step_config(tables, [searchlib.Constraint("latency_s", 1e9)],
+                                 searchlib.SearchConfig(penalty="lagrange", target_rho=10.0, dual_lr=0.05))
   trainlib.calibrate(supernet, x, mode="expected")
   w_opt = trainlib.weights_optimizer(supernet, 1e-3, 1e-4)
-  a_opt = searchlib.arch_optimizer(supernet, 1e-2)  # as nas.search.search builds it
-  hashable = searchlib._HashableTables(tables)
+  a_opt = searchlib.arch_optimizer(supernet, 1e-2)  # as nas.search.loop.search builds it
   lam = jnp.zeros((1,), jnp.float32)
   key = jax.random.key(0)
 
   supernet.train()
-  search_step = nnx.cached_partial(searchlib._search_step, supernet, w_opt, a_opt)  # as nas.search.search runs it
+  search_step = nnx.cached_partial(searchlib._search_step, supernet, w_opt, a_opt)  # as nas.search.loop.search runs it
 
   def supernet_step():
-    return search_step(x, y, key, jnp.float32(1.0), lam, jnp.float32(1.0), arrays, limits, two_sided, hashable,
-                       metrics, "lagrange", jnp.float32(1.0), jnp.float32(10.0), jnp.float32(0.05),
-                       jnp.float32(0.3))[0]
+    inputs = searchlib.StepInputs(x=x, y=y, key=key, tau=jnp.float32(1.0), arch_on=jnp.float32(1.0),
+                                  entropy_weight=jnp.float32(0.3))
+    return search_step(lam, inputs, config)[0]
 
   widest = {n: widest_value(n, c) for n, c in supernet.choices.items()}
   plain = build_model(name, space, arch=supernet.architecture(widest), **kwargs)
@@ -116,7 +113,7 @@ def bench_model(name: str, batch: int, iters: int, method: str, hardware: str) -
   p_opt = trainlib.weights_optimizer(plain, 1e-3, 1e-4)
 
   plain.train()
-  train_step = nnx.cached_partial(trainlib._train_step, plain, p_opt)  # as nas.train.finetune runs it
+  train_step = nnx.cached_partial(trainlib._train_step, plain, p_opt)  # as nas.train.finetune.finetune runs it
 
   def plain_step():
     return train_step(x, y)[0]

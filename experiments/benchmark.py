@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from experiments import benchmark_report
 from experiments.config import BUDGET_METRICS
-from experiments.search import write_json_atomic
+from experiments.search import unwritable, write_json_atomic
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf" / "benchmark"
 SAME_TOTAL = benchmark_report.SAME_TOTAL  # family of the baselines trained for search + fine-tuning steps
@@ -41,13 +41,54 @@ def load_protocol(name: str, quick: bool, extra: Sequence[str] = ()) -> dict:
   if not path.is_file():
     known = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
     raise ValueError(f"benchmark {name!r} is unknown; use one of {known} (conf/benchmark/<name>.yaml).")
-  spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+  from hardware.check import PresetError, read_yaml
+  try:
+    spec = OmegaConf.to_container(read_yaml(str(path), "protocol"), resolve=True)
+  except PresetError as e:
+    raise ValueError(str(e)) from None
+  if not isinstance(spec, dict):
+    raise ValueError(f"protocol {path} is not a mapping of settings; write it like conf/benchmark/fashion.yaml.")
   quick_part = spec.pop("quick", None) or {}
   if quick:
     spec.update(quick_part)
+  spec.setdefault("name", path.stem)
   spec["variant"] = "quick" if quick else "full"
-  spec["common"] = list(spec.get("common", [])) + list(extra)
+  spec["common"] = list(spec.get("common") or []) + list(extra)
+  check_protocol(spec, path)
   return spec
+
+
+# What each key of a protocol must hold, for the sentence that names a missing or wrong one.
+PROTOCOL_KEYS = {
+    "seeds": "a non-empty list of integer seeds, e.g. `seeds: [0, 1, 2]`",
+    "steps": "a mapping with search, finetune and baseline steps, e.g. `steps: {search: 800, finetune: 3000, "
+             "baseline: 3000}`",
+    "comparisons": "a non-empty list of comparisons, each with target, metric, budgets, default and families",
+    "baselines": "a mapping of the baseline families (uniform, pruned, random, same_total), e.g. `baselines: {}`",
+}
+COMPARISON_KEYS = ("target", "metric", "budgets", "default", "families")
+
+
+def check_protocol(spec: dict, path) -> None:
+  """One sentence naming the first key of the protocol at ``path`` that is missing or of the wrong kind."""
+  where = f"protocol {path}" + (" (its quick variant)" if spec.get("variant") == "quick" else "")
+  for key, what in PROTOCOL_KEYS.items():
+    value = spec.get(key)
+    ok = {"seeds": lambda v: isinstance(v, list) and v and all(isinstance(x, int) and x >= 0 for x in v),
+          "steps": lambda v: isinstance(v, dict) and all(k in v for k in ("search", "finetune", "baseline")),
+          "comparisons": lambda v: isinstance(v, list) and v and all(isinstance(c, dict) for c in v),
+          "baselines": lambda v: isinstance(v, dict)}[key](value)
+    if not ok:
+      state = "has no" if key not in spec else f"has {key}={value!r} for"
+      raise ValueError(f"{where} {state} `{key}`: it must be {what} (see conf/benchmark/fashion.yaml).")
+  for i, comp in enumerate(spec["comparisons"]):
+    missing = [k for k in COMPARISON_KEYS if k not in comp]
+    if missing:
+      raise ValueError(f"{where}: comparisons[{i}] has no `{missing[0]}`; each comparison needs "
+                       f"{', '.join(COMPARISON_KEYS)} (see conf/benchmark/fashion.yaml).")
+    if comp["metric"] not in BUDGET_METRICS:
+      raise ValueError(f"{where}: comparisons[{i}].metric={comp['metric']!r} is unknown; use one of "
+                       f"{sorted(BUDGET_METRICS)}.")
 
 
 def plan_jobs(spec: dict) -> list[dict]:
@@ -246,6 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     spec = load_protocol(args.name, args.quick, args.set)
     out = pathlib.Path(args.out or f"benchmarks/{spec['name']}-{spec['variant']}")
+    reason = unwritable(out)
+    if reason:
+      raise ValueError(f"the output folder {out} cannot be written ({reason}); choose another with --out, or make "
+                       f"it writable.")
     failed = run_protocol(spec, out, args.workers, check_first=not args.no_preflight)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
+import typing
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from experiments.tracking import WandbConfig
+from nas.models.space import SearchSpace
+from nas.search.loop import SearchConfig
+from nas.train.finetune import TrainConfig
 
 BUDGET_METRICS = {"latency": "latency_s", "energy": "energy_j", "weight_bytes": "weight_bytes"}
 BASELINES = ("none", "uniform", "random")
@@ -31,40 +36,42 @@ class ModelConfig:
   args: dict[str, Any] = dataclasses.field(default_factory=dict)  # keyword arguments of the model class
 
 
-@dataclasses.dataclass
-class SearchGroupConfig:
-  """The search space and the search recipe (see nas.space.SearchSpace and nas.search.SearchConfig)."""
-  method: str = "gumbel"
-  w_bits: list[int] = dataclasses.field(default_factory=lambda: [2, 4, 8])
-  a_bits: list[int] = dataclasses.field(default_factory=lambda: [2, 4, 8])
-  width_mults: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.75, 1.0, 1.5])
-  first_layer_bits: Optional[int] = 8
-  last_layer_bits: Optional[int] = 8
-  channel_multiple: int = 1
-  hard: bool = True
-  per_channel_w: bool = False
-  steps: int = 800
-  warmup_steps: int = 200
-  batch_size: int = 64
-  lr: float = 3e-3
-  weight_decay: float = 1e-4
-  arch_lr: float = 2e-2
-  tau_start: float = 3.0
-  tau_end: float = 0.3
-  dual_lr: float = 0.05
-  penalty: str = "target"              # target | lagrange (upper bounds) | hinge
-  penalty_strength: float = 1.0
-  target_rho: float = 10.0              # quadratic term of the target budget (augmented Lagrangian)
-  entropy_weight: float = 0.3
-  fill_budget: bool = True              # move choices up after the argmax while every budget still holds
-  # One supernet for every budget: its weights train once per (data, model, space, seed) on uniformly sampled
-  # sub-networks (shared_steps, shared by every job of a sweep through checkpoint.dir), then each budget's
-  # search trains only the architecture on the frozen weights (arch_steps). steps / warmup_steps are unused.
-  shared: bool = False
-  shared_steps: int = 1200
-  arch_steps: int = 100
-  shared_arch_lr: float = 1.0           # the per-budget search's architecture rate (few steps, weights frozen)
-  shared_entropy_weight: float = 3.0    # ... and its final entropy weight
+def schema_fields(cls, exclude=()) -> list[tuple[str, Any, dataclasses.Field]]:
+  """The fields of a library dataclass (``SearchSpace``, ``SearchConfig``, ``TrainConfig``) as fields of a
+  structured-config schema: the same names and defaults, tuples as lists and ``X | None`` as ``Optional[X]``
+  (the types OmegaConf knows). The library's dataclass is the one place a field is written."""
+  hints = typing.get_type_hints(cls)
+  out = []
+  for f in dataclasses.fields(cls):
+    if f.name in exclude:
+      continue
+    t = hints[f.name]
+    args = typing.get_args(t)
+    if typing.get_origin(t) is tuple:
+      t, default = list[args[0]], dataclasses.field(default_factory=lambda d=f.default: list(d))
+    elif typing.get_origin(t) in (typing.Union, types.UnionType) and type(None) in args:
+      t, default = Optional[next(a for a in args if a is not type(None))], dataclasses.field(default=f.default)
+    else:
+      default = dataclasses.field(default=f.default)
+    out.append((f.name, t, default))
+  return out
+
+
+# App-only search settings. One supernet for every budget: its weights train once per (data, model, space,
+# seed) on uniformly sampled sub-networks (shared_steps, shared by every job of a sweep through
+# checkpoint.dir), then each budget's search trains only the architecture on the frozen weights (arch_steps,
+# at shared_arch_lr and with shared_entropy_weight); steps / warmup_steps are then unused.
+SHARED_FIELDS = [("shared", bool, dataclasses.field(default=False)),
+                 ("shared_steps", int, dataclasses.field(default=1200)),
+                 ("arch_steps", int, dataclasses.field(default=100)),
+                 ("shared_arch_lr", float, dataclasses.field(default=1.0)),
+                 ("shared_entropy_weight", float, dataclasses.field(default=3.0))]
+# Set by the app, not by the search group: the dataset's augmentation, the job's seed, a shared search's mode.
+APP_SET = ("augment", "seed", "frozen_weights", "quantize")
+
+# The search group: the search space (nas.models.space.SearchSpace) and the recipe (nas.search.SearchConfig).
+SearchGroupConfig = dataclasses.make_dataclass(
+    "SearchGroupConfig", schema_fields(SearchSpace, APP_SET) + schema_fields(SearchConfig, APP_SET) + SHARED_FIELDS)
 
 
 @dataclasses.dataclass
@@ -84,18 +91,20 @@ class BudgetConfig:
   extra: list[ExtraConstraint] = dataclasses.field(default_factory=list)  # more bounds, each its own multiplier
 
 
-@dataclasses.dataclass
-class FinetuneConfig:
-  steps: int = 600
-  batch_size: int = 64
-  lr: float = 3e-3
-  weight_decay: float = 1e-4
-  inherit: bool = True                  # start from the supernet's weights (searched networks only)
-  optimizer: str = "adamw"              # adamw | sgd (Nesterov momentum 0.9, the ResNet-20 CIFAR recipe)
-  kd_alpha: float = 0.0                 # > 0: distil from a float teacher (Hinton et al. 2015)
-  kd_temperature: float = 4.0
-  teacher_steps: int = 1000             # training steps of the float teacher (base width), if one is trained
-  teacher_lr: Optional[float] = None    # None: finetune.lr
+# The fine-tuning group: the recipe (nas.train.TrainConfig) and the app's own settings.
+FinetuneConfig = dataclasses.make_dataclass("FinetuneConfig", schema_fields(TrainConfig, APP_SET) + [
+    ("inherit", bool, dataclasses.field(default=True)),           # start from the supernet's weights (searched)
+    ("teacher_steps", int, dataclasses.field(default=1000)),      # steps of the float teacher, if one is trained
+    ("teacher_lr", Optional[float], dataclasses.field(default=None)),  # None: finetune.lr
+])
+
+
+def recipe(cls, group, **app_set):
+  """``cls`` (SearchSpace, SearchConfig, TrainConfig) from the config group's fields of the same names."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  values = {k: (tuple(v) if isinstance(v, (list, tuple)) or OmegaConf.is_list(v) else v)
+            for k, v in group.items() if k in names}
+  return cls(**{**values, **app_set})
 
 
 @dataclasses.dataclass
@@ -191,6 +200,12 @@ def validate(cfg) -> None:
       raise ValueError(f"{field}={value} must be > 0.")
     if field in NON_NEGATIVE and not value >= 0:
       raise ValueError(f"{field}={value} must be >= 0.")
+  for field, use in (("seed", "the weights, the batches and the search"),
+                     ("baseline.arch_seed", "a random baseline's architecture"),
+                     ("dataset.split_seed", "the digits train/test split")):
+    value = OmegaConf.select(cfg, field)
+    if value is not None and not value >= 0:
+      raise ValueError(f"{field}={value} must be a non-negative integer (it seeds {use}), e.g. {field}=0.")
   if cfg.budget.metric not in BUDGET_METRICS:
     raise ValueError(f"budget.metric={cfg.budget.metric!r} is unknown; use one of {sorted(BUDGET_METRICS)}.")
   if cfg.budget.fraction is not None and cfg.budget.room is not None:

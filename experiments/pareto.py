@@ -12,11 +12,13 @@ Each sweep's searched points form one series; baselines form one series per kind
 when ``--label`` names the sweeps, one per kind and label (``baseline:uniform:uniform-half``), so two baseline
 sweeps given their own labels keep their own fronts and hypervolumes.
 
-Hypervolume (nas.pareto.hypervolume_2d) uses a reference point fixed by the benchmark, not by the data:
+Hypervolume (nas.search.pareto.hypervolume_2d) uses a reference point fixed by the benchmark, not by the data:
 r_a = chance accuracy 1/num_classes, r_c = the reference network's cost (all layers W8A8 at base width, from
 ``result["budget"]["reference"]``), 1.1 x the largest cost only when no result carries it.
 Writes ``pareto.json``, ``pareto.png`` and ``pareto.html`` into ``--out`` (default: the first sweep folder),
-and one wandb run (job_type ``aggregate``) under ``<out>/aggregate``. Takes seconds.
+and one wandb run (job_type ``aggregate``) under ``<out>/aggregate``: the fronts as native wandb charts (a
+``networks`` table, one row per network, and per group a scatter and the families' fronts as lines; see
+``log_to_wandb``), beside the PNG. Takes seconds.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from experiments.tracking import Tracker, WandbConfig
-from nas.pareto import front_indices, hypervolume_2d
+from nas.search.pareto import front_indices, hypervolume_2d
 
 METRICS = ("latency_s", "energy_j", "weight_bytes")
 SKIP_DIRS = {"wandb", ".hydra", "aggregate"}
@@ -97,6 +99,17 @@ def _arch_summary(result: dict) -> dict:
           "widths": [l.get("cout") for l in layers]}
 
 
+def _all_costs(result: dict, target: str) -> dict:
+  """Every cost metric of ``result`` on ``target`` that it has (None where it has none)."""
+  out = {}
+  for m in METRICS:
+    try:
+      out[m] = _cost_of(result, target, m)
+    except (KeyError, TypeError, ValueError):
+      out[m] = None
+  return out
+
+
 def _finite(x) -> float | None:
   return float(x) if x is not None and math.isfinite(float(x)) else None
 
@@ -134,9 +147,9 @@ def load_points(sweep_dirs: Sequence[pathlib.Path], labels: Sequence[str], metri
         continue
       if (result.get("budget") or {}).get("metric"):
         budget_metrics[result["budget"]["metric"]] += 1
-      loaded.append((job, result, acc, kind))
+      loaded.append((job, result, acc, kind, str(path.parent)))
     default_metric = budget_metrics.most_common(1)[0][0] if budget_metrics else "latency_s"
-    for job, result, acc, kind in loaded:
+    for job, result, acc, kind, run_dir in loaded:
       budget = result.get("budget") or {}
       tgt = target or result.get("target")
       met = metric or budget.get("metric") or default_metric
@@ -157,7 +170,8 @@ def load_points(sweep_dirs: Sequence[pathlib.Path], labels: Sequence[str], metri
       points.append({
           "sweep": label, "job": job, "kind": kind, "series": series_name(kind, label, label_baselines),
           "name": result.get("label"), "target": tgt, "metric": met,
-          "accuracy": acc, "cost": cost, "num_classes": result.get("num_classes"), "seed": result.get("seed"),
+          "accuracy": acc, "cost": cost, "costs": _all_costs(result, tgt), "run": run_dir,
+          "num_classes": result.get("num_classes"), "seed": result.get("seed"),
           "method": result.get("method"), "reference_cost": _finite(ref),
           "budget": {"metric": budget.get("metric"), "fraction": budget.get("fraction"),
                      "value": budget.get("value")} if budget.get("fraction") is not None else None,
@@ -314,7 +328,7 @@ def plot(groups: list[dict], labels: Sequence[str], path: pathlib.Path) -> None:
     ax.legend(fontsize=7, loc="lower right")
   for ax in axes[len(groups):]:
     ax.set_visible(False)
-  fig.savefig(path, dpi=120)
+  _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 _CSS = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:0.5em 0 1.5em}"
@@ -365,41 +379,105 @@ def write_html(report: dict, path: pathlib.Path) -> None:
     out.append("<h2>Results without the asked cost</h2><ul>" + "".join(
         f"<li>{e(s['sweep'])}/{e(s['job'])}: {e(s['reason'])}</li>" for s in report["skipped"]) + "</ul>")
   out.append("</body></html>")
-  path.write_text("\n".join(out), encoding="utf-8")
+  _write_atomic(path, lambda tmp: tmp.write_text("\n".join(out), encoding="utf-8"))
+
+
+def _write_atomic(path: pathlib.Path, write) -> None:
+  """``write(tmp)`` into a temporary file beside ``path``, then renamed to it: a full disk or a kill leaves the
+  previous file (or none), never a truncated one, and no temporary file behind on an error."""
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  os.close(fd)
+  try:
+    write(pathlib.Path(tmp))
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
 
 
 def _write_json_atomic(path: pathlib.Path, obj) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=1, allow_nan=False)
-  os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for reading
-  os.replace(tmp, path)
+  _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1, allow_nan=False)))
+
+
+def _bits_text(bits) -> str:
+  if isinstance(bits, (list, tuple)):  # per-channel bits: their range
+    return f"{min(bits)}-{max(bits)}" if bits else "?"
+  return str(bits)
+
+
+def arch_text(arch: dict) -> str:
+  """An architecture in one short line, layer by layer: ``W<weight bits>A<activation bits>:<width>``
+  (e.g. ``W4A4:8 W2A4:16``)."""
+  return " ".join(f"W{_bits_text(w)}A{_bits_text(a)}:{c}"
+                  for w, a, c in zip(arch["w_bits"], arch["a_bits"], arch["widths"]))
+
+
+# One row per network in the wandb tables (``networks``, and the tables behind the scatter and front charts).
+NETWORK_COLUMNS = ["family", "label", "kind", "sweep", "target", "metric", "budget", "budget_value", "accuracy",
+                   "cost", *METRICS, "on_front", "architecture", "seed", "run"]
+
+
+def network_row(p: dict) -> list:
+  """The ``NETWORK_COLUMNS`` of one point: its series (family), its network's name, where the cost was read,
+  the budget (fraction of the reference cost and its value), accuracy and costs, whether it is on its family's
+  front, its architecture as one line, seed and run folder."""
+  b = p.get("budget") or {}
+  costs = p.get("costs") or {}
+  return [p["series"], str(p["name"] or p["job"]), p["kind"], p["sweep"], p["target"], p["metric"],
+          b.get("fraction"), b.get("value"), p["accuracy"], p["cost"], *(costs.get(m) for m in METRICS),
+          bool(p["on_front"]), arch_text(p["architecture"]), p["seed"], p.get("run", p["job"])]
+
+
+def chart_keys(groups: list[dict]) -> list[dict]:
+  """The wandb keys of each group's charts: the first group (most searched points) logs under ``pareto`` and
+  ``pareto_front``, the others under ``pareto/<target>/<metric>`` and ``pareto_front/<target>/<metric>``
+  (wandb stores a chart's table under ``<key>_table``)."""
+  return [{"scatter": "pareto", "front": "pareto_front"} if n == 0 else
+          {"scatter": f"pareto/{g['target']}/{g['metric']}", "front": f"pareto_front/{g['target']}/{g['metric']}"}
+          for n, g in enumerate(groups)]
 
 
 def log_to_wandb(report: dict, out_dir: pathlib.Path, group: str, mode: str) -> dict:
-  """One aggregate run: the scatter (key ``pareto``), the front architectures, hypervolumes, the PNG."""
+  """One aggregate run, its fronts as native wandb charts a user can explore:
+
+  * ``networks``: a table, one row per network of every group (``NETWORK_COLUMNS``: family, label, target,
+    budget, accuracy, costs, on_front, the architecture as one line, seed, run folder); filter it by target,
+    and the same key in several aggregate runs compares sweeps;
+  * per (target, metric) group, a scatter of accuracy against cost (``pareto``, its table ``pareto_table``)
+    with the same columns, so a point's family, front flag and architecture are in its row, and the fronts,
+    one line per family (``pareto_front``, a line chart with ``stroke=family`` over the front points, sorted
+    by cost; table ``pareto_front_table``); other groups under ``pareto/<target>/<metric>`` and
+    ``pareto_front/<target>/<metric>``;
+  * ``front_architectures`` (the front networks' per-layer bits and widths), ``pareto_plot`` (the PNG), and
+    the hypervolumes in the summary.
+  """
   tracker = Tracker(WandbConfig(mode=mode), out_dir / "aggregate", f"pareto-{group}", group, "aggregate",
                     {k: report[k] for k in ("sweeps", "metric", "target")})
   try:
-    front_rows = []
-    for n, g in enumerate(report["groups"]):
-      # The first group (most searched points) is the scatter under "pareto"; others get their own keys.
-      key = "pareto" if n == 0 else f"pareto/{g['target']}/{g['metric']}"
-      tracker.scatter(key, ["cost", "accuracy", "kind", "label", "on_front"],
-                      [[p["cost"], p["accuracy"], p["kind"], p["sweep"], p["on_front"]] for p in g["points"]],
-                      x="cost", y="accuracy", title=f"accuracy vs {g['metric']} on {g['target']}")
+    front_rows, all_rows = [], []
+    for g, keys in zip(report["groups"], chart_keys(report["groups"])):
+      rows = [network_row(p) for p in g["points"]]
+      all_rows += rows
+      tracker.scatter(keys["scatter"], NETWORK_COLUMNS, rows, x="cost", y="accuracy",
+                      title=f"accuracy vs {g['metric']} on {g['target']}")
+      front = [network_row(g["points"][i]) for s in g["series"].values()
+               for i in sorted(s["front"], key=lambda i: g["points"][i]["cost"])]
+      tracker.line(keys["front"], NETWORK_COLUMNS, front, x="cost", y="accuracy", stroke="family",
+                   title=f"Pareto front per family: accuracy vs {g['metric']} on {g['target']}")
       for name, s in g["series"].items():
         for i in s["front"]:
           p, arch = g["points"][i], g["points"][i]["architecture"]
           front_rows.append([g["target"], g["metric"], name, p["job"], str(p["name"] or ""), p["accuracy"],
                              p["cost"], _budget_text(p), "/".join(map(str, arch["w_bits"])),
                              "/".join(map(str, arch["a_bits"])), "/".join(map(str, arch["widths"]))])
+    tracker.table("networks", NETWORK_COLUMNS, all_rows)
     tracker.table("front_architectures", ["target", "metric", "series", "job", "name", "accuracy", "cost",
                                           "budget", "w_bits", "a_bits", "widths"], front_rows)
     tracker.image("pareto_plot", out_dir / "pareto.png")
     tracker.summary({**{f"hv/{k}": v for k, v in report["hypervolume"].items()},
                      **{f"hv_ratio/{k}": v for k, v in report["hypervolume_ratio"].items() if v is not None},
-                     "failed_jobs": len(report["failures"])})
+                     "failed_jobs": len(report["failures"]), "networks": len(all_rows)})
     tracker.finish()
   except BaseException:
     tracker.finish(exit_code=1)
@@ -506,6 +584,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = aggregate(args.sweep_dirs, args.label, args.metric, args.target, args.out, args.wandb_mode)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # an output folder that is read-only, or a full disk
+    where = e.filename or args.out or args.sweep_dirs[0]
+    print(f"error: cannot write the reports to {where} ({e.strerror or e}); pass a writable --out with free "
+          f"space.", file=sys.stderr)
     return 2
   print_report(report, pathlib.Path(args.out or args.sweep_dirs[0]))
   return 0

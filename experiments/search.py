@@ -29,16 +29,20 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from experiments import config as appconfig
 from experiments.tracking import Tracker, WandbConfig
 from hardware.host import host_mismatch
-from nas import cost as costlib
-from nas.checkpoint import code_fingerprint, module_source_hash, save_network
-from nas.data import Dataset, load_cifar10, load_digits, load_fashion_mnist, load_mnist
+from hardware.nm import DENSE, NM
+from nas.search import cost as costlib
+from nas.search.budget import unbound_budget
+from nas.train.checkpoint import code_fingerprint, module_source_hash, save_network
+from nas.train import datasets
+from nas.train.data import Dataset
 from nas.models import build_model
-from nas.search import Constraint, SearchConfig, search, train_supernet
-from nas.space import SearchSpace
-from nas.train import TrainConfig, calibrate, evaluate, finetune, inherit_weights
+from nas.search import (Constraint, SearchConfig, check_room, cheapest_network, resolve_budget, search,
+                        train_supernet)
+from nas.models.space import SearchSpace
+from nas.train.finetune import TrainConfig, calibrate, evaluate, finetune, inherit_weights
 
 log = logging.getLogger("experiments.search")
-NETWORK_FILE = "network.npz"  # the fine-tuned network's NNX state, beside result.json (nas.checkpoint.save_network)
+NETWORK_FILE = "network.npz"  # the fine-tuned network's NNX state, beside result.json (nas.train.checkpoint.save_network)
 CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf"
 appconfig.register()
 
@@ -69,25 +73,13 @@ def apply_debug(cfg: DictConfig) -> None:
 
 
 def load_dataset(cfg: DictConfig) -> Dataset:
-  d = cfg.dataset
-  if d.name == "digits":
-    return load_digits(d.test_fraction, d.split_seed, d.limit)
-  if d.name == "cifar10":
-    return load_cifar10(d.root, limit=d.limit)
-  if d.name == "mnist":
-    return load_mnist(d.root, limit=d.limit)
-  if d.name == "fashion_mnist":
-    return load_fashion_mnist(d.root, limit=d.limit)
-  raise ValueError(f"dataset.name={d.name!r} is unknown; use 'digits' (bundled), 'fashion_mnist' (Debian's "
-                   f"dataset-fashion-mnist package), 'cifar10' or 'mnist' (with dataset.root=/path/to/folder).")
+  """The dataset of ``cfg.dataset`` from the registry (``nas.train.datasets``)."""
+  fields = {k: v for k, v in cfg.dataset.items() if k != "name"}
+  return datasets.load(cfg.dataset.name, **fields)
 
 
 def search_space(cfg: DictConfig) -> SearchSpace:
-  s = cfg.search
-  return SearchSpace(w_bits=tuple(s.w_bits), a_bits=tuple(s.a_bits), width_mults=tuple(s.width_mults),
-                     first_layer_bits=s.first_layer_bits, last_layer_bits=s.last_layer_bits,
-                     channel_multiple=s.channel_multiple, method=s.method, hard=s.hard,
-                     per_channel_w=s.per_channel_w)
+  return appconfig.recipe(SearchSpace, cfg.search)
 
 
 def config_hash(node) -> str:
@@ -131,12 +123,11 @@ PER_BUDGET_KEYS = ("steps", "warmup_steps", "arch_lr", "tau_end", "dual_lr", "pe
 
 
 def search_config(cfg: DictConfig) -> SearchConfig:
-  s = cfg.search
-  return SearchConfig(steps=s.steps, warmup_steps=s.warmup_steps, batch_size=s.batch_size, lr=s.lr,
-                      weight_decay=s.weight_decay, arch_lr=s.arch_lr, tau_start=s.tau_start, tau_end=s.tau_end,
-                      dual_lr=s.dual_lr, penalty=s.penalty, penalty_strength=s.penalty_strength, target_rho=s.target_rho,
-                      entropy_weight=s.entropy_weight, fill_budget=s.fill_budget, augment=cfg.dataset.augment,
-                      seed=cfg.seed)
+  return appconfig.recipe(SearchConfig, cfg.search, augment=cfg.dataset.augment, seed=cfg.seed)
+
+
+def train_config(cfg: DictConfig) -> TrainConfig:
+  return appconfig.recipe(TrainConfig, cfg.finetune, augment=cfg.dataset.augment, seed=cfg.seed)
 
 
 def instantiate_hardware(node) -> object:
@@ -172,12 +163,54 @@ def costs_everywhere(arch, models: dict) -> dict:
   return out
 
 
+def models_with_nm() -> list[str]:
+  """The registered models that search N:M sparsity (their constructor takes ``nm_patterns``)."""
+  import inspect
+  from nas.models import MODELS
+  return sorted(name for name, cls in MODELS.items() if "nm_patterns" in inspect.signature(cls.__init__).parameters)
+
+
+def unwritable(folder) -> str | None:
+  """Why files cannot be created in ``folder`` (where it does not exist yet: in its deepest existing parent, where
+  it would be created), or None. A file is created there and removed: permissions, read-only mounts and a root
+  user all answer truthfully."""
+  path = pathlib.Path(os.path.expanduser(str(folder))).absolute()
+  probe = path
+  while not probe.exists() and probe.parent != probe:
+    probe = probe.parent
+  if not probe.is_dir():
+    return f"{probe} is a file, not a folder"
+  try:
+    fd, name = tempfile.mkstemp(dir=probe, prefix=".hwnas-write-test-")
+    os.close(fd)
+    os.unlink(name)
+  except OSError as e:
+    return f"{e.strerror or type(e).__name__} in {probe}"
+  return None
+
+
+def check_writable(cfg: DictConfig, out_dir: pathlib.Path) -> None:
+  """One sentence before any work when the run folder or checkpoint.dir cannot be written."""
+  reason = unwritable(out_dir)
+  if reason:
+    raise ValueError(f"the run folder {out_dir} cannot be written ({reason}); choose a writable one with "
+                     f"hydra.run.dir=... (a sweep: hydra.sweep.dir=...), or make it writable.")
+  if cfg.checkpoint.dir is not None:
+    reason = unwritable(cfg.checkpoint.dir)
+    if reason:
+      raise ValueError(f"checkpoint.dir={cfg.checkpoint.dir} cannot be written ({reason}); set checkpoint.dir to a "
+                       f"writable folder, or checkpoint.dir=null to run without checkpoints.")
+
+
 def baseline_choices(model, cfg: DictConfig) -> dict:
   """Uniform precision at one width, or a random architecture of the space (seeded)."""
   b = cfg.baseline
   if b.kind == "uniform":
-    from nas import sparsity
-    nm = None if b.get("nm") is None else sparsity.nm_code(tuple(int(v) for v in str(b.nm).split(":")))
+    nm = NM.parse(b.get("nm"), "baseline.nm")
+    if nm is not None and not any(name.endswith(".nm") for name in model.choices):
+      raise ValueError(f"baseline.nm={b.nm!r}: model={cfg.model.name} has no N:M choice, so its layers would stay "
+                       f"dense under a sparse label; set baseline.nm=null, or use a model with N:M candidates "
+                       f"({', '.join(f'model={m}' for m in models_with_nm())}, model.args.nm_patterns).")
     choices = {}
     for name, c in model.choices.items():
       if c.fixed:
@@ -188,10 +221,10 @@ def baseline_choices(model, cfg: DictConfig) -> dict:
       elif name.endswith(".keep"):  # a uniform network has every layer
         choices[name] = 1
       elif name.endswith(".nm"):
-        want = sparsity.DENSE if nm is None else nm
+        want = DENSE if nm is None else nm.code
         if want not in c.values:
           raise ValueError(f"baseline.nm={b.nm!r} is not a candidate of {name} "
-                           f"({[sparsity.nm_pattern(v) for v in c.values]}); choose one of the model's "
+                           f"({[str(NM.from_code(v) or 'dense') for v in c.values]}); choose one of the model's "
                            f"model.args.nm_patterns, or null for dense.")
         choices[name] = want
       else:
@@ -236,12 +269,10 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
     apply_debug(cfg)
   # Everything that can be wrong with the input is checked before any training.
   appconfig.validate(cfg)
+  check_writable(cfg, out_dir)
   space = search_space(cfg)
   scfg = search_config(cfg)
-  f = cfg.finetune
-  tcfg = TrainConfig(steps=f.steps, batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
-                     optimizer=f.optimizer, kd_alpha=f.kd_alpha, kd_temperature=f.kd_temperature,
-                     augment=cfg.dataset.augment, seed=cfg.seed)
+  tcfg = train_config(cfg)
   target = instantiate_hardware(cfg.hardware)
   target.check_bits(np.asarray(space.w_bits), np.asarray(space.a_bits))
   # A preset calibrated on another machine: say so loudly (log, result.json, wandb summary), with the fix.
@@ -250,50 +281,61 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
     log.warning(mismatch)
   data = load_dataset(cfg)
   supernet = build_model(cfg.model.name, space, seed=cfg.seed, **_model_args(cfg, data))
+  if cfg.baseline.kind != "none":
+    baseline_choices(supernet, cfg)  # a baseline the model cannot build stops here, before any training
+  tables = costlib.build_cost_tables(supernet, target)  # once per job: the budget and the search use them
   reference = supernet.reference_architecture()
   ref_cost = {**costlib.architecture_cost(reference, target), **costlib.architecture_metrics(reference)}
   metric = appconfig.BUDGET_METRICS[cfg.budget.metric]
-  tables = costlib.build_cost_tables(supernet, target)
-  budget = budget_limit(cfg.budget, supernet, tables, metric, ref_cost[metric])
-  constraints = [Constraint(metric, budget["value"])]
-  for extra in cfg.budget.extra:
-    m = appconfig.BUDGET_METRICS[extra.metric]
-    constraints.append(Constraint(m, extra.fraction * ref_cost[m]))
+  extra = [(appconfig.BUDGET_METRICS[e.metric], e.fraction) for e in cfg.budget.extra]
+  cheapest = {m: cheapest_network(supernet, tables, m)[1] for m in {metric, *(m for m, _ in extra)}}
+  budget = resolve_budget(cheapest[metric], metric, ref_cost[metric], cfg.budget.fraction, cfg.budget.room)
+  constraints = [Constraint(metric, budget.value)] + [Constraint(m, f * ref_cost[m]) for m, f in extra]
   if cfg.baseline.kind == "none":
-    log.info("budget: %s", budget["text"])
-    if budget["cheapest"] > 0.9:
+    log.info("budget: %s", budget.text)
+    if budget.cheapest > 0.9:
       log.warning("on %s the cheapest network of the search space costs %.2f x the reference %s: little to trade "
                   "(fixed per-layer costs dominate this network); see hardware/README.md, 'room to search'.",
-                  target.name, budget["cheapest"], metric)
-    _check_room(supernet, tables, target, constraints, ref_cost)
+                  target.name, budget.cheapest, metric)
+    check_room(cheapest, constraints, ref_cost, target.name, batch_hint=hasattr(target, "batch_size"))
+  warnings = [mismatch] if mismatch else []
+  if cfg.baseline.kind == "none":
+    fields = [f"budget.fraction={cfg.budget.fraction:g}" if cfg.budget.fraction is not None else
+              f"budget.room={budget.room:g}"] + [f"budget.extra[{i}].fraction={e.fraction:g}"
+                                                 for i, e in enumerate(cfg.budget.extra)]
+    for c, field in zip(constraints, fields):
+      loose = unbound_budget(supernet, tables, c, ref_cost[c.metric], target.name, field)
+      if loose:
+        log.warning(loose)
+        warnings.append(loose)
   presets = all_presets(target)
 
   kind = "searched" if cfg.baseline.kind == "none" else f"baseline:{cfg.baseline.kind}"
-  name = (f"{target.name}-{cfg.budget.metric}-{budget['fraction']:.3g}" if kind == "searched"
+  name = (f"{target.name}-{cfg.budget.metric}-{budget.fraction:.3g}" if kind == "searched"
           else f"{target.name}-{kind.split(':')[1]}" + (f"-w{cfg.baseline.w_bits}a{cfg.baseline.a_bits}"
                                                          + (f"-{cfg.baseline.nm}" if cfg.baseline.get("nm") else "")
                                                          if cfg.baseline.kind == "uniform" else f"-s{cfg.seed}"))
   tracker = Tracker(WandbConfig(**OmegaConf.to_container(cfg.wandb)), out_dir, name,
                     cfg.wandb.group or group, "search", OmegaConf.to_container(cfg, resolve=True))
   try:
-    result = _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, tcfg, space, tracker)
+    result = _search_and_finetune(cfg, kind, (supernet, tables), data, constraints, (scfg, tcfg), space, tracker)
     arch = result.pop("_arch")
     # The fine-tuned network itself, before result.json: a folder with a result has its network
     # (experiments.export reads both).
     save_network(result.pop("_network"), out_dir / NETWORK_FILE)
     result.update({
         "kind": kind, "label": name, "target": target.name, "model": cfg.model.name, "dataset": data.name,
-        "num_classes": data.num_classes, "method": space.method, "seed": cfg.seed,
-        "budget": {"metric": metric, "fraction": budget["fraction"], "room": budget["room"],
+        "num_classes": data.num_classes, "method": space.method, "quantizer": space.quantizer, "seed": cfg.seed,
+        "budget": {"metric": metric, "fraction": budget.fraction, "room": budget.room,
                    "value": constraints[0].limit, "reference": ref_cost[metric],
-                   "cheapest": budget["cheapest"]} if kind == "searched" else
+                   "cheapest": budget.cheapest} if kind == "searched" else
                   {"metric": metric, "fraction": None, "value": None, "reference": ref_cost[metric]},
         "constraints": [{"metric": c.metric, "limit": c.limit} for c in constraints],
         "cost": costs_everywhere(arch, presets),
         "metrics": costlib.architecture_metrics(arch),
         "reference": ref_cost,
         "architecture": arch.to_dict(),
-        "warnings": [mismatch] if mismatch else [],
+        "warnings": warnings,
     })
     result["weight_bytes"] = result["metrics"]["weight_bytes"]
     result["time_s"]["total"] = time.time() - t_start
@@ -304,7 +346,7 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
     undecided = {f"search/max_prob/{k}": v for k, v in max_prob.items()}
     tracker.summary({"accuracy": result["accuracy"], "weight_bytes": result["weight_bytes"], **undecided,
                      **{f"cost/{target.name}/{k}": v for k, v in own.items()},
-                     "budget/fraction": budget["fraction"], "budget/value": constraints[0].limit,
+                     "budget/fraction": budget.fraction, "budget/value": constraints[0].limit,
                      **({"warnings/host_mismatch": mismatch} if mismatch else {})})
     tracker.finish()
     return result
@@ -349,7 +391,11 @@ def train_shared_supernet(cfg, supernet, data, scfg: SearchConfig, tracker, chec
                           checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint.every)
 
 
-def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, tcfg, space, tracker) -> dict:
+def _search_and_finetune(cfg, kind, supernet_tables, data, constraints, recipes, space, tracker) -> dict:
+  """Search (or a baseline's choices), derive, fine-tune. ``supernet_tables``: (supernet, its cost tables on the
+  target); ``recipes``: (SearchConfig, TrainConfig)."""
+  supernet, tables = supernet_tables
+  scfg, tcfg = recipes
   times = {}
   search_info = None
   expected = None
@@ -360,13 +406,12 @@ def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, t
       t0 = time.time()
       shared = train_shared_supernet(cfg, supernet, data, scfg, tracker, dirs["supernet"])
       times["supernet"] = time.time() - t0
-      scfg = dataclasses.replace(scfg, steps=cfg.search.arch_steps, warmup_steps=0,
+      scfg = dataclasses.replace(scfg, steps=cfg.search.arch_steps, warmup_steps=0, frozen_weights=True,
                                  arch_lr=cfg.search.shared_arch_lr, entropy_weight=cfg.search.shared_entropy_weight)
     t0 = time.time()
     with _Progress(scfg.steps, "search", tracker) as progress:
-      res = search(supernet, data, target, constraints, scfg, callback=progress,
-                   checkpoint_dir=dirs["search"], checkpoint_every=cfg.checkpoint.every,
-                   frozen_weights=cfg.search.shared)
+      res = search(supernet, data, tables, constraints, scfg, callback=progress,
+                   checkpoint_dir=dirs["search"], checkpoint_every=cfg.checkpoint.every)
     times["search"] = time.time() - t0
     choices = res.choices
     expected = res.expected_cost
@@ -402,48 +447,6 @@ def _search_and_finetune(cfg, kind, supernet, data, target, constraints, scfg, t
           "teacher_accuracy": teacher_acc, "time_s": times, "_arch": arch, "_network": derived}
 
 
-DEFAULT_ROOM = 0.5  # neither budget.fraction nor budget.room set: halfway between the cheapest and the reference
-
-
-def budget_limit(budget_cfg, supernet, tables, metric: str, reference: float) -> dict:
-  """The searched budget from ``budget.fraction`` or ``budget.room`` (neither: room 0.5).
-
-  room r puts the limit at cheapest + r x (reference - cheapest), where cheapest is the cost of the cheapest
-  network of the search space on the target (``nas.search.cheapest_network``): room 0 allows only it, 1 the
-  reference's cost. Returns value, fraction (value / reference), room, cheapest (as a fraction of the
-  reference) and a sentence for the log.
-  """
-  from nas.search import cheapest_network
-  least = cheapest_network(supernet, tables, metric)[1]
-  if budget_cfg.fraction is not None:
-    room, value = None, float(budget_cfg.fraction) * reference
-    text = f"{budget_cfg.fraction:g} x the reference {metric} (budget.fraction)"
-  else:
-    room = DEFAULT_ROOM if budget_cfg.room is None else float(budget_cfg.room)
-    value = least + room * max(0.0, reference - least)  # room 0: exactly the cheapest network's cost
-    text = (f"{value / reference:.4g} x the reference {metric}: budget.room={room:g} between the cheapest network "
-            f"({least / reference:.4g} x) and the reference")
-  return {"value": value, "fraction": value / reference, "room": room, "cheapest": least / reference, "text": text}
-
-
-def _check_room(supernet, tables, target, constraints, ref_cost) -> None:
-  """One sentence before any training when a budget is below every network of the space, with the fraction
-  of the reference the cheapest one costs and what to change."""
-  from nas.search import cheapest_network
-  for c in constraints:
-    cheapest = cheapest_network(supernet, tables, c.metric)[1]
-    if cheapest > c.limit:
-      least = cheapest / ref_cost[c.metric]
-      raise ValueError(
-          f"budget {c.limit:.4g} on {c.metric} ({c.limit / ref_cost[c.metric]:.3g} x the reference) is below the "
-          f"cheapest network of the search space on {target.name!r} ({least:.3g} x the reference); use "
-          f"budget.fraction={min(1.0, math.ceil(least * 100) / 100 + 0.01):g} or more, budget.room (0-1: between "
-          f"the cheapest network and the reference, on any target), another budget.metric "
-          f"(e.g. weight_bytes), smaller candidates (search.width_mults, search.w_bits)"
-          + (", or a larger hardware.batch_size (it shares the fixed time per layer)"
-             if hasattr(target, "batch_size") else "") + ".")
-
-
 def use_compile_cache(folder: str | None) -> None:
   """Turns on JAX's persistent compilation cache in ``folder`` (unless JAX_COMPILATION_CACHE_DIR is set, or
   ``folder`` is None). Programs that take more than 0.2 s to compile are kept; the cache is keyed by the
@@ -475,11 +478,15 @@ def main(cfg: DictConfig) -> dict | None:
     result = run(cfg, out_dir, group)
   except Exception as e:
     import traceback
-    user_error = isinstance(e, (ValueError, FileNotFoundError, FloatingPointError))
-    write_json_atomic(out_dir / "error.json", {"error": str(e), "type": type(e).__name__,
-                                               "traceback": None if user_error else traceback.format_exc()})
+    full = os.environ.get("HYDRA_FULL_ERROR") == "1"  # Hydra's switch for full tracebacks
+    user_error = isinstance(e, (ValueError, FileNotFoundError, FloatingPointError)) and not full
+    try:
+      write_json_atomic(out_dir / "error.json", {"error": str(e), "type": type(e).__name__,
+                                                 "traceback": None if user_error else traceback.format_exc()})
+    except OSError:  # e.g. the run folder cannot be written: the sentence says so
+      pass
     if not multirun and not user_error:
-      raise  # a bug: the full traceback, not one sentence
+      raise  # a bug (or asked for): the full traceback, not one sentence
     if multirun:  # a failed job does not sink the sweep; the aggregator lists it
       log.error("job %s failed: %s", OmegaConf.select(hc, "job.num", default="?"), e)
       if cfg.objectives:  # Optuna needs a value: the worst possible one
@@ -498,5 +505,107 @@ def main(cfg: DictConfig) -> dict | None:
   return result
 
 
-if __name__ == "__main__":
+def preflight(argv) -> str | None:
+  try:
+    return _preflight(argv)
+  except Exception:  # never in the way: Hydra reports what this check could not follow
+    return None
+
+
+def _preflight(argv) -> str | None:
+  """What Hydra itself would fail on with a traceback before this app's code runs, as one sentence (None: nothing
+  found, or a command line this check does not follow, left to Hydra): a config file of the selected groups
+  (``hardware=mine``, from conf/ or a folder of ``--config-dir`` / ``hydra.searchpath``) that is not valid YAML,
+  and a run or sweep folder (``hydra.run.dir``, ``hydra.sweep.dir``) that cannot be written."""
+  from hydra.core.override_parser.overrides_parser import OverridesParser
+  from hardware.check import PresetError, read_yaml
+  flags_with_value = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--package", "-p",
+                      "--experimental-rerun"}
+  multirun, dirs, name, overrides = False, [CONF_DIR], "config", []
+  args = list(argv)
+  while args:
+    a = args.pop(0)
+    flag, eq, value = a.partition("=")
+    if flag in flags_with_value:
+      value = value if eq else (args.pop(0) if args else "")
+      if flag in ("--config-dir", "-cd"):
+        dirs.append(pathlib.Path(value))
+      elif flag in ("--config-name", "-cn"):
+        name = value
+      elif flag in ("--config-path", "-cp", "--experimental-rerun"):
+        return None  # another primary config folder: left to Hydra
+    elif a in ("-m", "--multirun"):
+      multirun = True
+    elif a.startswith("-"):
+      return None  # --cfg, --help, --info, --run, ...: no job runs, or a flag this check does not know
+    else:
+      overrides.append(a)
+  try:
+    parsed = OverridesParser.create().parse_overrides(overrides)
+  except Exception:  # Hydra's own sentence
+    return None
+
+  def values(o) -> list:
+    if o.is_sweep_override():
+      try:
+        return [str(v) for v in o.sweep_string_iterator()]
+      except Exception:
+        return []
+    v = o.value()
+    return [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)]
+
+  chosen, folders = {}, {}
+  for o in parsed:
+    key = o.key_or_group
+    if key == "hydra.searchpath":
+      dirs += [pathlib.Path(v[len("file://"):] if v.startswith("file://") else v) for v in values(o)
+               if not v.startswith("pkg://")]
+    elif key in ("hydra.run.dir", "hydra.sweep.dir"):
+      folders[key] = values(o)
+    elif "." not in key and o.package is None and not o.is_delete():
+      chosen[key] = values(o)
+  try:
+    primary = next((d / f"{name}.yaml" for d in dirs if (d / f"{name}.yaml").is_file()), None)
+    if primary is None:
+      return None
+    top = read_yaml(str(primary), "config")
+    for entry in top.get("defaults", []):
+      if OmegaConf.is_dict(entry) or isinstance(entry, dict):
+        for group, option in dict(entry).items():
+          if isinstance(option, str) and "/" not in str(group) and not str(group).startswith("override"):
+            chosen.setdefault(str(group), [option])
+    for group, options in chosen.items():
+      for option in options:
+        path = next((d / group / f"{option}.yaml" for d in dirs if (d / group / f"{option}.yaml").is_file()), None)
+        if path is not None:
+          read_yaml(str(path), "preset" if group == "hardware" else "config")
+  except PresetError as e:
+    return str(e)
+  key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+  raw = OmegaConf.to_container(top, resolve=False).get("hydra") or {}
+  default = (raw.get("sweep" if multirun else "run") or {}).get("dir") or ""
+  for folder in folders.get(key) or [str(default)]:
+    fixed = folder.split("${")[0]  # the part before any interpolation (${now:...}) already names a folder
+    if not fixed:
+      continue
+    reason = unwritable(fixed if fixed == folder else (pathlib.Path(fixed).parent if not fixed.endswith("/")
+                                                        else pathlib.Path(fixed)))
+    if reason:
+      kind = "sweep" if multirun else "run"
+      return (f"the {kind} folder {key}={folder} cannot be written ({reason}); choose a writable one with "
+              f"{key}=..., or make it writable.")
+  return None
+
+
+def cli() -> None:
+  """``python -m experiments.search``: :func:`preflight`, then Hydra (a full traceback with HYDRA_FULL_ERROR=1)."""
+  if os.environ.get("HYDRA_FULL_ERROR") != "1":
+    error = preflight(sys.argv[1:])
+    if error:
+      print(f"error: {error}", file=sys.stderr)
+      sys.exit(2)
   main()
+
+
+if __name__ == "__main__":
+  cli()

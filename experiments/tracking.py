@@ -86,6 +86,17 @@ class Tracker:
       table = wandb.Table(columns=list(columns), data=[list(r) for r in rows])
       self.run.log({key: wandb.plot.scatter(table, x, y, title=title)})
 
+  def line(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], x: str, y: str,
+           stroke: str | None, title: str) -> None:
+    """A wandb line chart, one line per value of the ``stroke`` column (its table is stored under
+    ``<key>_table``)."""
+    self._write({"event": "line", "key": key, "columns": list(columns), "rows": [list(r) for r in rows],
+                 "x": x, "y": y, "stroke": stroke})
+    if self.run is not None:
+      import wandb
+      table = wandb.Table(columns=list(columns), data=[list(r) for r in rows])
+      self.run.log({key: wandb.plot.line(table, x, y, stroke=stroke, title=title)})
+
   def image(self, key: str, path: str | os.PathLike) -> None:
     self._write({"event": "image", "key": key, "path": str(path)})
     if self.run is not None:

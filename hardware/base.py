@@ -13,6 +13,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from hardware.nm import NM
+
 LAYER_KINDS = ("conv", "dwconv", "dense", "linear", "matmul", "softmax", "layernorm")
 WEIGHTED_KINDS = ("conv", "dwconv", "dense", "linear")  # kinds with stored weights
 SPARSE_KINDS = ("conv", "dense", "linear")  # kinds that may carry N:M weight sparsity (``LayerSpec.nm``)
@@ -78,14 +80,11 @@ class LayerSpec:
       raise ValueError(f"LayerSpec.head_cols={self.head_cols} of {self.kind} layer {self.name!r}: only a matmul has "
                        f"heads; leave it 0.")
     if self.nm is not None:
-      n, m = (int(v) for v in self.nm)
-      if self.kind not in SPARSE_KINDS:
+      nm = NM.parse(self.nm, f"LayerSpec.nm of layer {self.name!r}")
+      if nm is not None and self.kind not in SPARSE_KINDS:
         raise ValueError(f"LayerSpec.nm={self.nm} of {self.kind} layer {self.name!r}: N:M sparsity applies to "
                          f"{SPARSE_KINDS} only.")
-      if not (m >= 2 and 1 <= n < m):
-        raise ValueError(f"LayerSpec.nm={self.nm} of layer {self.name!r} must be (N, M) with 1 <= N < M and M >= 2, "
-                         f"e.g. (2, 4); None for dense.")
-      object.__setattr__(self, "nm", (n, m))
+      object.__setattr__(self, "nm", nm)
 
   @property
   def out_h(self) -> int:

@@ -9,11 +9,12 @@ measured here: the preset's energy constants are labelled assumptions (Horowitz 
 The preset records the machine it was fitted on (``fitted_on``: CPU model and kernel-relevant flags), so
 :func:`hardware.host.host_mismatch` can warn when it is used on another one.
 
-Usage (measure, then fit; 1-2 minutes on 2 cores):
-  python -m hardware.calibrate --measure --out conf/hardware/cpu_host.yaml
+Usage (measure, then fit; 1-2 minutes on 2 cores; --force replaces the shipped measurements and preset):
+  python -m hardware.calibrate --measure --out conf/hardware/cpu_host.yaml --force
 Fit existing measurements only:
-  python -m hardware.calibrate --measurements hardware/data/cpu_host_measurements.json --out conf/hardware/cpu_host.yaml
-A missing or corrupt measurements file, or an ``--out`` that cannot be written, stops it before any fitting with
+  python -m hardware.calibrate --measurements hardware/data/cpu_host_measurements.json --out conf/hardware/cpu_host.yaml --force
+A missing or corrupt measurements file, an ``--out`` that cannot be written, that is the measurements file, or
+that exists (without --force; likewise the measurements file --measure writes), stops it before any fitting with
 one sentence on stderr and exit status 2.
 
 References:
@@ -213,6 +214,24 @@ def check_writable(path: str, flag: str, example: str = "cpu_host.yaml") -> None
     raise InputError(f"{flag} {path} exists and is read-only; make it writable or choose another path.")
 
 
+def check_outputs(out: str, measurements: str, measure: bool, force: bool, out_example: str = "cpu_host.yaml",
+                  measurements_example: str = "cpu_host_measurements.json") -> None:
+  """Raise InputError unless the command's outputs can be written without destroying a file it did not mean to:
+  ``out`` (and with ``measure`` the ``measurements`` file it writes) writable, ``out`` not the measurements file,
+  and an existing output replaced only with ``force``."""
+  check_writable(out, "--out", example=out_example)
+  if measure:
+    check_writable(measurements, "--measurements", example=measurements_example)
+  if os.path.realpath(out) == os.path.realpath(measurements):
+    raise InputError(f"--out {out} is the measurements file, which writing the preset would overwrite; choose "
+                     f"another --out, e.g. {os.path.join(os.path.dirname(out) or '.', out_example)}.")
+  outputs = (("--out", out), ("--measurements", measurements)) if measure else (("--out", out),)
+  for flag, path in outputs:
+    if os.path.exists(path) and not force:
+      raise InputError(f"{flag} {path} exists and would be overwritten; pass --force to replace it or choose "
+                       f"another path.")
+
+
 def _min_records() -> int:
   """Fewest records whose seeded split leaves one per fitted constant and two held-out layers."""
   return next(n for n in range(len(PARAMS), 10 * len(PARAMS))
@@ -220,7 +239,7 @@ def _min_records() -> int:
 
 
 def read_measurements(path: str, redo: str | None = None) -> Dict:
-  """The measurements JSON of ``hardware.measure`` (or ``hardware.calibrate_ort``), checked so that fitting
+  """The measurements JSON of ``hardware.measure`` (or ``nas.deploy.calibrate_ort``), checked so that fitting
   cannot fail on it; ``redo``: the fix the messages end with (default: measure again with this module).
 
   Raises:
@@ -260,9 +279,8 @@ def read_measurements(path: str, redo: str | None = None) -> Dict:
 
 
 def _run(args) -> None:
-  check_writable(args.out, "--out")
+  check_outputs(args.out, args.measurements, args.measure, args.force)
   if args.measure:
-    check_writable(args.measurements, "--measurements")
     from hardware import measure  # imports jax only when needed
     layers = measure.default_grid() if args.grid == "default" else measure.tiny_grid()
     data = measure.measure(layers, verbose=True)
@@ -299,6 +317,8 @@ def main(argv=None) -> None:
                       help="measurement JSON to read (with --measure: to write)")
   parser.add_argument("--grid", choices=("default", "tiny"), default="default")
   parser.add_argument("--out", required=True, help="preset YAML to write, e.g. conf/hardware/cpu_host.yaml")
+  parser.add_argument("--force", action="store_true",
+                      help="replace an existing --out (and, with --measure, an existing --measurements file)")
   args = parser.parse_args(argv)
   try:
     _run(args)

@@ -61,6 +61,16 @@ class PresetError(Exception):
   """A preset cannot be checked at all: its YAML is unreadable or its ``_target_`` does not import."""
 
 
+def read_yaml(path: str, what: str = "preset"):
+  """The YAML at ``path`` (OmegaConf), or :class:`PresetError`: one sentence naming the file, what is wrong
+  with it and the fix (also the search app's sentence for a broken preset or config file)."""
+  try:
+    return OmegaConf.load(path)
+  except Exception as e:  # OSError, YAML syntax errors, bad encodings: all mean "not a readable preset"
+    reason = " ".join(str(e).split())
+    raise PresetError(f"{what} {path} cannot be read as YAML ({type(e).__name__}: {reason}); fix the file.") from None
+
+
 def load_config(path: str) -> DictConfig:
   """The preset's YAML, with its ``_target_`` imported once to tell a bad path from a broken model.
 
@@ -70,11 +80,7 @@ def load_config(path: str) -> DictConfig:
   """
   if not os.path.isfile(path):
     raise PresetError(f"preset {path} does not exist; pass the path of a preset YAML, e.g. conf/hardware/riscv.yaml.")
-  try:
-    cfg = OmegaConf.load(path)
-  except Exception as e:  # OSError, YAML syntax errors, bad encodings: all mean "not a readable preset"
-    reason = " ".join(str(e).split())
-    raise PresetError(f"preset {path} cannot be read as YAML ({type(e).__name__}: {reason}); fix the file.") from None
+  cfg = read_yaml(path)
   target = cfg.get("_target_") if isinstance(cfg, DictConfig) else None
   if not isinstance(target, str) or "." not in target:
     raise PresetError(f"preset {path} has no `_target_: module.Class` line; name the cost model's class there.")

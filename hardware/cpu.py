@@ -64,7 +64,7 @@ def load_measured_layers(path: str, model: str) -> dict:
       table.setdefault(key, {})[(int(r["cin"]), int(r["cout"]))] = float(r["median_s"])
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ValueError(f"measured_layers={path!r} of {model!r} cannot be read ({type(e).__name__}: {e}); give a "
-                     f"measurements file of `python -m hardware.calibrate_ort --measure`, or null.") from None
+                     f"measurements file of `python -m nas.deploy.calibrate_ort --measure`, or null.") from None
   return table
 
 
@@ -135,7 +135,7 @@ class SIMDCPU:
     nm_weights: how N:M-sparse weights are stored: ``"compressed"`` (the default: kept values plus index bits,
       decompressed in the kernel) or ``"dense"`` (the runtime has no N:M format: the pattern buys nothing).
 
-    measured_layers: a measurements file (``hardware.calibrate_ort``'s JSON: records of kind, cin, cout, kernel,
+    measured_layers: a measurements file (``nas.deploy.calibrate_ort``'s JSON: records of kind, cin, cout, kernel,
       stride, in_h, in_w and median_s, timed at batch 1; a path relative to the repository root, or absolute).
       A dense layer whose shape it holds costs its measured time at batch 1 (non-decreasing in channels), any
       other the roofline: a kernel-level lookup table before the fitted model, as nn-Meter predicts (Zhang et

@@ -19,7 +19,7 @@ KERNEL_FLAGS = (
     "asimddp", "i8mm", "sve",  # Arm: SDOT/UDOT, int8 matrix multiply, scalable vectors
 )
 UNKNOWN = "unknown (measurements predate recording)"
-RECALIBRATE = "python -m hardware.calibrate --measure --out conf/hardware/cpu_host.yaml"
+RECALIBRATE = "python -m hardware.calibrate --measure --out conf/hardware/cpu_host.yaml --force"
 
 
 def cpu_from_cpuinfo(text: str) -> Dict[str, object]:
@@ -108,7 +108,7 @@ def host_mismatch(cost_model) -> Optional[str]:
   """One sentence if ``cost_model`` was calibrated on another machine than this one, else None.
 
   A model is host-calibrated if it has a ``fitted_on`` record (``SIMDCPU`` from ``hardware.calibrate`` or
-  ``hardware.calibrate_ort``).
+  ``nas.deploy.calibrate_ort``).
   It matches this machine when the CPU model name and the :data:`KERNEL_FLAGS` present are the same; an
   unrecorded side (flags that predate recording, or an unreadable /proc/cpuinfo) counts as a mismatch.
 

@@ -6,13 +6,12 @@ import numpy as np
 from typing import Optional, Sequence
 
 from hardware.base import LayerSpec
+from hardware.nm import NM
 
 
 def nm_index_bits(nm) -> int:
-  """Metadata bits per kept weight of an N:M pattern: the position of each kept weight among its M,
-  ceil(log2 M) bits (2 for 2:4 and 1:4, as NVIDIA's compressed 2:4 format stores it: Mishra et al., "Accelerating
-  Sparse Deep Neural Networks", arXiv:2104.08378, 2021). 0 when dense."""
-  return 0 if nm is None else int(np.ceil(np.log2(nm[1])))
+  """Metadata bits per kept weight of an N:M pattern (``hardware.nm.NM.index_bits``); 0 when dense."""
+  return 0 if nm is None else NM.parse(nm).index_bits
 
 
 def weight_bytes(layer: LayerSpec, w_bits, cin=None, cout=None) -> np.ndarray:

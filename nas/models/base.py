@@ -10,10 +10,10 @@ import numpy as np
 from flax import nnx
 
 from hardware.base import LayerSpec
-from nas.arch import Architecture, LayerChoice
-from nas.choices import CategoricalChoice, SDQChoice, check_mode, uniform_noise
-from nas.layers import ChoiceKeys, QLayer, width_mask
-from nas.space import SearchSpace
+from nas.models.arch import Architecture, LayerChoice
+from nas.ops.choices import CategoricalChoice, SDQChoice, check_mode, uniform_noise
+from nas.ops.layers import ChoiceKeys, QLayer, width_mask
+from nas.models.space import SearchSpace
 
 FLOAT_BITS = 32  # the "bit-width" recorded for a floating-point layer
 
@@ -35,7 +35,7 @@ class Supernet(nnx.Module):
     self.choices = nnx.Dict()
     self.reference = {}  # choice name -> value of the reference network (W8A8 at base width)
     self._bit_choices = ()  # names of the bit-width choices
-    self._onehot_choices = ()  # other choices whose consumers take a OneHot (N:M: nas.sparsity.mix_patterns)
+    self._onehot_choices = ()  # other choices whose consumers take a OneHot (N:M: nas.ops.sparsity.mix_patterns)
     self._layer_names = []
     self.killers = {}  # layer name -> choices whose 0 candidate leaves the layer out (a skipped conv)
 

@@ -7,12 +7,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nas.arch import Architecture
-from nas.layers import batch_norm
+from nas.models.arch import Architecture
+from nas.ops.layers import batch_norm
+from nas.models import register
 from nas.models.base import Supernet
-from nas.space import SearchSpace
+from nas.models.space import SearchSpace
 
 
+@register
 class DigitsCNN(Supernet):
   """conv3x3 x len(widths) (BN, ReLU, width mask) -> global average pool -> dense classifier.
 
@@ -34,7 +36,7 @@ class DigitsCNN(Supernet):
       width: the parameter-free shortcut of He et al., "Deep Residual Learning", CVPR 2016 (option A), used
       as a layer-skip candidate as FBNet's "skip" block does (Wu et al., CVPR 2019). The supernet mixes the
       two paths with the choice's Gumbel weights; a skipped layer costs nothing (``OpAxes.dead_if``) and the
-      next layer reads the shortcut (in the integer network, as a dilated convolution: ``nas.integer``).
+      next layer reads the shortcut (in the integer network, as a dilated convolution: ``nas.deploy.integer``).
       On launch-bound targets (a GPU at batch 8: a fixed time per layer) fewer layers is the only way to a
       much cheaper network.
     keep_init: P(keep) each keep choice starts at, so that the supernet's weights train mostly on the whole
@@ -117,6 +119,7 @@ def shortcut(x: jax.Array, stride: int, channels: int) -> jax.Array:
   return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, channels - x.shape[-1])))
 
 
+@register
 class FashionCNN(DigitsCNN):
   """The CNN for 28x28 grey images (Fashion-MNIST, MNIST): four searchable 3x3 convs, base widths
   16/32/32/64 with strides 2/1/2/1 (28 -> 14 -> 7), and a flattening classifier over the 7x7x64 map.

@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nas.arch import Architecture
-from nas.layers import batch_norm
+from nas.models.arch import Architecture
+from nas.ops.layers import batch_norm
+from nas.models import register
 from nas.models.base import Supernet
-from nas.space import SearchSpace
+from nas.models.space import SearchSpace
 
 # (expansion t, base output channels c, blocks n, stride of the first block s) for 32x32 inputs: Table 2 of
 # Sandler et al. cut after the 64-channel stage, with the strides of a CIFAR-sized network.
@@ -71,6 +72,7 @@ class InvertedResidual(nnx.Module):
     return mask(h, self.out_key, arch)
 
 
+@register
 class MobileNetV2(Supernet):
   """conv3x3 stem (BN, ReLU6) -> inverted residual blocks -> 1x1 conv (BN, ReLU6) -> average pool -> dense.
 

@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nas.arch import Architecture
-from nas.layers import batch_norm
+from nas.models.arch import Architecture
+from nas.ops.layers import batch_norm
+from nas.models import register
 from nas.models.base import Supernet
-from nas.space import SearchSpace
+from nas.models.space import SearchSpace
 
 
 class BasicBlock(nnx.Module):
@@ -60,6 +61,7 @@ class BasicBlock(nnx.Module):
     return mask(jax.nn.relu(h + skip), self.out_key, arch)
 
 
+@register
 class ResNet20(Supernet):
   """conv3x3 stem -> stages of BasicBlocks (stride 2 from the second stage on) -> global average pool -> dense.
 

@@ -18,11 +18,13 @@ import numpy as np
 from flax import nnx
 
 from hardware.base import LayerSpec
-from nas import sparsity
-from nas.arch import Architecture, LayerChoice
-from nas.layers import PRUNED, ActQuantizer, ChoiceKeys, QLayer, width_mask
+from hardware.nm import NM
+from nas.ops import sparsity
+from nas.models.arch import Architecture, LayerChoice
+from nas.ops.layers import PRUNED, ActQuantizer, ChoiceKeys, QLayer, width_mask
+from nas.models import register
 from nas.models.base import FLOAT_BITS, Supernet
-from nas.space import SearchSpace
+from nas.models.space import SearchSpace
 
 
 def layer_norm(features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -121,6 +123,7 @@ class Block(nnx.Module):
     return x + self.fc2(h, arch)
 
 
+@register
 class ViT(Supernet):
   """Patch embedding -> learned positions (+ a class token) -> ``depth`` pre-norm blocks -> LayerNorm -> dense.
 
@@ -135,13 +138,13 @@ class ViT(Supernet):
     ``{linear}.w_bits``: per-group weight bits of each linear (AQ-BERT): groups of one head's columns for
       ``.attn.q/k/v``, embed / heads columns for ``.attn.proj``, ``mlp_groups`` groups for ``.mlp.fc1`` and
       ``.mlp.fc2``; candidates ``search.w_bits`` plus 0 (the group pruned) when ``prune_groups``.
-    ``{linear}.a_bits``: the linear's input bits. ``{linear}.nm``: its N:M pattern (``nas.sparsity.nm_code``:
+    ``{linear}.a_bits``: the linear's input bits. ``{linear}.nm``: its N:M pattern (``hardware.nm.NM.code``:
       104 = 1:4, 204 = 2:4, 0 dense; in ascending density, dense last), trained with SR-STE.
     ``.attn.qk.a_bits`` / ``.attn.qk.w_bits``: bits of Q and K; ``.attn.av.a_bits`` / ``.attn.av.w_bits``:
       bits of the softmax output and of V (a matmul's "weights" are its second operand, as in LayerSpec).
   With ``search.quantize=False`` every bit choice is float, every linear dense and no group prunable: a plain
   float ViT (a teacher). Bit choices follow ``search.method`` (Gumbel or SDQ); heads, widths and N:M are
-  Gumbel choices. ``search.per_channel_w`` has no effect here: the linears' bits are per group, and the patch
+  Gumbel choices. ``search.per_channel_w=true`` is refused: the linears' bits are per group, and the patch
   embedding and classifier have fixed bits. ``search.channel_multiple`` rounds the MLP widths, not the heads.
   Before any search step, "argmax" breaks the ties of uniform Gumbel logits towards the first candidate, which
   for group bits is 0 (pruned) and for N:M the sparsest pattern: derive or evaluate "argmax" only after the
@@ -183,19 +186,32 @@ class ViT(Supernet):
       raise ValueError(f"model.args.pool={pool!r}; use 'cls' or 'mean'.")
     if mlp_groups < 1 or depth < 1 or mlp < 1:
       raise ValueError(f"model.args mlp_groups={mlp_groups}, depth={depth}, mlp={mlp} must all be >= 1.")
+    if space.quantize and space.per_channel_w:
+      raise ValueError("search.per_channel_w=true has no meaning for model=vit: its weight bits are already chosen "
+                       "per group of output columns (one head's for attention, model.args.mlp_groups groups for the "
+                       "MLP: AQ-BERT's sub-groups) and per-channel bits are for the CNNs; set "
+                       "search.per_channel_w=false (raise model.args.mlp_groups for finer MLP groups).")
+    parsed = tuple(NM.parse(p, f"model.args.nm_patterns entry") for p in nm_patterns) if space.quantize else ()
+    # N:M groups run along each linear's reduction axis (its input width): the embedding (Q, K, V, fc1), every
+    # heads candidate x head_dim (the projection) and every MLP width candidate (fc2).
+    head_dim = embed // heads
+    reductions = ([(embed, "input of attn.q/k/v and mlp.fc1 (model.args.embed)")]
+                  + [(h * head_dim, f"input of attn.proj at {h} heads")
+                     for h in sorted({max(1, int(round(heads * m))) for m in space.width_mults})]
+                  + [(w, "input of mlp.fc2 (an MLP width candidate)") for w in space.channels(mlp)])
+    for nm in parsed:
+      for rows, what in reductions:
+        nm.check_reduction(rows, f"model.args.nm_patterns entry [{nm.n}, {nm.m}], {what}")
     self._setup(space, arch, rngs)
     self.pool = pool
     self.embed = embed
     self.nm_decay = float(nm_decay)
-    try:
-      patterns = tuple(sparsity.nm_code(p) for p in nm_patterns) if space.quantize else ()
-    except ValueError as e:
-      raise ValueError(f"model.args.nm_patterns={nm_patterns!r}: {e}") from None
+    patterns = tuple(nm.code for nm in parsed)
     # Candidates in ascending density, dense last, as bits and widths ascend: the budget projection and the
-    # budget filling after the argmax (nas.search.fit_to_budget / fill_budget) move one candidate down or up
+    # budget filling after the argmax (nas.search.loop.fit_to_budget / fill_budget) move one candidate down or up
     # and read "up" as more network. Dense first made "up" mean sparser: on a target where N:M costs the same
     # as dense (riscv), the filling then moved every linear to 2:4 for free.
-    density = lambda code: sparsity.nm_pattern(code)[0] / sparsity.nm_pattern(code)[1]
+    density = lambda code: NM.from_code(code).density
     self.nm_values = tuple(sorted(set(patterns), key=lambda c: (density(c), c))) + (sparsity.DENSE,)
     self.group_w_bits = ((PRUNED,) if prune_groups else ()) + space.w_bits
     self._cost_axes = {}  # layer name -> (cin axis, cout axis, group size) of the linears
@@ -226,7 +242,7 @@ class ViT(Supernet):
     nk = self.add_choice(f"{attr}.nm", self.nm_values, sparsity.DENSE)
     if nk not in self._onehot_choices:
       self._onehot_choices += (nk,)
-    # Only choices whose values are channel counts go in ChoiceKeys (what nas.cost reads); heads go through
+    # Only choices whose values are channel counts go in ChoiceKeys (what nas.search.cost reads); heads go through
     # cost_layers().
     channel_key = lambda axis: axis[0] if axis is not None and axis[1] == 1 else None
     keys = ChoiceKeys(wk, ak, channel_key(cin_axis), channel_key(cout_axis), nm=nk)
@@ -272,7 +288,7 @@ class ViT(Supernet):
       ``cin``, ``cout``: None (fixed at the spec's value) or (choice, per_value): that axis is the choice's
         value times per_value (heads x head_dim for Q/K/V columns and the projection's rows; heads x T for
         Q K^T's columns and the softmax; MLP columns x 1).
-      ``nm``: the N:M choice (values ``nas.sparsity.nm_code``) or None (dense).
+      ``nm``: the N:M choice (values ``hardware.nm.NM.code``) or None (dense).
       ``dead_if``: weight-bit choices (per group, with a 0-bit candidate) that leave the op's result unused when
         all their groups are pruned: every op of an attention (its LayerNorm, Q, K, V, both matmuls and the
         softmax) when its output projection is wholly pruned (the attention adds exactly 0 to the residual),
@@ -321,7 +337,7 @@ class ViT(Supernet):
   def qlayers(self) -> list[QLayer]:
     """The weighted layers. Their ChoiceKeys name only the widths whose choice values are channel counts (the
     MLP's); the heads-driven widths, the per-group bits and the weight-less ops are in ``cost_layers``, which
-    the expected cost of this model must read (``nas.cost.build_cost_tables`` does not yet)."""
+    the expected cost of this model must read (``nas.search.cost.build_cost_tables`` does not yet)."""
     per_block = [(b.attn.q, b.attn.k, b.attn.v, b.attn.proj, b.fc1, b.fc2) for b in self.blocks]
     return [self.patch] + [layer for group in per_block for layer in group] + [self.head]
 
@@ -351,7 +367,7 @@ class ViT(Supernet):
         continue
       cin = self._axis(choices, axes["cin"], spec.cin)
       cout = self._axis(choices, axes["cout"], spec.cout)
-      nm = sparsity.nm_pattern(choices[axes["nm"]]) if axes["nm"] else None
+      nm = NM.from_code(choices[axes["nm"]]) if axes["nm"] else None
       w_bits = choices[axes["w_bits"]] if axes["w_bits"] else FLOAT_BITS
       a_bits = choices[axes["a_bits"]] if axes["a_bits"] else FLOAT_BITS
       if isinstance(w_bits, (tuple, list)) or PRUNED == w_bits:

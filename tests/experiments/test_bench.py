@@ -1,8 +1,8 @@
-"""The step benchmark (experiments/bench.py) runs the search step exactly as nas.search calls it: a change of
+"""The step benchmark (experiments/bench.py) runs the search step exactly as nas.search.loop calls it: a change of
 the step's signature must break this test, not the benchmark a user runs. No timing is asserted (machines are
 noisy; the benchmark prints its ratios)."""
 from experiments import bench
-from nas import sparsity
+from nas.ops import sparsity
 
 
 def test_bench_runs_the_search_and_plain_steps_of_a_cnn():

@@ -6,6 +6,7 @@ import pathlib
 import pytest
 
 from experiments import benchmark_report as report_app
+from experiments.benchmark_markdown import report_markdown
 
 REF = 10.0  # r_c: the reference network's cost, the same on every target and metric of these benches
 # r_a = 1 / num_classes = 1 / 10 = 0.1 throughout.
@@ -340,7 +341,7 @@ def test_same_total_steps_family_gets_its_own_verdict(tmp_path):
          "steps.same_total)" in text and "search steps per network of the default search" in text
   assert "gets 1000 search steps (one search per budget; a shared supernet's steps per job are in the table " \
          "below) then 1500 fine-tuning steps" in text and "Same total steps, one search per budget: 1000 + 1500" in text
-  md = report_app.report_markdown(report)
+  md = report_markdown(report)
   assert "**Same total steps. Verdict: gumbel ties with all baselines, either step count" in md
   assert "**Same final training. Verdict: gumbel wins against all baselines:" in md
 
@@ -426,7 +427,7 @@ def test_nm_share_of_the_searched_networks(tmp_path):
   # Two searched networks: 0.481203 and 0 -> mean 0.240602; one of them uses N:M.
   assert usage == {"networks": 2, "any": pytest.approx(8192 / 17024 / 2), "networks_using": 1,
                    "per_pattern": {"2:4": pytest.approx(8192 / 17024 / 2)}}
-  text = report_app.report_markdown(report_app.build_report(root))
+  text = report_markdown(report_app.build_report(root))
   assert "N:M sparsity in the searched networks: 24.1 % of their weights on average (2:4 24.1 %); 1 of 2" in text
   assert "| 2:4 48 % |" in text and "| dense |" in text
   # Without any N:M layer in the comparison the report says nothing about it.

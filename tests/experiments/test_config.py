@@ -4,8 +4,8 @@ import dataclasses
 
 from experiments.config import FinetuneConfig, SearchGroupConfig
 from nas.search import SearchConfig
-from nas.space import SearchSpace
-from nas.train import TrainConfig
+from nas.models.space import SearchSpace
+from nas.train.finetune import TrainConfig
 
 
 def _defaults(cls):
@@ -24,7 +24,7 @@ def test_search_schema_defaults_match_the_library():
     a = tuple(a) if isinstance(a, list) else a
     assert a == b, f"search.{name}: schema default {a!r} != library default {b!r}"
   # Every field of the schema reaches the library (nothing configurable that is then ignored); the shared-supernet
-  # fields are read by the app, which calls nas.search.train_supernet and search(frozen_weights=True) with them.
+  # fields are read by the app, which calls nas.search.loop.train_supernet and search(frozen_weights=True) with them.
   app_only = {"shared", "shared_steps", "arch_steps", "shared_arch_lr", "shared_entropy_weight"}
   assert set(schema) - app_only <= set(library), set(schema) - app_only - set(library)
 

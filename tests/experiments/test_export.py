@@ -11,14 +11,20 @@ import pytest
 import yaml
 
 from experiments import export as ex
-from nas import integer, pack
-from nas.arch import Architecture
-from nas.checkpoint import save_network
-from nas.cost import architecture_metrics
-from nas.data import load_digits
+from nas.deploy import integer
+from nas.deploy import pack
+from nas.deploy import ort
+from nas.deploy.formats.int8 import int8_model
+from nas.deploy.formats.qdq import qdq_model
+from nas.deploy.formats.qonnx import qonnx_model
+from nas.deploy.verify import jax_logits
+from nas.models.arch import Architecture
+from nas.train.checkpoint import save_network
+from nas.search.cost import architecture_metrics
+from nas.train.datasets import load_digits
 from nas.models import build_model
-from nas.space import SearchSpace
-from nas.train import calibrate
+from nas.models.space import SearchSpace
+from nas.train.finetune import calibrate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WIDTHS, STRIDES = (4, 6, 8), (1, 2, 1)
@@ -101,7 +107,7 @@ def test_onnxruntime_gives_the_integer_reference_predictions(exported, run_dir):
   _, _, net, data = ex.load_run(run_dir)
   inet = integer.from_network(net)
   acc, logits = integer.run(inet, data.x_test)
-  ort_logits = ex.ort_session((out / "model.onnx").read_bytes()).run(None, {"image": data.x_test})[0]
+  ort_logits = ort.ort_session((out / "model.onnx").read_bytes()).run(None, {"image": data.x_test})[0]
   np.testing.assert_array_equal(ort_logits.argmax(-1), logits.argmax(-1))
   np.testing.assert_allclose(ort_logits, logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
   assert info["agreement"]["identical_top1"] >= 0.98  # an untrained network: near-ties are common
@@ -112,9 +118,9 @@ def test_flattening_classifier_agrees_too():
   net, _, data = _tiny_network("flatten")
   inet = integer.from_network(net)
   _, logits = integer.run(inet, data.x_test)
-  ort_logits = ex.ort_session(ex.qdq_model(inet).SerializeToString()).run(None, {"image": data.x_test})[0]
+  ort_logits = ort.ort_session(qdq_model(inet).SerializeToString()).run(None, {"image": data.x_test})[0]
   np.testing.assert_array_equal(ort_logits.argmax(-1), logits.argmax(-1))
-  assert np.mean(ex.jax_logits(net, data.x_test).argmax(-1) == logits.argmax(-1)) >= 0.98
+  assert np.mean(jax_logits(net, data.x_test).argmax(-1) == logits.argmax(-1)) >= 0.98
 
 
 def _tiny_skipping_network(classifier: str, strides=STRIDES, skipped: int = 1):
@@ -146,17 +152,17 @@ def test_a_skipped_layer_exports_as_the_next_layers_dilation(classifier, strides
   assert before.weight.shape[-1] == 4 and after.weight.shape[2] == 4  # the channels the shortcut passes on
   assert (after.dilation, after.in_hw) == (2, (8, 8))
   _, logits = integer.run(inet, data.x_test)
-  assert np.mean(ex.jax_logits(net, data.x_test).argmax(-1) == logits.argmax(-1)) >= 0.98
-  qdq = ex.ort_session(ex.qdq_model(inet).SerializeToString()).run(None, {"image": data.x_test})[0]
+  assert np.mean(jax_logits(net, data.x_test).argmax(-1) == logits.argmax(-1)) >= 0.98
+  qdq = ort.ort_session(qdq_model(inet).SerializeToString()).run(None, {"image": data.x_test})[0]
   np.testing.assert_array_equal(qdq.argmax(-1), logits.argmax(-1))
   np.testing.assert_allclose(qdq, logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
-  model = ex.int8_model(inet)
+  model = int8_model(inet)
   onnx.checker.check_model(model, full_check=True)
   assert _optimized_ops(model.SerializeToString(), tmp_path).count("QLinearConv") == 2
-  int8 = ex.ort_session(model.SerializeToString()).run(None, {"image": data.x_test})[0]
+  int8 = ort.ort_session(model.SerializeToString()).run(None, {"image": data.x_test})[0]
   _, ref = integer.run(integer.int8_kernels(inet), data.x_test)
   np.testing.assert_allclose(int8, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
-  qonnx = ex.qonnx_model(inet)
+  qonnx = qonnx_model(inet)
   onnx.checker.check_model(qonnx)
   pack.write_weights(tmp_path / "weights.bin", inet)
   assert pack.read_packed_weights(tmp_path / "weights.bin")[after.name].shape[1] == after.kernel ** 2 * 4
@@ -182,14 +188,14 @@ def _optimized_ops(model_bytes: bytes, tmp_path) -> list[str]:
 def test_int8_graph_runs_integer_kernels_and_equals_the_int8_kernels_reference(classifier, tmp_path):
   net, _, data = _tiny_network(classifier)
   inet = integer.from_network(net)
-  model = ex.int8_model(inet)
+  model = int8_model(inet)
   onnx.checker.check_model(model, full_check=True)
   ops = _optimized_ops(model.SerializeToString(), tmp_path)
   # 3 convs as QLinearConv, the pooling (pool) as QLinearGlobalAveragePool, the head as QGemm
   assert ops.count("QLinearConv") == 3 and ops.count("QGemm") == 1
   assert ops.count("QLinearGlobalAveragePool") == (classifier == "pool")
   assert not {"Conv", "Gemm", "MatMul", "DequantizeLinear", "GlobalAveragePool"} & set(ops), ops  # none in float
-  logits = ex.ort_session(model.SerializeToString()).run(None, {"image": data.x_test})[0]
+  logits = ort.ort_session(model.SerializeToString()).run(None, {"image": data.x_test})[0]
   _, ref = integer.run(integer.int8_kernels(inet), data.x_test)
   np.testing.assert_array_equal(logits.argmax(-1), ref.argmax(-1))  # exact: the documented deviations only
   np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
@@ -282,7 +288,7 @@ def test_prefix_models_cut_the_graph_after_each_layer(exported):
   out, _ = exported
   model = onnx.load(out / "model.int8.onnx")
   names = ["convs.0", "convs.1", "convs.2", "head"]
-  cuts = ex.prefix_models(model, names)
+  cuts = ort.prefix_models(model, names)
   assert len(cuts) == 5 and cuts[-1].graph.node[-1].op_type == "Gemm"
   for k, cut in enumerate(cuts):
     onnx.checker.check_model(cut, full_check=True)
@@ -329,7 +335,7 @@ def test_an_unwritable_output_folder_is_refused(run_dir, tmp_path, capsys):
 def test_a_failure_half_way_leaves_nothing_behind(run_dir, tmp_path, monkeypatch):
   def boom(*args):
     raise RuntimeError("disk full")
-  monkeypatch.setattr(ex.pack, "write_weights", boom)
+  monkeypatch.setattr(pack, "write_weights", boom)
   with pytest.raises(RuntimeError, match="disk full"):
     ex.export(run_dir, tmp_path / "out")
   assert list(tmp_path.iterdir()) == []
@@ -342,3 +348,111 @@ def test_the_command_exits_with_status_2(tmp_path):
   assert proc.stderr.strip().splitlines() == [f"error: {tmp_path} holds no finished network: result.json is "
                                               "missing; export a run folder written by a finished "
                                               "`python -m experiments.search` job."]
+
+
+# --- hardening: an export deletes or overwrites nothing it did not write ------------------------------------------
+
+def _snapshot(folder: pathlib.Path) -> dict:
+  """Every file below ``folder`` -> its bytes."""
+  return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _refused(capsys, argv, match: str, keep: pathlib.Path):
+  """``argv`` exits 2 with one sentence holding ``match`` and leaves every file below ``keep`` as it was."""
+  before = _snapshot(keep)
+  assert ex.main([str(a) for a in argv]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("error: ") and "\n" not in err and match in err, err
+  assert _snapshot(keep) == before
+
+
+def test_out_the_run_folder_or_a_folder_holding_it_is_refused(run_dir, tmp_path, capsys):
+  sweep = tmp_path / "sweep"
+  run = _copy(run_dir, sweep)
+  (sweep / "other_job").mkdir()
+  (sweep / "other_job" / "result.json").write_text("{}")
+  for out in (sweep, run, tmp_path):
+    _refused(capsys, [run, "--out", out, "--force"], f"--out {out} is the run folder {run} or contains it", tmp_path)
+
+
+def test_a_folder_that_is_not_an_export_is_refused(run_dir, tmp_path, capsys):
+  run = _copy(run_dir, tmp_path)
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("keep me")
+  _refused(capsys, [run, "--out", mine, "--force"], "holds files but no previous export (no export.json)", tmp_path)
+  _refused(capsys, [run, "--out", run / ".hydra", "--force"], "no previous export", tmp_path)
+
+
+def test_a_previous_export_is_replaced_only_with_force(run_dir, tmp_path, capsys):
+  run = _copy(run_dir, tmp_path)
+  out = tmp_path / "out"
+  ex.export(run, out)
+  _refused(capsys, [run, "--out", out], f"--out {out} holds a previous export; pass --force to replace it", tmp_path)
+  (out / "model.onnx").write_bytes(b"stale")
+  assert ex.main([str(run), "--out", str(out), "--force"]) == 0
+  assert (out / "model.onnx").read_bytes() != b"stale"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "run"]  # no staging or old folder left
+  (out / "notes.txt").write_text("keep me")
+  _refused(capsys, [run, "--out", out, "--force"], "files the exporter did not write (notes.txt)", tmp_path)
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("network.npz", None, "network.npz is truncated or corrupt (BadZipFile"),
+    ("result.json", None, "result.json is truncated or corrupt (not valid JSON"),
+    (".hydra/config.yaml", "model: {name: [", "config.yaml is truncated or corrupt")])
+def test_a_truncated_file_of_the_run_is_named_with_the_fix(run_dir, tmp_path, capsys, name, content, match):
+  run = _copy(run_dir, tmp_path)
+  path = run / name
+  if content is None:
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+  else:
+    path.write_text(content)
+  _refused(capsys, [run], match, tmp_path)
+  err_path = str(path)
+  _refused(capsys, [run], err_path, tmp_path)
+  _refused(capsys, [run], "re-run the search job that wrote it.", tmp_path)
+
+
+def test_a_truncated_network_exits_2_without_a_traceback(run_dir, tmp_path):
+  run = _copy(run_dir, tmp_path)
+  data = (run / "network.npz").read_bytes()
+  (run / "network.npz").write_bytes(data[:len(data) // 2])
+  proc = subprocess.run([sys.executable, "-m", "experiments.export", str(run)], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines() == [
+      f"error: {run / 'network.npz'} is truncated or corrupt (BadZipFile: File is not a zip file); re-run the "
+      "search job that wrote it."]
+
+
+def test_a_read_only_output_folder_is_one_sentence(run_dir, tmp_path, capsys, monkeypatch):
+  from nas.deploy import export as deploy_export
+  run = _copy(run_dir, tmp_path)
+  out = tmp_path / "out"
+  ex.export(run, out)
+
+  def refuse(*args, **kwargs):  # tests may run as root, where chmod is moot
+    raise PermissionError(13, "Permission denied")
+  monkeypatch.setattr(deploy_export.tempfile, "TemporaryFile", refuse)
+  _refused(capsys, [run, "--out", out, "--force"], f"cannot replace {out}: it is not writable (Permission denied)",
+           tmp_path)
+  monkeypatch.setattr(deploy_export.tempfile, "mkdtemp", refuse)
+  _refused(capsys, [run, "--out", tmp_path / "new"], f"cannot write into {tmp_path} (Permission denied); pass a "
+           "writable --out.", tmp_path)
+
+
+def test_a_read_only_folder_for_a_real_user(run_dir, tmp_path):
+  import os
+  if os.geteuid() == 0:
+    pytest.skip("root writes into read-only folders")
+  run = _copy(run_dir, tmp_path)
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  locked.chmod(0o555)
+  try:
+    proc = subprocess.run([sys.executable, "-m", "experiments.export", str(run), "--out", str(locked / "x")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  finally:
+    locked.chmod(0o755)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -48,3 +48,33 @@ def test_a_folder_without_jobs_exits_2_with_one_sentence(tmp_path, capsys):
   assert export_sweep.main([str(tmp_path)]) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and "\n" not in err and "holds no finished search job" in err
+
+
+def _files(folder: pathlib.Path) -> dict:
+  return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_second_sweep_replaces_nothing_without_force(sweep, capsys):
+  folder, _ = sweep
+  before = _files(folder)
+  assert export_sweep.main([str(folder)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err == f"error: --out {folder / '0' / 'export'} holds a previous export; pass --force to replace it, or " \
+                "another --out.", err
+  (folder / "0" / "export" / "notes.txt").write_text("keep me")
+  assert export_sweep.main([str(folder), "--force"]) == 2  # a file the export did not write: refused, even forced
+  err = capsys.readouterr().err.strip()
+  assert "files the exporter did not write (notes.txt)" in err and "\n" not in err
+  (folder / "0" / "export" / "notes.txt").unlink()
+  assert _files(folder) == before
+  again = export_sweep.sweep(folder, repeats=3, force=True)
+  assert [r["job"] for r in again["jobs"]] == ["0", "1"]
+  assert sorted(p.name for p in folder.iterdir()) == ["0", "1", "export_sweep.json"]  # nothing staged left
+
+
+def test_an_existing_summary_is_replaced_only_with_force(tmp_path):
+  (tmp_path / "job").mkdir()
+  (tmp_path / "job" / "result.json").write_text("{}")
+  (tmp_path / "export_sweep.json").write_text("mine")
+  assert export_sweep.main([str(tmp_path)]) == 2
+  assert (tmp_path / "export_sweep.json").read_text() == "mine"

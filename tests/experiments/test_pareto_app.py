@@ -240,5 +240,6 @@ def test_offline_wandb_run_holds_hypervolume_and_pareto_table(tmp_path):
   # The mirror holds the same, readable without wandb.
   mirror = read_mirror(sweep / "aggregate")
   scatter = next(m for m in mirror if m["event"] == "scatter")
-  assert scatter["key"] == "pareto" and scatter["columns"] == ["cost", "accuracy", "kind", "label", "on_front"]
-  assert sum(row[-1] for row in scatter["rows"]) == 5
+  assert scatter["key"] == "pareto" and scatter["columns"] == app.NETWORK_COLUMNS
+  on_front = app.NETWORK_COLUMNS.index("on_front")
+  assert sum(row[on_front] for row in scatter["rows"]) == 5

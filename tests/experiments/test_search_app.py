@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from experiments import search as app
-from nas.checkpoint import code_fingerprint, source_hash
+from nas.train.checkpoint import code_fingerprint, source_hash
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONF = str(ROOT / "conf")
@@ -86,7 +86,7 @@ def test_cli_bad_input_exits_with_one_sentence(tmp_path):
     (["model=fmnist_cnn", "model.args.keep_init=1"], "model.args.keep_init"),
 ])
 def test_bad_input_names_the_field_before_training(tmp_path, overrides, field, monkeypatch):
-  import nas.search as searchlib
+  import nas.search.loop as searchlib
   called = []
   monkeypatch.setattr(searchlib, "_search_step", lambda *a, **k: called.append(1))
   cfg = _compose(["wandb.mode=disabled", *overrides])
@@ -110,7 +110,7 @@ def test_typo_in_a_config_key_fails_at_startup():
 
 def test_a_uniform_baseline_keeps_every_skippable_layer():
   from nas import models
-  from nas.space import SearchSpace
+  from nas.models.space import SearchSpace
   cfg = _compose(["model=fmnist_cnn", "baseline.kind=uniform", "baseline.w_bits=4", "baseline.a_bits=4"])
   net = models.build_model("fmnist_cnn", SearchSpace(), seed=0)
   choices = app.baseline_choices(net, cfg)
@@ -261,9 +261,9 @@ def test_every_preset_is_searchable_with_its_defaults():
   from the search's tables); cpu_host is one where the per-layer lower bound is no network's cost."""
   import itertools
   from hydra.utils import instantiate
-  from nas import cost as costlib
+  from nas.search import cost as costlib
   from nas.models import build_model
-  from nas.search import cost_lower_bound
+  from nas.search import check_room, cheapest_network, cost_lower_bound, resolve_budget
   cfg = _compose(["wandb.mode=disabled"])
   data = app.load_dataset(cfg)
   supernet = build_model(cfg.model.name, app.search_space(cfg), seed=0, **app._model_args(cfg, data))
@@ -274,19 +274,20 @@ def test_every_preset_is_searchable_with_its_defaults():
     target = instantiate(_compose([f"hardware={yaml.stem}"]).hardware)
     reference = costlib.architecture_cost(supernet.reference_architecture(), target)["latency_s"]
     tables = costlib.build_cost_tables(supernet, target)
-    b = app.budget_limit(cfg.budget, supernet, tables, "latency_s", reference)
-    assert b["room"] == 0.5 and 0 < b["cheapest"] <= 1.0, yaml.stem
-    assert b["value"] == pytest.approx(reference * (b["cheapest"] + 0.5 * (1 - b["cheapest"])), rel=1e-9)
-    app._check_room(supernet, tables, target, [app.Constraint("latency_s", b["value"])], {"latency_s": reference})
+    cheapest = cheapest_network(supernet, tables, "latency_s")[1]
+    b = resolve_budget(cheapest, "latency_s", reference, cfg.budget.fraction, cfg.budget.room)
+    assert b.room == 0.5 and 0 < b.cheapest <= 1.0, yaml.stem
+    assert b.value == pytest.approx(reference * (b.cheapest + 0.5 * (1 - b.cheapest)), rel=1e-9)
+    check_room({"latency_s": cheapest}, [app.Constraint("latency_s", b.value)], {"latency_s": reference}, target.name)
     if yaml.stem in ("cpu_host", "bitfusion", "riscv", "gpu"):
       least = min(costlib.architecture_cost(supernet.architecture(dict(zip(names, c))), target)["latency_s"]
                   for c in grid)
-      assert b["cheapest"] * reference == pytest.approx(least, rel=1e-9), yaml.stem
+      assert b.cheapest * reference == pytest.approx(least, rel=1e-9), yaml.stem
       if yaml.stem == "cpu_host":  # the per-layer bound is below every network here
         bound = cost_lower_bound(tables, ["latency_s"])["latency_s"]
         assert bound < least * 0.99
     # room 0 is exactly the cheapest network; fraction wins when it is the one set
-    zero = app.budget_limit(_compose(["budget.room=0"]).budget, supernet, tables, "latency_s", reference)
-    assert zero["value"] == pytest.approx(b["cheapest"] * reference, rel=1e-12)
-  frac = app.budget_limit(_compose(["budget.fraction=0.7"]).budget, supernet, tables, "latency_s", reference)
-  assert frac["room"] is None and frac["value"] == pytest.approx(0.7 * reference, rel=1e-12)
+    zero = resolve_budget(cheapest, "latency_s", reference, room=0.0)
+    assert zero.value == pytest.approx(b.cheapest * reference, rel=1e-12)
+  frac = resolve_budget(cheapest, "latency_s", reference, fraction=0.7)
+  assert frac.room is None and frac.value == pytest.approx(0.7 * reference, rel=1e-12)

@@ -8,8 +8,10 @@ from hydra import compose, initialize_config_dir
 
 from experiments import search as app
 from experiments.config import validate
-from nas import models, sparsity
-from nas.space import SearchSpace
+from hardware.nm import NM
+from nas import models
+from nas.ops import sparsity
+from nas.models.space import SearchSpace
 
 CONF = str(pathlib.Path(__file__).resolve().parents[2] / "conf")
 TINY = ["model=vit", "model.args.patch=4", "model.args.embed=16", "model.args.heads=2", "model.args.mlp=16",
@@ -35,7 +37,7 @@ def test_uniform_baseline_sets_every_pattern_heads_and_bits():
                            mlp=16, depth=1, mlp_groups=2)
   choices = app.baseline_choices(net, cfg)
   nm = {n: v for n, v in choices.items() if n.endswith(".nm")}
-  assert len(nm) == 6 and set(nm.values()) == {sparsity.nm_code((2, 4))}  # q, k, v, proj, fc1, fc2
+  assert len(nm) == 6 and set(nm.values()) == {NM(2, 4).code}  # q, k, v, proj, fc1, fc2
   assert choices["blocks.0.attn.heads"] == 1 and choices["blocks.0.mlp.width"] == 8  # half of 2 heads, 16
   assert {v for n, v in choices.items() if n.endswith(".w_bits") and not net.choices[n].fixed} == {4}
   cfg = _compose(["baseline.kind=uniform", "baseline.nm=1:8"])

@@ -119,3 +119,44 @@ def test_measurements_that_cannot_be_fitted_are_refused_up_front(tmp_path, conte
   path.write_text(json.dumps(content))
   with pytest.raises(calibrate.InputError, match=match):
     calibrate.read_measurements(str(path))
+
+
+def _measurements(tmp_path) -> pathlib.Path:
+  layers, t = synthetic(every=3)
+  records = [{"kind": l.kind, "cin": l.cin, "cout": l.cout, "kernel": l.kernel, "stride": l.stride,
+              "in_h": l.in_h, "in_w": l.in_w, "name": l.name, "median_s": float(s)} for l, s in zip(layers, t)]
+  data = tmp_path / "m.json"
+  data.write_text(json.dumps({"host": {"cpu": "synthetic", "cores": 2, "date": "today"}, "records": records}))
+  return data
+
+
+def test_cli_out_equal_to_the_measurements_is_refused(tmp_path):
+  data = _measurements(tmp_path)
+  before = data.read_bytes()
+  for extra in ((), ("--force",)):
+    code, stdout, err = run_cli("--measurements", str(data), "--out", str(data), *extra)
+    assert code == 2 and stdout == ""
+    assert_one_sentence_naming(err, f"--out {data} is the measurements file, which writing the preset would "
+                                    "overwrite; choose another --out")
+  assert data.read_bytes() == before
+
+
+def test_an_existing_out_is_replaced_only_with_force(tmp_path, capsys):
+  data, out = _measurements(tmp_path), tmp_path / "cpu_host.yaml"
+  out.write_text("mine")
+  with pytest.raises(SystemExit) as e:
+    calibrate.main(["--measurements", str(data), "--out", str(out)])
+  assert e.value.code == 2 and out.read_text() == "mine"
+  err = capsys.readouterr().err
+  assert_one_sentence_naming(err, f"--out {out} exists and would be overwritten; pass --force to replace it")
+  calibrate.main(["--measurements", str(data), "--out", str(out), "--force"])
+  assert "Held out" in out.read_text()
+
+
+def test_measure_would_not_overwrite_existing_measurements_without_force(tmp_path):
+  data = _measurements(tmp_path)
+  with pytest.raises(calibrate.InputError, match=r"--measurements .*m.json exists and would be overwritten; pass "
+                                                 r"--force"):
+    calibrate.check_outputs(str(tmp_path / "new.yaml"), str(data), measure=True, force=False)
+  calibrate.check_outputs(str(tmp_path / "new.yaml"), str(data), measure=True, force=True)
+  calibrate.check_outputs(str(tmp_path / "new.yaml"), str(data), measure=False, force=False)  # only read

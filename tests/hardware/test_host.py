@@ -29,7 +29,7 @@ def test_other_cpu_gets_one_sentence_naming_both_machines_and_the_command(monkey
   message = host.host_mismatch(preset(fitted_on=SAPPHIRE))
   assert SAPPHIRE["cpu"] in message and EPYC["cpu"] in message
   assert "lacks amx_int8 amx_tile avx512_vnni avx512f" in message and "far off" in message
-  assert "`python -m hardware.calibrate --measure --out conf/hardware/cpu_host.yaml`" in message
+  assert "`python -m hardware.calibrate --measure --out conf/hardware/cpu_host.yaml --force`" in message
   assert "\n" not in message and message.endswith(".") and message.count(". ") == 0
 
 

@@ -8,8 +8,12 @@ from hardware import check
 from hardware.base import Cost, LayerSpec, inference_cost
 from hardware.cpu import SIMDCPU
 
-from nas import cost, models, search
-from nas.space import SearchSpace
+from nas.search import cost
+
+from nas import models
+
+from nas import search
+from nas.models.space import SearchSpace
 
 CPU = dict(name="t", mac_rate={"conv": 1e10, "dwconv": 5e9, "dense": 2e9}, mem_bw=1e10,
            layer_overhead_s=1e-6, e_mac_j=1e-12, e_byte_j=1e-10, static_power_w=2.0)

@@ -1,0 +1,1 @@
+"""Deployment: the integer network, weight packing, export formats, runtimes and calibration against them."""

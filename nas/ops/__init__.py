@@ -1,0 +1,1 @@
+"""Quantised building blocks: quantisers, trainable choices, N:M sparsity and the searchable layers."""

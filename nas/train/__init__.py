@@ -1,0 +1,1 @@
+"""Training plumbing: fine-tuning (QAT, distillation), data, augmentation, checkpoints, devices."""
