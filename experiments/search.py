@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import pathlib
 import sys
@@ -27,9 +26,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import config as appconfig
+from experiments import preflight
+from experiments.baselines import baseline_choices
 from experiments.tracking import Tracker, WandbConfig
 from hardware.host import host_mismatch
-from hardware.nm import DENSE, NM
 from nas.search import cost as costlib
 from nas.search.budget import unbound_budget
 from nas.train.checkpoint import code_fingerprint, module_source_hash, save_network
@@ -163,79 +163,17 @@ def costs_everywhere(arch, models: dict) -> dict:
   return out
 
 
-def models_with_nm() -> list[str]:
-  """The registered models that search N:M sparsity (their constructor takes ``nm_patterns``)."""
-  import inspect
-  from nas.models import MODELS
-  return sorted(name for name, cls in MODELS.items() if "nm_patterns" in inspect.signature(cls.__init__).parameters)
-
-
-def unwritable(folder) -> str | None:
-  """Why files cannot be created in ``folder`` (where it does not exist yet: in its deepest existing parent, where
-  it would be created), or None. A file is created there and removed: permissions, read-only mounts and a root
-  user all answer truthfully."""
-  path = pathlib.Path(os.path.expanduser(str(folder))).absolute()
-  probe = path
-  while not probe.exists() and probe.parent != probe:
-    probe = probe.parent
-  if not probe.is_dir():
-    return f"{probe} is a file, not a folder"
-  try:
-    fd, name = tempfile.mkstemp(dir=probe, prefix=".hwnas-write-test-")
-    os.close(fd)
-    os.unlink(name)
-  except OSError as e:
-    return f"{e.strerror or type(e).__name__} in {probe}"
-  return None
-
-
 def check_writable(cfg: DictConfig, out_dir: pathlib.Path) -> None:
   """One sentence before any work when the run folder or checkpoint.dir cannot be written."""
-  reason = unwritable(out_dir)
+  reason = preflight.unwritable(out_dir)
   if reason:
     raise ValueError(f"the run folder {out_dir} cannot be written ({reason}); choose a writable one with "
                      f"hydra.run.dir=... (a sweep: hydra.sweep.dir=...), or make it writable.")
   if cfg.checkpoint.dir is not None:
-    reason = unwritable(cfg.checkpoint.dir)
+    reason = preflight.unwritable(cfg.checkpoint.dir)
     if reason:
       raise ValueError(f"checkpoint.dir={cfg.checkpoint.dir} cannot be written ({reason}); set checkpoint.dir to a "
                        f"writable folder, or checkpoint.dir=null to run without checkpoints.")
-
-
-def baseline_choices(model, cfg: DictConfig) -> dict:
-  """Uniform precision at one width, or a random architecture of the space (seeded)."""
-  b = cfg.baseline
-  if b.kind == "uniform":
-    nm = NM.parse(b.get("nm"), "baseline.nm")
-    if nm is not None and not any(name.endswith(".nm") for name in model.choices):
-      raise ValueError(f"baseline.nm={b.nm!r}: model={cfg.model.name} has no N:M choice, so its layers would stay "
-                       f"dense under a sparse label; set baseline.nm=null, or use a model with N:M candidates "
-                       f"({', '.join(f'model={m}' for m in models_with_nm())}, model.args.nm_patterns).")
-    choices = {}
-    for name, c in model.choices.items():
-      if c.fixed:
-        choices[name] = c.values[0]
-      elif name.endswith((".width", ".heads")):
-        target = model.reference[name] * b.width_mult
-        choices[name] = min(c.values, key=lambda v: abs(v - target))
-      elif name.endswith(".keep"):  # a uniform network has every layer
-        choices[name] = 1
-      elif name.endswith(".nm"):
-        want = DENSE if nm is None else nm.code
-        if want not in c.values:
-          raise ValueError(f"baseline.nm={b.nm!r} is not a candidate of {name} "
-                           f"({[str(NM.from_code(v) or 'dense') for v in c.values]}); choose one of the model's "
-                           f"model.args.nm_patterns, or null for dense.")
-        choices[name] = want
-      else:
-        want = b.w_bits if name.endswith(".w_bits") else b.a_bits
-        if want not in c.values:
-          raise ValueError(f"baseline bits {want} of {name} is not a candidate {list(c.values)}; "
-                           f"choose baseline.w_bits/a_bits among search.w_bits/a_bits.")
-        choices[name] = want
-    return choices
-  rng = np.random.default_rng(cfg.seed if b.arch_seed is None else b.arch_seed)
-  return {n: c.values[int(rng.integers(len(c.values)))] for n, c in model.choices.items()}
 
 
 class _Progress:
@@ -262,6 +200,36 @@ class _Progress:
     self.tracker.log(record, step=None)
 
 
+def _budgets(cfg: DictConfig, supernet, tables, target):
+  """The job's budgets: (Budget, constraints, the reference network's costs, warnings). A searched job stops
+  here when a budget is below every network of the space, and warns when one does not bind."""
+  reference = supernet.reference_architecture()
+  ref_cost = {**costlib.architecture_cost(reference, target), **costlib.architecture_metrics(reference)}
+  metric = appconfig.BUDGET_METRICS[cfg.budget.metric]
+  extra = [(appconfig.BUDGET_METRICS[e.metric], e.fraction) for e in cfg.budget.extra]
+  cheapest = {m: cheapest_network(supernet, tables, m)[1] for m in {metric, *(m for m, _ in extra)}}
+  budget = resolve_budget(cheapest[metric], metric, ref_cost[metric], cfg.budget.fraction, cfg.budget.room)
+  constraints = [Constraint(metric, budget.value)] + [Constraint(m, f * ref_cost[m]) for m, f in extra]
+  warnings = []
+  if cfg.baseline.kind != "none":
+    return budget, constraints, ref_cost, warnings
+  log.info("budget: %s", budget.text)
+  if budget.cheapest > 0.9:
+    log.warning("on %s the cheapest network of the search space costs %.2f x the reference %s: little to trade "
+                "(fixed per-layer costs dominate this network); see hardware/README.md, 'room to search'.",
+                target.name, budget.cheapest, metric)
+  check_room(cheapest, constraints, ref_cost, target.name, batch_hint=hasattr(target, "batch_size"))
+  fields = [f"budget.fraction={cfg.budget.fraction:g}" if cfg.budget.fraction is not None else
+            f"budget.room={budget.room:g}"] + [f"budget.extra[{i}].fraction={e.fraction:g}"
+                                               for i, e in enumerate(cfg.budget.extra)]
+  for c, field in zip(constraints, fields):
+    loose = unbound_budget(supernet, tables, c, ref_cost[c.metric], target.name, field)
+    if loose:
+      log.warning(loose)
+      warnings.append(loose)
+  return budget, constraints, ref_cost, warnings
+
+
 def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dict:
   """The whole pipeline for one job; returns (and writes) the result."""
   t_start = time.time()
@@ -284,30 +252,9 @@ def run(cfg: DictConfig, out_dir: pathlib.Path, group: str | None = None) -> dic
   if cfg.baseline.kind != "none":
     baseline_choices(supernet, cfg)  # a baseline the model cannot build stops here, before any training
   tables = costlib.build_cost_tables(supernet, target)  # once per job: the budget and the search use them
-  reference = supernet.reference_architecture()
-  ref_cost = {**costlib.architecture_cost(reference, target), **costlib.architecture_metrics(reference)}
-  metric = appconfig.BUDGET_METRICS[cfg.budget.metric]
-  extra = [(appconfig.BUDGET_METRICS[e.metric], e.fraction) for e in cfg.budget.extra]
-  cheapest = {m: cheapest_network(supernet, tables, m)[1] for m in {metric, *(m for m, _ in extra)}}
-  budget = resolve_budget(cheapest[metric], metric, ref_cost[metric], cfg.budget.fraction, cfg.budget.room)
-  constraints = [Constraint(metric, budget.value)] + [Constraint(m, f * ref_cost[m]) for m, f in extra]
-  if cfg.baseline.kind == "none":
-    log.info("budget: %s", budget.text)
-    if budget.cheapest > 0.9:
-      log.warning("on %s the cheapest network of the search space costs %.2f x the reference %s: little to trade "
-                  "(fixed per-layer costs dominate this network); see hardware/README.md, 'room to search'.",
-                  target.name, budget.cheapest, metric)
-    check_room(cheapest, constraints, ref_cost, target.name, batch_hint=hasattr(target, "batch_size"))
-  warnings = [mismatch] if mismatch else []
-  if cfg.baseline.kind == "none":
-    fields = [f"budget.fraction={cfg.budget.fraction:g}" if cfg.budget.fraction is not None else
-              f"budget.room={budget.room:g}"] + [f"budget.extra[{i}].fraction={e.fraction:g}"
-                                                 for i, e in enumerate(cfg.budget.extra)]
-    for c, field in zip(constraints, fields):
-      loose = unbound_budget(supernet, tables, c, ref_cost[c.metric], target.name, field)
-      if loose:
-        log.warning(loose)
-        warnings.append(loose)
+  budget, constraints, ref_cost, warnings = _budgets(cfg, supernet, tables, target)
+  warnings = ([mismatch] if mismatch else []) + warnings
+  metric = constraints[0].metric
   presets = all_presets(target)
 
   kind = "searched" if cfg.baseline.kind == "none" else f"baseline:{cfg.baseline.kind}"
@@ -505,102 +452,10 @@ def main(cfg: DictConfig) -> dict | None:
   return result
 
 
-def preflight(argv) -> str | None:
-  try:
-    return _preflight(argv)
-  except Exception:  # never in the way: Hydra reports what this check could not follow
-    return None
-
-
-def _preflight(argv) -> str | None:
-  """What Hydra itself would fail on with a traceback before this app's code runs, as one sentence (None: nothing
-  found, or a command line this check does not follow, left to Hydra): a config file of the selected groups
-  (``hardware=mine``, from conf/ or a folder of ``--config-dir`` / ``hydra.searchpath``) that is not valid YAML,
-  and a run or sweep folder (``hydra.run.dir``, ``hydra.sweep.dir``) that cannot be written."""
-  from hydra.core.override_parser.overrides_parser import OverridesParser
-  from hardware.check import PresetError, read_yaml
-  flags_with_value = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--package", "-p",
-                      "--experimental-rerun"}
-  multirun, dirs, name, overrides = False, [CONF_DIR], "config", []
-  args = list(argv)
-  while args:
-    a = args.pop(0)
-    flag, eq, value = a.partition("=")
-    if flag in flags_with_value:
-      value = value if eq else (args.pop(0) if args else "")
-      if flag in ("--config-dir", "-cd"):
-        dirs.append(pathlib.Path(value))
-      elif flag in ("--config-name", "-cn"):
-        name = value
-      elif flag in ("--config-path", "-cp", "--experimental-rerun"):
-        return None  # another primary config folder: left to Hydra
-    elif a in ("-m", "--multirun"):
-      multirun = True
-    elif a.startswith("-"):
-      return None  # --cfg, --help, --info, --run, ...: no job runs, or a flag this check does not know
-    else:
-      overrides.append(a)
-  try:
-    parsed = OverridesParser.create().parse_overrides(overrides)
-  except Exception:  # Hydra's own sentence
-    return None
-
-  def values(o) -> list:
-    if o.is_sweep_override():
-      try:
-        return [str(v) for v in o.sweep_string_iterator()]
-      except Exception:
-        return []
-    v = o.value()
-    return [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)]
-
-  chosen, folders = {}, {}
-  for o in parsed:
-    key = o.key_or_group
-    if key == "hydra.searchpath":
-      dirs += [pathlib.Path(v[len("file://"):] if v.startswith("file://") else v) for v in values(o)
-               if not v.startswith("pkg://")]
-    elif key in ("hydra.run.dir", "hydra.sweep.dir"):
-      folders[key] = values(o)
-    elif "." not in key and o.package is None and not o.is_delete():
-      chosen[key] = values(o)
-  try:
-    primary = next((d / f"{name}.yaml" for d in dirs if (d / f"{name}.yaml").is_file()), None)
-    if primary is None:
-      return None
-    top = read_yaml(str(primary), "config")
-    for entry in top.get("defaults", []):
-      if OmegaConf.is_dict(entry) or isinstance(entry, dict):
-        for group, option in dict(entry).items():
-          if isinstance(option, str) and "/" not in str(group) and not str(group).startswith("override"):
-            chosen.setdefault(str(group), [option])
-    for group, options in chosen.items():
-      for option in options:
-        path = next((d / group / f"{option}.yaml" for d in dirs if (d / group / f"{option}.yaml").is_file()), None)
-        if path is not None:
-          read_yaml(str(path), "preset" if group == "hardware" else "config")
-  except PresetError as e:
-    return str(e)
-  key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-  raw = OmegaConf.to_container(top, resolve=False).get("hydra") or {}
-  default = (raw.get("sweep" if multirun else "run") or {}).get("dir") or ""
-  for folder in folders.get(key) or [str(default)]:
-    fixed = folder.split("${")[0]  # the part before any interpolation (${now:...}) already names a folder
-    if not fixed:
-      continue
-    reason = unwritable(fixed if fixed == folder else (pathlib.Path(fixed).parent if not fixed.endswith("/")
-                                                        else pathlib.Path(fixed)))
-    if reason:
-      kind = "sweep" if multirun else "run"
-      return (f"the {kind} folder {key}={folder} cannot be written ({reason}); choose a writable one with "
-              f"{key}=..., or make it writable.")
-  return None
-
-
 def cli() -> None:
   """``python -m experiments.search``: :func:`preflight`, then Hydra (a full traceback with HYDRA_FULL_ERROR=1)."""
   if os.environ.get("HYDRA_FULL_ERROR") != "1":
-    error = preflight(sys.argv[1:])
+    error = preflight.preflight(sys.argv[1:])
     if error:
       print(f"error: {error}", file=sys.stderr)
       sys.exit(2)

@@ -58,17 +58,16 @@ def same_pad(size: int, kernel: int, stride: int) -> int:
   return max((out - 1) * stride + kernel - size, 0) // 2
 
 
-def window_counts(in_h: int, in_w: int, kernel: int, stride: int, dilation: int = 1, pad_top: Optional[int] = None,
-                  pad_left: Optional[int] = None, out_h: Optional[int] = None, out_w: Optional[int] = None):
+def window_counts(in_h: int, in_w: int, kernel: int, stride: int, dilation: int = 1,
+                  pads: Optional[tuple[int, int]] = None, out: Optional[tuple[int, int]] = None):
   """Per output channel of a convolution: (output positions, valid taps, row calls, tap calls).
 
   Row calls: window rows wholly inside the map (dilation 1), one dot product of kernel x cin values each; tap
-  calls: the valid taps of the other window rows, one dot product of cin values each. Defaults: "SAME" padding
-  and output size of a dilation-1 layer (what a ``LayerSpec`` describes)."""
-  pad_top = same_pad(in_h, kernel, stride) if pad_top is None else pad_top
-  pad_left = same_pad(in_w, kernel, stride) if pad_left is None else pad_left
-  out_h = -(-in_h // stride) if out_h is None else out_h
-  out_w = -(-in_w // stride) if out_w is None else out_w
+  calls: the valid taps of the other window rows, one dot product of cin values each. ``pads``: (top, left);
+  ``out``: (out_h, out_w); defaults: "SAME" padding and the output size of a dilation-1 layer (what a
+  ``LayerSpec`` describes)."""
+  pad_top, pad_left = pads if pads is not None else (same_pad(in_h, kernel, stride), same_pad(in_w, kernel, stride))
+  out_h, out_w = out if out is not None else (-(-in_h // stride), -(-in_w // stride))
   vh, _ = _axis(in_h, kernel, stride, dilation, pad_top, out_h)
   vw, rw = _axis(in_w, kernel, stride, dilation, pad_left, out_w)
   positions = float(out_h * out_w)

@@ -247,15 +247,7 @@ def from_network(net) -> IntegerNetwork:
   qlayer = lambda i: head if i == n else convs[i]
   qz = _quantizer(net)
   a_steps = {i: _act_step(qlayer(i), qz) for i in order}
-  reads = {}  # running layer -> (dilation, its input's real channels: the first ones, the rest zero padding)
-  dilation, real = 1, convs[0].spec.cin
-  for i in range(n + 1):
-    if i in order:
-      reads[i] = (dilation, real)
-      if i < n:
-        dilation, real = 1, convs[i].spec.cout
-    else:
-      dilation, real = dilation * convs[i].spec.stride, min(real, convs[i].spec.cout)
+  reads = _reads(convs, order)
   h, w, _ = _input_hw(convs[0])
   layers = []
   pool, pool_hw = None, 1
@@ -306,6 +298,22 @@ def from_network(net) -> IntegerNetwork:
                          _int_bias(b, unit, head.spec.name), None, None, None,
                          reads[n][0] if head.spec.kind == "conv" else 1))
   return IntegerNetwork(name, _input_hw(convs[0]), tuple(layers), pool, pool_hw, net.classifier)
+
+
+def _reads(convs, order) -> dict[int, tuple[int, int]]:
+  """Per running layer (``order``; ``len(convs)``: the head), (the dilation it reads its input with, the input's
+  real channels: the first ones, the rest are a skipped layer's zero padding)."""
+  n = len(convs)
+  reads = {}
+  dilation, real = 1, convs[0].spec.cin
+  for i in range(n + 1):
+    if i in order:
+      reads[i] = (dilation, real)
+      if i < n:
+        dilation, real = 1, convs[i].spec.cout
+    else:
+      dilation, real = dilation * convs[i].spec.stride, min(real, convs[i].spec.cout)
+  return reads
 
 
 def _skipped(net, i: int) -> bool:

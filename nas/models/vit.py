@@ -156,7 +156,8 @@ class ViT(Supernet):
     arch: build the fixed network of this architecture instead of the supernet.
     num_classes: classifier outputs.
     input_shape: (H, W, C) of one image; H and W multiples of ``patch``.
-    patch: patch side (kernel and stride of the embedding).
+    patch: patch side (kernel and stride of the embedding); None: a quarter of the image side (4 x 4 = 16
+      tokens: 7 for 28x28, 2 for the 8x8 digits, 8 for 32x32), so every dataset's default runs.
     embed: token width (fixed: the residual stream).
     heads: base number of heads (divides ``embed``).
     mlp: base MLP hidden width.
@@ -172,11 +173,17 @@ class ViT(Supernet):
   name = "vit"
 
   def __init__(self, space: SearchSpace, *, rngs: nnx.Rngs, arch: Architecture | None = None,
-               num_classes: int = 10, input_shape: Sequence[int] = (28, 28, 1), patch: int = 7, embed: int = 64,
+               num_classes: int = 10, input_shape: Sequence[int] = (28, 28, 1), patch: int | None = None,
+               embed: int = 64,
                heads: int = 4, mlp: int = 128, depth: int = 4, pool: str = "cls", mlp_groups: int = 4,
                nm_patterns: Sequence[Sequence[int]] = ((2, 4), (1, 4)), prune_groups: bool = True,
                nm_decay: float = sparsity.SRSTE_DECAY, input_signed: bool = False):
     h, w, c = (int(v) for v in input_shape)
+    if patch is None:  # a quarter of the side: 4 x 4 = 16 tokens
+      if h != w or h % 4:
+        raise ValueError(f"model.args.patch=null takes a quarter of a square image's side; the images are {h}x{w}: "
+                         f"set model.args.patch to a divisor of both sides.")
+      patch = h // 4
     if patch < 1 or h % patch or w % patch:
       raise ValueError(f"model.args.patch={patch} must divide the image sides {h}x{w}; e.g. 7 for 28x28, "
                        f"2 or 4 for 8x8.")

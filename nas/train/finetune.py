@@ -187,7 +187,9 @@ def _train_step(model, opt, x, y, key=None, augment=False):
 
 
 @nnx.jit(static_argnames=("augment",))
-def _distill_step(model, opt, teacher, x, y, key, alpha, temperature, augment=False):
+def _distill_step(model, opt, teacher, x, y, key, kd, augment=False):
+  """One distillation step; ``kd`` = (alpha, temperature) of ``distillation_loss``."""
+  alpha, temperature = kd
   if augment:
     x = random_crop_flip(key, x)
   teacher_logits = jax.lax.stop_gradient(teacher(x, mode="argmax"))  # teacher in eval mode (set by caller)
@@ -253,7 +255,7 @@ def finetune(model: nnx.Module, data: Dataset, cfg: TrainConfig,
     x, y = dp.batch(*next(stream))
     key = jax.random.fold_in(base_key, step)
     if cfg.kd_alpha > 0:
-      loss, acc = distill_step(x, y, key, jnp.float32(cfg.kd_alpha), jnp.float32(cfg.kd_temperature), cfg.augment)
+      loss, acc = distill_step(x, y, key, (jnp.float32(cfg.kd_alpha), jnp.float32(cfg.kd_temperature)), cfg.augment)
     else:
       loss, acc = train_step(x, y, key, cfg.augment)
     ckpt.maybe_save(step, {"model": model, "opt": opt}, last=step == cfg.steps - 1)

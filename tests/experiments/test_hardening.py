@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from experiments import benchmark
+from experiments import preflight
 from experiments import search as app
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -63,10 +64,10 @@ def readonly(tmp_path):
   folder = tmp_path / "readonly"
   folder.mkdir()
   folder.chmod(0o555)
-  if app.unwritable(folder) is None:
+  if preflight.unwritable(folder) is None:
     folder.chmod(0o755)
     folder = pathlib.Path("/sys/hwnas-readonly-test")
-    if app.unwritable(folder) is None:
+    if preflight.unwritable(folder) is None:
       pytest.skip("no read-only folder on this machine")
   yield folder
   if folder.is_relative_to(tmp_path):

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from experiments import search as app
+from experiments.baselines import baseline_choices
 from nas.train.checkpoint import code_fingerprint, source_hash
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -113,7 +114,7 @@ def test_a_uniform_baseline_keeps_every_skippable_layer():
   from nas.models.space import SearchSpace
   cfg = _compose(["model=fmnist_cnn", "baseline.kind=uniform", "baseline.w_bits=4", "baseline.a_bits=4"])
   net = models.build_model("fmnist_cnn", SearchSpace(), seed=0)
-  choices = app.baseline_choices(net, cfg)
+  choices = baseline_choices(net, cfg)
   assert {choices[f"convs.{i}.keep"] for i in (1, 2, 3)} == {1}
   assert [l.spec.name for l in net.architecture(choices).layers] == [f"convs.{i}" for i in range(4)] + ["head"]
 

@@ -7,6 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from experiments import search as app
+from experiments.baselines import baseline_choices
 from experiments.config import validate
 from hardware.nm import NM
 from nas import models
@@ -35,14 +36,14 @@ def test_uniform_baseline_sets_every_pattern_heads_and_bits():
                   "baseline.width_mult=0.5"])
   net = models.build_model("vit", SearchSpace(), seed=0, input_shape=(8, 8, 1), patch=4, embed=16, heads=2,
                            mlp=16, depth=1, mlp_groups=2)
-  choices = app.baseline_choices(net, cfg)
+  choices = baseline_choices(net, cfg)
   nm = {n: v for n, v in choices.items() if n.endswith(".nm")}
   assert len(nm) == 6 and set(nm.values()) == {NM(2, 4).code}  # q, k, v, proj, fc1, fc2
   assert choices["blocks.0.attn.heads"] == 1 and choices["blocks.0.mlp.width"] == 8  # half of 2 heads, 16
   assert {v for n, v in choices.items() if n.endswith(".w_bits") and not net.choices[n].fixed} == {4}
   cfg = _compose(["baseline.kind=uniform", "baseline.nm=1:8"])
   with pytest.raises(ValueError, match="baseline.nm='1:8' is not a candidate"):
-    app.baseline_choices(net, cfg)
+    baseline_choices(net, cfg)
 
 
 def test_debug_search_records_transformer_ops(tmp_path):

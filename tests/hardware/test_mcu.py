@@ -50,7 +50,7 @@ def test_window_counts_are_the_c_kernels_loop_counts(h, k, s, d):
                            np.zeros(2), 0, np.ones(2), np.zeros(2, np.int32), None, None, None, d)
   g = geometry(layer)
   want = _loops(h, h, k, g["step"], d, g["pad_top"], g["pad_left"], g["out_h"], g["out_w"])
-  got = mcu.window_counts(h, h, k, s, d, g["pad_top"], g["pad_left"], g["out_h"], g["out_w"])
+  got = mcu.window_counts(h, h, k, s, d, (g["pad_top"], g["pad_left"]), (g["out_h"], g["out_w"]))
   assert got == pytest.approx(want)
   if d == 1:  # a LayerSpec's default geometry is the kernel's
     assert mcu.window_counts(h, h, k, s) == pytest.approx(want)

@@ -162,3 +162,16 @@ def test_bad_args_raise():
     ViT(SPACE, rngs=nnx.Rngs(0), **{**TINY, "nm_patterns": [[4, 4]]})
   with pytest.raises(ValueError, match="pool='max'"):
     ViT(SPACE, rngs=nnx.Rngs(0), **{**TINY, "pool": "max"})
+
+
+@pytest.mark.parametrize("shape,patch,tokens", [((8, 8, 1), 2, 17), ((28, 28, 1), 7, 17), ((32, 32, 3), 8, 17)])
+def test_patch_follows_the_image_size_by_default(shape, patch, tokens):
+  args = {k: v for k, v in TINY.items() if k not in ("patch", "input_shape")}
+  net = ViT(SPACE, rngs=nnx.Rngs(0), input_shape=shape, **args)
+  assert net.patch.spec.kernel == net.patch.spec.stride == patch and net.tokens == tokens
+
+
+def test_patch_default_needs_a_square_side_divisible_by_four():
+  args = {k: v for k, v in TINY.items() if k not in ("patch", "input_shape")}
+  with pytest.raises(ValueError, match=r"model.args.patch=null .* 6x9"):
+    ViT(SPACE, rngs=nnx.Rngs(0), input_shape=(6, 9, 1), **args)
