@@ -28,7 +28,8 @@ from omegaconf import OmegaConf
 
 from experiments import benchmark_report
 from experiments.config import BUDGET_METRICS
-from experiments.search import unwritable, write_json_atomic
+from experiments.preflight import unwritable
+from experiments.search import write_json_atomic
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf" / "benchmark"
 SAME_TOTAL = benchmark_report.SAME_TOTAL  # family of the baselines trained for search + fine-tuning steps
@@ -294,6 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = run_protocol(spec, out, args.workers, check_first=not args.no_preflight)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # the output folder filled up or went away: finished jobs are kept, rerun resumes
+    print(f"error: cannot write {e.filename or out} ({e.strerror or e}); free space or choose another --out, then "
+          f"run the same command again (finished jobs are kept).", file=sys.stderr)
     return 2
   return 1 if failed else 0
 

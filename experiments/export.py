@@ -148,8 +148,9 @@ def main(argv=None) -> int:
   except (ExportError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except PermissionError as e:
-    print(f"error: cannot write {e.filename} ({e.strerror}); pass a writable --out.", file=sys.stderr)
+  except OSError as e:  # a read-only or full output folder: nothing of the run was touched
+    print(f"error: cannot write {e.filename or args.out} ({e.strerror or e}); pass a writable --out with room "
+          f"to spare.", file=sys.stderr)
     return 2
   print(summary(info))
   print(f"wrote {pathlib.Path(args.out) if args.out else pathlib.Path(args.run_dir) / 'export'}")

@@ -12,24 +12,31 @@ from omegaconf import OmegaConf
 from hardware.check import PresetError, read_yaml
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf"
+PROBE_BYTES = 64 * 1024  # what the write check writes: a folder that cannot take it cannot take a run
 
 
 def unwritable(folder) -> str | None:
   """Why files cannot be created in ``folder`` (where it does not exist yet: in its deepest existing parent, where
-  it would be created), or None. A file is created there and removed: permissions, read-only mounts and a root
-  user all answer truthfully."""
+  it would be created), or None. A file of ``PROBE_BYTES`` is written there and removed: permissions, read-only
+  mounts, a full disk and a root user all answer truthfully."""
   path = pathlib.Path(os.path.expanduser(str(folder))).absolute()
   probe = path
   while not probe.exists() and probe.parent != probe:
     probe = probe.parent
   if not probe.is_dir():
     return f"{probe} is a file, not a folder"
+  name = None
   try:
     fd, name = tempfile.mkstemp(dir=probe, prefix=".hwnas-write-test-")
-    os.close(fd)
-    os.unlink(name)
+    with os.fdopen(fd, "wb") as f:  # a full disk still takes an empty file: write a block and flush it
+      f.write(b"\0" * PROBE_BYTES)
+      f.flush()
+      os.fsync(f.fileno())
   except OSError as e:
     return f"{e.strerror or type(e).__name__} in {probe}"
+  finally:
+    if name is not None and os.path.exists(name):
+      os.unlink(name)
   return None
 
 

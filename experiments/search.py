@@ -10,6 +10,7 @@ Each job writes ``result.json`` in its run folder (see README, "result.json"); a
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -426,6 +427,10 @@ def main(cfg: DictConfig) -> dict | None:
   except Exception as e:
     import traceback
     full = os.environ.get("HYDRA_FULL_ERROR") == "1"  # Hydra's switch for full tracebacks
+    disk = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT)
+    if disk:  # a full or read-only folder mid-run: one sentence; the checkpoints written so far resume
+      e = ValueError(f"cannot write {e.filename or out_dir} ({e.strerror}); free space or choose writable folders "
+                     f"(hydra.run.dir, checkpoint.dir), then run the same command again to resume.")
     user_error = isinstance(e, (ValueError, FileNotFoundError, FloatingPointError)) and not full
     try:
       write_json_atomic(out_dir / "error.json", {"error": str(e), "type": type(e).__name__,

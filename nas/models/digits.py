@@ -1,6 +1,8 @@
 """A small searchable CNN for scikit-learn's 8x8 digits (and other small images)."""
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Sequence
 
 import jax
@@ -93,6 +95,37 @@ class DigitsCNN(Supernet):
 
   def qlayers(self):
     return list(self.convs) + [self.head]
+
+  def architecture(self, choices=None) -> Architecture:
+    """The discrete network, with the channels the layers around a skipped one really exchange.
+
+    A skipped layer passes on min(its input's channels, its width): its shortcut cuts the input to its width
+    or pads it with zeros. So the layer before it computes only the channels that reach the next running
+    layer, and the next one reads only the real ones; the integer network is built that way
+    (``nas.deploy.integer``), and so are the costs of the derived network here. (The search's cost tables
+    price the nominal widths, an over-estimate, so a searched network still honours its budget.)
+    """
+    arch = super().architecture(choices)
+    specs = {l.spec.name: l for l in arch.layers}
+    real, last, changed = self.convs[0].spec.cin, None, {}
+    for i, (conv, wkey) in enumerate(zip(self.convs, self.width_keys)):
+      width = arch.choices[wkey] if wkey else conv.spec.cout
+      if conv.spec.name in specs:  # running: reads `real`, writes its width
+        changed[conv.spec.name] = [real, width]
+        if last is not None:
+          changed[last][1] = real
+        last, real = conv.spec.name, width
+      else:  # skipped: its shortcut passes the first min(real, width) channels on
+        real = min(real, width)
+    if last is not None:
+      changed[last][1] = real
+    changed["head"] = [real, specs["head"].spec.cout]
+    layers = []
+    for l in arch.layers:
+      cin, cout = changed.get(l.spec.name, (l.spec.cin, l.spec.cout))
+      w_bits = l.w_bits[:cout] if isinstance(l.w_bits, tuple) else l.w_bits
+      layers.append(dataclasses.replace(l, spec=dataclasses.replace(l.spec, cin=cin, cout=cout), w_bits=w_bits))
+    return dataclasses.replace(arch, layers=tuple(layers))
 
   def __call__(self, x: jax.Array, *, mode: str = "sample", key: jax.Array | None = None, tau=1.0) -> jax.Array:
     arch = self.mixing_weights(mode, key, tau)

@@ -303,18 +303,6 @@ def bad_folders(tmp_path_factory):
       subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-SEARCH_BUG = ("experiments/search.py: the preflight check unwritable() creates an empty probe file, which a full disk "
-              "allows; then Hydra's _save_config (hydra/core/utils.py) writes .hydra/config.yaml into the run folder "
-              "before main() runs and its OSError ENOSPC ends in Hydra's traceback; in main() an OSError (ENOSPC from "
-              "a checkpoint, network.npz or result.json) is not a user error either and is re-raised with its "
-              "traceback")
-EXPORT_BUG = ("experiments/export.py: main() catches PermissionError but not other OSErrors: ENOSPC while "
-              "nas.deploy.export._write writes the staging folder ends in a traceback")
-BENCHMARK_BUG = ("experiments/benchmark.py: main() catches only ValueError; the check unwritable(out) passes on a "
-                 "full disk (an empty probe file fits), then run_protocol's write_json_atomic(out / 'protocol.json') "
-                 "raises OSError ENOSPC, which ends in a traceback")
-
-
 def _app_cmd(app, out, reference, tmp_path):
   if app == "search":
     return _module("search", *JOB, f"hydra.run.dir={out / 'run'}", f"checkpoint.dir={tmp_path / 'ckpt'}")
@@ -327,10 +315,7 @@ def _app_cmd(app, out, reference, tmp_path):
 
 @pytest.mark.parametrize("where", ["full", "read-only"])
 @pytest.mark.parametrize("app", ["search", "export", "benchmark", "pareto"])
-def test_unwritable_output_folder_is_one_sentence(app, where, bad_folders, reference, tmp_path, request):
-  bug = {"search": SEARCH_BUG, "export": EXPORT_BUG, "benchmark": BENCHMARK_BUG}.get(app)
-  if where == "full" and bug:
-    request.applymarker(pytest.mark.xfail(strict=True, reason=bug))
+def test_unwritable_output_folder_is_one_sentence(app, where, bad_folders, reference, tmp_path):
   out = bad_folders[where]
   proc = subprocess.run(_app_cmd(app, out, reference, tmp_path), cwd=ROOT, env=_env(), capture_output=True,
                         text=True, timeout=TIMEOUT)
