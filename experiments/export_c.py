@@ -26,6 +26,7 @@ import sys
 import numpy as np
 
 from nas.deploy.export import ExportError
+from nas.deploy.export import check_out as export_check_out
 
 __all__ = ["MARKER", "check_out", "export_c", "main"]
 
@@ -43,25 +44,7 @@ def c_export_files() -> set[str]:
 def check_out(out: pathlib.Path, run_folder: pathlib.Path, force: bool = False) -> None:
   """Raise ExportError unless writing the C export to ``out`` overwrites nothing it did not write: ``out`` is not
   the run folder nor holds it, and is new, empty, or a previous C export (``export_c.json``) with ``force``."""
-  out, run_folder = pathlib.Path(out), pathlib.Path(run_folder)
-  if out.resolve() == run_folder.resolve() or out.resolve() in run_folder.resolve().parents:
-    raise ExportError(f"--out {out} is the run folder {run_folder} or contains it, and the C export would overwrite "
-                      f"the run's own files; pass a new folder such as {run_folder / 'export_c'}.")
-  if not out.parent.is_dir():
-    raise ExportError(f"cannot write {out}: its parent {out.parent} is not an existing folder; pass another --out.")
-  if out.exists() and not out.is_dir():
-    raise ExportError(f"cannot write {out}: it exists and is not a folder; pass another --out.")
-  if not out.is_dir() or not any(out.iterdir()):
-    return
-  if not (out / MARKER).is_file():
-    raise ExportError(f"--out {out} is a folder that holds files but no previous C export (no {MARKER}), and "
-                      f"exporting would overwrite them; pass a new or empty folder.")
-  strangers = sorted(p.name for p in out.iterdir() if p.name not in c_export_files())
-  if strangers:
-    raise ExportError(f"--out {out} holds a previous C export and files it did not write ({', '.join(strangers[:3])}), "
-                      f"which replacing it would overwrite; move them or pass another --out.")
-  if not force:
-    raise ExportError(f"--out {out} holds a previous C export; pass --force to replace it, or another --out.")
+  export_check_out(out, run_folder, force, marker=MARKER, files=c_export_files(), noun="C export")
 
 
 def _spearman(a, b) -> float | None:

@@ -37,6 +37,8 @@ class Phases:
     self.seconds: dict[str, float] = {}
     self.stack: list[list] = []  # [name, start, time taken out by inner phases]
     self.compile_counts = 0
+    self.compile_kinds: dict[str, float] = {}  # tracing, lowering to MLIR, XLA compilation (or cache read)
+    self.compile_funs: dict[str, float] = {}  # per jitted function (or eager primitive)
 
   def add(self, name: str, seconds: float) -> None:
     self.seconds[name] = self.seconds.get(name, 0.0) + seconds
@@ -54,10 +56,13 @@ class Phases:
       if self.stack:
         self.stack[-1][2] += total
 
-  def on_event(self, event: str, duration: float, **_) -> None:
+  def on_event(self, event: str, duration: float, fun_name: str = "?", **_) -> None:
     if event not in COMPILE_EVENTS:
       return
     self.compile_counts += event == COMPILE_EVENTS[-1]
+    kind = event.rsplit("/", 1)[-1].replace("_duration", "")
+    self.compile_kinds[kind] = self.compile_kinds.get(kind, 0.0) + duration
+    self.compile_funs[fun_name] = self.compile_funs.get(fun_name, 0.0) + duration
     self.add("compilation", duration)
     if self.stack:
       self.stack[-1][2] += duration
@@ -159,9 +164,14 @@ def main(argv=None) -> list[dict]:
   for r in rows:
     print(f"{r['phase']:<40} {r['seconds']:>8.2f} {100 * r['share']:>6.1f}%")
   print(f"{'total (process wall time)':<40} {wall:>8.2f}  ({phases.compile_counts} XLA compilations or cache reads)")
+  print("compilation by stage: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.compile_kinds.items()))
+  top = sorted(phases.compile_funs.items(), key=lambda kv: -kv[1])
+  print("compilation by function: " + ", ".join(f"{k} {v:.2f} s" for k, v in top[:8])
+        + f", {len(top) - 8} others {sum(v for _, v in top[8:]):.2f} s" * (len(top) > 8))
   if out_json:
     with open(out_json, "w") as f:
-      json.dump({"argv": overrides, "wall_s": wall, "compilations": phases.compile_counts, "rows": rows}, f, indent=1)
+      json.dump({"argv": overrides, "wall_s": wall, "compilations": phases.compile_counts, "rows": rows,
+                 "compile_stages": phases.compile_kinds, "compile_functions": dict(top)}, f, indent=1)
   return rows
 
 

@@ -119,29 +119,36 @@ def check_options(options: Options) -> None:
       raise ExportError(f"{name}={value} must be a whole number >= 1.")
 
 
-def check_out(out: pathlib.Path, run_folder: pathlib.Path, force: bool = False) -> None:
+def check_out(out: pathlib.Path, run_folder: pathlib.Path, force: bool = False, marker: str = MARKER,
+              files=None, noun: str = "export") -> None:
   """Raise ExportError unless writing the export to ``out`` deletes nothing it did not write (see the module
-  docstring): ``out`` is not the run folder nor holds it, and is new, empty, or a previous export with ``force``."""
+  docstring): ``out`` is not the run folder nor holds it, and is new, empty, or a previous export with ``force``.
+
+  ``marker``, ``files`` and ``noun`` describe another kind of export folder (the C export: ``export_c.json``,
+  its files, "C export"); ``files`` defaults to :func:`export_files`.
+  """
   out, run_folder = pathlib.Path(out), pathlib.Path(run_folder)
+  known = export_files() if files is None else set(files)
+  sub = "export" if noun == "export" else noun.lower().replace(" ", "_").replace("c_export", "export_c")
   resolved, run = out.resolve(), run_folder.resolve()
   if resolved == run or resolved in run.parents:
-    raise ExportError(f"--out {out} is the run folder {run_folder} or contains it, and the export would replace "
-                      f"the run's own files; pass a new folder such as {run_folder / 'export'}.")
+    raise ExportError(f"--out {out} is the run folder {run_folder} or contains it, and the {noun} would replace "
+                      f"the run's own files; pass a new folder such as {run_folder / sub}.")
   if not out.parent.is_dir():
     raise ExportError(f"cannot write {out}: its parent {out.parent} is not an existing folder; pass another --out.")
   if out.exists() and not out.is_dir():
     raise ExportError(f"cannot write {out}: it exists and is not a folder; pass another --out.")
   if not out.is_dir() or not any(out.iterdir()):
     return
-  if not (out / MARKER).is_file():
-    raise ExportError(f"--out {out} is a folder that holds files but no previous export (no {MARKER}), and "
+  if not (out / marker).is_file():
+    raise ExportError(f"--out {out} is a folder that holds files but no previous {noun} (no {marker}), and "
                       f"exporting would delete them; pass a new or empty folder.")
-  strangers = sorted(p.name for p in out.iterdir() if p.name not in export_files())
+  strangers = sorted(p.name for p in out.iterdir() if p.name not in known)
   if strangers:
-    raise ExportError(f"--out {out} holds a previous export and files the exporter did not write "
+    raise ExportError(f"--out {out} holds a previous {noun} and files the exporter did not write "
                       f"({', '.join(strangers[:3])}), which replacing it would delete; move them or pass another --out.")
   if not force:
-    raise ExportError(f"--out {out} holds a previous export; pass --force to replace it, or another --out.")
+    raise ExportError(f"--out {out} holds a previous {noun}; pass --force to replace it, or another --out.")
   try:
     with tempfile.TemporaryFile(dir=out):  # its files are deleted on replacing it
       pass

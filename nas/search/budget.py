@@ -62,14 +62,24 @@ def cheapest_network(model, tables, metric: str) -> tuple[dict, float]:
   choices kept uniform, until no single change lowers the cost) from the all-smallest and the all-largest
   networks and keeps the cheaper end point: a real network, so a budget at its cost is always feasible.
   """
+  return _coordinate_search(model, tables, metric, minimise=True)
+
+
+def _coordinate_search(model, tables, metric: str, minimise: bool) -> tuple[dict, float]:
+  """Coordinate descent (``minimise``) or ascent on ``metric`` from both uniform end points of the space (the
+  one of the goal's direction first), every candidate of one choice at a time, per-channel choices kept
+  uniform, until no single change improves; the better end point: (choices, its cost)."""
   def uniform(c, v):
     return (v,) * c.logits[...].shape[0] if getattr(c, "per_channel", False) else v
 
   def cost(choices):
     return discrete_costs(tables, choices, model, [metric])[metric]
 
+  def better(a, b, tol):
+    return a < b * (1 - tol) if minimise else a > b * (1 + tol)
+
   best = None
-  for pick in (min, max):
+  for pick in ((min, max) if minimise else (max, min)):
     choices = {n: uniform(c, pick(c.values)) for n, c in model.choices.items()}
     current = cost(choices)
     improved = True
@@ -79,9 +89,9 @@ def cheapest_network(model, tables, metric: str) -> tuple[dict, float]:
         for v in c.values:
           trial = dict(choices, **{n: uniform(c, v)})
           tc = cost(trial)
-          if tc < current * (1 - 1e-12):
+          if better(tc, current, 1e-12):
             choices, current, improved = trial, tc, True
-    if best is None or current < best[1]:
+    if best is None or better(current, best[1], 0.0):
       best = (choices, current)
   return best
 
@@ -158,28 +168,7 @@ def costliest_network(model, tables, metric: str) -> tuple[dict, float]:
   least this; where costs rise with bits and widths (every shipped preset's models) it is the all-largest
   network itself.
   """
-  def uniform(c, v):
-    return (v,) * c.logits[...].shape[0] if getattr(c, "per_channel", False) else v
-
-  def cost(choices):
-    return discrete_costs(tables, choices, model, [metric])[metric]
-
-  best = None
-  for pick in (max, min):
-    choices = {n: uniform(c, pick(c.values)) for n, c in model.choices.items()}
-    current = cost(choices)
-    improved = True
-    while improved:
-      improved = False
-      for n, c in model.choices.items():
-        for v in c.values:
-          trial = dict(choices, **{n: uniform(c, v)})
-          tc = cost(trial)
-          if tc > current * (1 + 1e-12):
-            choices, current, improved = trial, tc, True
-    if best is None or current > best[1]:
-      best = (choices, current)
-  return best
+  return _coordinate_search(model, tables, metric, minimise=False)
 
 
 def unbound_budget(model, tables, constraint: Constraint, reference: float, target: str,

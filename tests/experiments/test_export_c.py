@@ -45,7 +45,7 @@ def test_a_previous_c_export_is_replaced_only_with_force_and_strangers_block_it(
     exc.check_out(out, tmp_path / "run")
   exc.check_out(out, tmp_path / "run", force=True)
   (out / "mine.txt").write_text("")
-  with pytest.raises(exc.ExportError, match=r"files it did not write \(mine.txt\)"):
+  with pytest.raises(exc.ExportError, match=r"files the exporter did not write \(mine.txt\)"):
     exc.check_out(out, tmp_path / "run", force=True)
   with pytest.raises(exc.ExportError, match="is the run folder"):
     exc.check_out(tmp_path, tmp_path)

@@ -1,0 +1,268 @@
+"""Many fixed-architecture networks trained in ONE compiled step (a prototype; not wired into the protocol).
+
+A fixed network of a search space can run as its supernet's "masked form": the supernet whose every choice is
+pinned to the network's value (its logits one-hot, read in ``argmax`` mode: bit-widths quantise at the chosen
+candidate, width masks zero the channels beyond the chosen width, skip choices take the chosen path). K such
+networks have the same graph and differ only in their state (weights, quantiser steps, BatchNorm statistics,
+optimiser state, and the pinned logits), so their states stack along a leading axis and ``jax.vmap`` of the
+fine-tuning step (``nas.train.finetune._train_step``'s loss and update) trains all K in one XLA program. Each
+network reads its own mini-batches (its own index stream, gathered on the device from one copy of the data).
+
+The masked form computes the widest network's multiply-accumulates whatever widths are chosen: it pays where
+the K networks are about as wide as the space's widest one (uniform-precision baselines at full width, or a
+space whose widest candidate is the base width), and where one small step leaves the CPU's cores idle (many
+small kernels, Python dispatch): see docs/speed.md for the measurement.
+
+The masked form is not numerically the derived network (``build_model(arch=...)``): its activation quantisers
+are calibrated, and LSQ's gradient scale counts features, over the widest tensors (masked channels are zeros).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from nas.ops.choices import CategoricalChoice
+from nas.train import finetune as trainlib
+
+PIN = 1e4  # the pinned candidate's logit (the others 0): argmax picks it, softmax puts all mass on it
+
+
+def pin(supernet, choices: Mapping[str, object]) -> None:
+  """Pins every searchable choice of ``supernet`` to ``choices[name]`` (per-channel choices: a value for all
+  channels, or one per channel), so that ``supernet(x, mode="argmax")`` is the masked form of that network."""
+  for name, choice in supernet.choices.items():
+    if choice.fixed:
+      continue
+    if not isinstance(choice, CategoricalChoice):
+      raise ValueError(f"choice {name!r} is a {type(choice).__name__}; pinning needs Gumbel (categorical) choices "
+                       f"(search.method=gumbel).")
+    if name not in choices:
+      raise ValueError(f"the architecture has no value for choice {name!r}.")
+    value = choices[name]
+    shape = choice.logits[...].shape
+    if isinstance(value, (tuple, list)):
+      idx = np.asarray([choice.values.index(int(v)) for v in value])
+      if len(shape) != 2 or len(idx) != shape[0]:
+        raise ValueError(f"choice {name!r}: {len(idx)} per-channel values for logits of shape {shape}.")
+    else:
+      idx = np.full(shape[:-1], choice.values.index(int(value)))
+    choice.logits[...] = jnp.asarray(np.eye(len(choice.values), dtype=np.float32)[idx] * PIN)
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree, k: int):
+  """Network ``k``'s slice of a stacked state."""
+  return jax.tree.map(lambda a: a[k], tree)
+
+
+class MultiTrainer:
+  """K masked networks of one supernet, trained together by one vmapped, jitted step.
+
+  Args:
+    build: ``build(k)`` returns network ``k``'s supernet, freshly initialised (e.g. ``build_model(name, space,
+      seed=seed_k, ...)``); every call must give the same graph (class, space, arguments).
+    archs: the K networks' choices (``Supernet.derive()``-style mappings, e.g. ``baseline_choices``).
+    x_calib: one calibration batch per network, shape (K, B, ...), or one for all (B, ...).
+    lr: the learning rate or an optax schedule; ``weight_decay``, ``kind``: as ``finetune.weights_optimizer``.
+  """
+
+  def __init__(self, build, archs: Sequence[Mapping], x_calib, lr, weight_decay: float, kind: str = "adamw"):
+    self.k = len(archs)
+    if self.k < 1:
+      raise ValueError("MultiTrainer needs at least one architecture.")
+    x_calib = np.asarray(x_calib)
+    graphdef, states = None, []
+    for i, choices in enumerate(archs):
+      model = build(i)
+      pin(model, choices)
+      trainlib.calibrate(model, x_calib[i] if x_calib.ndim == 5 else x_calib, mode="argmax")
+      opt = trainlib.weights_optimizer(model, lr, weight_decay, kind)
+      model.train()
+      g, state = nnx.split((model, opt))
+      # The optimiser's graph holds its optax closures (new objects per call, the same recipe): network 0's
+      # serve all; the networks' own graphs and state structures must match.
+      shape = (nnx.graphdef(model), jax.tree.structure(state))
+      if graphdef is None:
+        graphdef, first = g, shape
+      elif shape != first:
+        raise ValueError(f"network {i} does not have network 0's graph; build every network from the same "
+                         f"model, space and arguments.")
+      states.append(state)
+    self.graphdef = graphdef
+    self.state = _stack(states)
+    # One compiled program per trainer (a graphdef holds lists, so it cannot be a static jit argument).
+    self._step = jax.jit(functools.partial(_multi_step, graphdef), donate_argnums=0)
+
+  def step(self, x_all: jax.Array, y_all: jax.Array, idx) -> tuple[jax.Array, jax.Array]:
+    """One training step of every network: network k trains on ``x_all[idx[k]]``. Returns the K losses and
+    training accuracies."""
+    self.state, loss, acc = self._step(self.state, x_all, y_all, jnp.asarray(idx, jnp.int32))
+    return loss, acc
+
+  def network(self, k: int):
+    """Network ``k`` as a (model, optimiser) pair of NNX objects (its masked supernet), e.g. to evaluate it
+    (``finetune.evaluate(model, x, y)``)."""
+    return nnx.merge(self.graphdef, unstack(self.state, k))
+
+
+def _one_step(graphdef, state, x, y):
+  model, opt = nnx.merge(graphdef, state)
+
+  def loss_fn(model):
+    logits = model(x, mode="argmax")
+    return trainlib.cross_entropy(logits, y), logits
+  (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  opt.update(model, grads)
+  return nnx.state((model, opt)), loss, jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+
+
+def _multi_step(graphdef, state, x_all, y_all, idx):
+  return jax.vmap(lambda s, i: _one_step(graphdef, s, x_all[i], y_all[i]))(state, idx)
+
+
+def index_streams(n: int, batch_size: int, seeds: Sequence[int]):
+  """Endless (K, batch_size) index arrays: stream k is ``nas.train.data.batches``'s order for seed ``seeds[k]``
+  (the same permutations, so a network here sees the batches ``finetune`` would give it)."""
+  batch_size = min(batch_size, n)
+  rngs = [np.random.default_rng(s) for s in seeds]
+
+  def one(rng):
+    while True:
+      perm = rng.permutation(n)
+      for i in range(0, n - batch_size + 1, batch_size):
+        yield perm[i:i + batch_size]
+  streams = [one(r) for r in rngs]
+  while True:
+    yield np.stack([next(s) for s in streams])
+
+
+def train_many(build, archs: Sequence[Mapping], x_train, y_train, steps: int, batch_size: int = 64,
+               lr: float = 3e-3, weight_decay: float = 1e-4, seeds: Sequence[int] | None = None) -> MultiTrainer:
+  """Trains K masked networks together for ``steps`` steps (AdamW, cosine decay, as ``finetune``'s recipe) and
+  returns the trainer (its ``network(k)`` for evaluation)."""
+  seeds = list(range(len(archs))) if seeds is None else list(seeds)
+  streams = index_streams(len(x_train), batch_size, seeds)
+  first = next(index_streams(len(x_train), batch_size, seeds))
+  x_calib = np.stack([x_train[i] for i in first])
+  trainer = MultiTrainer(build, archs, x_calib, optax.cosine_decay_schedule(lr, max(steps, 1)), weight_decay)
+  x_all, y_all = jnp.asarray(x_train), jnp.asarray(y_train)
+  for _ in range(steps):
+    trainer.step(x_all, y_all, next(streams))
+  return trainer
+
+
+# ------------------------------------------------------------------------------------------ measurement (manual)
+
+def _uniform_archs(supernet, k: int, width_mult: float = 1.0) -> list[dict]:
+  """K uniform-precision networks at one width (the protocol's uniform baselines, bit pairs in turn)."""
+  pairs = [(8, 8), (4, 4), (2, 2), (8, 4), (4, 8), (4, 2), (2, 4), (8, 2)]
+  out = []
+  for i in range(k):
+    wb, ab = pairs[i % len(pairs)]
+    choices = {}
+    for name, c in supernet.choices.items():
+      if c.fixed:
+        choices[name] = c.values[0]
+      elif name.endswith(".width"):
+        choices[name] = min(c.values, key=lambda v: abs(v - supernet.reference[name] * width_mult))
+      elif name.endswith(".keep"):
+        choices[name] = 1
+      else:
+        choices[name] = wb if name.endswith(".w_bits") else ab
+    out.append(choices)
+  return out
+
+
+def _random_archs(supernet, k: int, seed: int = 0) -> list[dict]:
+  rng = np.random.default_rng(seed)
+  return [{n: c.values[int(rng.integers(len(c.values)))] for n, c in supernet.choices.items()} for _ in range(k)]
+
+
+def measure(model: str = "fmnist_cnn", ks=(1, 2, 4, 8), batch: int = 64, iters: int = 40, sets=None,
+            model_args: Mapping | None = None) -> list[dict]:
+  """Steps per second of K networks trained by one vmapped step against K separate derived-network steps
+  (each its own ``finetune._train_step``, called one after the other as K jobs' loops would, on one process),
+  timed in alternating blocks; and the compile time of each (one vmapped program against K derived programs).
+  ``sets``: which K networks, among ``uniform`` (the uniform baselines at base width, in the default space:
+  the masked form computes the 1.5x-wide supernet), ``uniform-base-space`` (the same networks, in a space whose
+  only width is the base one: the masked form computes what they compute) and ``random`` (random networks of
+  the default space)."""
+  import time
+  from experiments.bench import _block_times
+  from nas.models import build_model, default_input_shape
+  from nas.models.space import SearchSpace
+  shape = default_input_shape(model)
+  kw = dict(input_shape=shape, num_classes=10, **dict(model_args or {}))
+  rng = np.random.default_rng(0)
+  x_all = rng.uniform(size=(4096, *shape)).astype(np.float32)
+  y_all = rng.integers(0, 10, size=4096).astype(np.int32)
+  x_dev, y_dev = jnp.asarray(x_all), jnp.asarray(y_all)
+  rows = []
+  for set_name in sets or ("uniform", "uniform-base-space", "random"):
+    space = SearchSpace(width_mults=(1.0,)) if set_name == "uniform-base-space" else SearchSpace()
+    probe = build_model(model, space, **kw)
+    for k in ks:
+      archs = (_random_archs(probe, k) if set_name == "random" else _uniform_archs(probe, k))
+      streams = index_streams(len(x_all), batch, list(range(k)))
+      idx0 = next(index_streams(len(x_all), batch, list(range(k))))
+      trainer = MultiTrainer(lambda i: build_model(model, space, seed=i, **kw), archs,
+                             np.stack([x_all[i] for i in idx0]), 1e-3, 1e-4)
+      t0 = time.perf_counter()
+      jax.block_until_ready(trainer.step(x_dev, y_dev, next(streams)))
+      compile_multi = time.perf_counter() - t0
+      steps, compile_sep = [], 0.0
+      for i, choices in enumerate(archs):
+        net = build_model(model, space, seed=i, arch=probe.architecture(choices), **kw)
+        trainlib.calibrate(net, x_all[idx0[i]], mode="argmax")
+        opt = trainlib.weights_optimizer(net, 1e-3, 1e-4)
+        net.train()
+        step = nnx.cached_partial(trainlib._train_step, net, opt)
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(jnp.asarray(x_all[idx0[i]]), jnp.asarray(y_all[idx0[i]])))
+        compile_sep += time.perf_counter() - t0
+        steps.append(step)
+
+      def multi_fn():
+        return trainer.step(x_dev, y_dev, next(streams))[0]
+
+      def separate_fn():
+        idx = next(streams)
+        return [steps[i](jnp.asarray(x_all[idx[i]]), jnp.asarray(y_all[idx[i]]))[0] for i in range(k)]
+
+      t_multi, t_sep = _block_times([multi_fn, separate_fn], iters, block=max(1, min(10, iters // 4)))
+      row = {"set": set_name, "k": k, "batch": batch, "vmapped_step_s": float(np.median(t_multi)),
+             "separate_steps_s": float(np.median(t_sep)), "speedup": float(np.median(t_sep / t_multi)),
+             "vmapped_nets_per_s": k / float(np.median(t_multi)), "separate_nets_per_s": k / float(np.median(t_sep)),
+             "compile_vmapped_s": compile_multi, "compile_separate_s": compile_sep}
+      rows.append(row)
+      print(f"{set_name:<19} K={k}  vmapped {row['vmapped_step_s'] * 1e3:7.1f} ms ({row['vmapped_nets_per_s']:6.1f} "
+            f"network-steps/s)  separate {row['separate_steps_s'] * 1e3:7.1f} ms ({row['separate_nets_per_s']:6.1f}/s)"
+            f"  speed-up {row['speedup']:.2f}  compile {compile_multi:.1f} s vs {compile_sep:.1f} s", flush=True)
+  return rows
+
+
+if __name__ == "__main__":
+  import argparse
+  import json
+  parser = argparse.ArgumentParser(description="K networks per vmapped step against K separate steps.")
+  parser.add_argument("--model", default="fmnist_cnn")
+  parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8])
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--iters", type=int, default=40)
+  parser.add_argument("--sets", nargs="+", default=None)
+  parser.add_argument("--out", default=None)
+  a = parser.parse_args()
+  extra = {"skip": ()} if a.model == "fmnist_cnn" else {}  # the protocol's space (model.args.skip=[])
+  result = measure(a.model, a.ks, a.batch, a.iters, a.sets, extra)
+  if a.out:
+    with open(a.out, "w") as f:
+      json.dump(result, f, indent=1)
