@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from experiments.pareto import format_cost
+from experiments.pareto_report import format_cost
 
 # Names of the baseline unions in a report (also the keys of its JSON).
 ALL_BASELINES = "all baselines"

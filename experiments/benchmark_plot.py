@@ -4,7 +4,7 @@ from __future__ import annotations
 import pathlib
 from typing import Sequence
 
-from experiments.pareto import METRIC_WORDS
+from experiments.pareto_report import METRIC_WORDS
 
 PLOT_UNITS = {"latency_s": ((1, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")),
               "energy_j": ((1, "J"), (1e-3, "mJ"), (1e-6, "µJ"), (1e-9, "nJ")),

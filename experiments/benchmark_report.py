@@ -29,7 +29,8 @@ import numpy as np
 
 from experiments.benchmark_markdown import ALL_BASELINES, SAME_TOTAL, WITH_SAME_TOTAL, report_markdown
 from experiments.benchmark_plot import plot_comparison
-from experiments.pareto import _cost_of, _write_json_atomic
+from experiments.pareto import _cost_of
+from experiments.pareto_report import _write_json_atomic
 from nas.search.pareto import hypervolume_2d
 
 REFERENCE_CONFIG = ("uniform", "W8A8")  # (family, config) of the reference network: every layer W8A8, width 1

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from experiments import pareto as app
+from experiments import pareto_report
 from experiments.tracking import read_mirror
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -240,6 +241,6 @@ def test_offline_wandb_run_holds_hypervolume_and_pareto_table(tmp_path):
   # The mirror holds the same, readable without wandb.
   mirror = read_mirror(sweep / "aggregate")
   scatter = next(m for m in mirror if m["event"] == "scatter")
-  assert scatter["key"] == "pareto" and scatter["columns"] == app.NETWORK_COLUMNS
-  on_front = app.NETWORK_COLUMNS.index("on_front")
+  assert scatter["key"] == "pareto" and scatter["columns"] == pareto_report.NETWORK_COLUMNS
+  on_front = pareto_report.NETWORK_COLUMNS.index("on_front")
   assert sum(row[on_front] for row in scatter["rows"]) == 5

@@ -10,10 +10,11 @@ import time
 import pytest
 
 from experiments import pareto as app
+from experiments import pareto_report
 from experiments.tracking import read_mirror
 from test_pareto_app import SWEEP, _wandb_records, make_sweep
 
-COL = {c: i for i, c in enumerate(app.NETWORK_COLUMNS)}
+COL = {c: i for i, c in enumerate(pareto_report.NETWORK_COLUMNS)}
 
 
 @pytest.fixture(scope="module")
@@ -71,19 +72,19 @@ def test_mirror_logs_networks_table_scatters_and_front_lines(aggregated):
   mirror = read_mirror(out / "aggregate")
   by_key = {m["key"]: m for m in mirror if "key" in m}
   networks = by_key["networks"]
-  assert networks["event"] == "table" and networks["columns"] == app.NETWORK_COLUMNS
+  assert networks["event"] == "table" and networks["columns"] == pareto_report.NETWORK_COLUMNS
   _check_network_rows(networks["rows"], report, aggregated["sweeps"])
   # The pareto.json the aggregator wrote marks the same networks as on a front.
   on_disk = json.loads((out / "pareto.json").read_text())
   assert {p["run"] for g in on_disk["groups"] for p in g["points"] if p["on_front"]} == _own_front(report)
 
-  keys = app.chart_keys(report["groups"])
+  keys = pareto_report.chart_keys(report["groups"])
   assert [k["scatter"] for k in keys] == ["pareto", "pareto/riscv/latency_s"]  # cpu first: a tie, by name
   assert [k["front"] for k in keys] == ["pareto_front", "pareto_front/riscv/latency_s"]
   for g, k in zip(report["groups"], keys):
     scatter, line = by_key[k["scatter"]], by_key[k["front"]]
     assert scatter["event"] == "scatter" and (scatter["x"], scatter["y"]) == ("cost", "accuracy")
-    assert scatter["columns"] == app.NETWORK_COLUMNS and len(scatter["rows"]) == len(g["points"])
+    assert scatter["columns"] == pareto_report.NETWORK_COLUMNS and len(scatter["rows"]) == len(g["points"])
     assert {r[COL["target"]] for r in scatter["rows"]} == {g["target"]}
     assert line["event"] == "line" and (line["x"], line["y"], line["stroke"]) == ("cost", "accuracy", "family")
     front = {g["points"][i]["run"] for s in g["series"].values() for i in s["front"]}
@@ -134,15 +135,15 @@ def test_offline_wandb_run_holds_the_tables_and_native_charts(aggregated):
     return data["columns"], data["data"]
 
   columns, rows = table("networks")
-  assert columns == app.NETWORK_COLUMNS
+  assert columns == pareto_report.NETWORK_COLUMNS
   _check_network_rows(rows, report, aggregated["sweeps"])
 
-  for g, k in zip(report["groups"], app.chart_keys(report["groups"])):
+  for g, k in zip(report["groups"], pareto_report.chart_keys(report["groups"])):
     spec = visualize[k["scatter"]]["panel_config"]
     assert spec["panelDefId"] == "wandb/scatter/v0"
     assert spec["fieldSettings"] == {"x": "cost", "y": "accuracy"}
     columns, rows = table(f"{k['scatter']}_table")
-    assert columns == app.NETWORK_COLUMNS and len(rows) == len(g["points"])
+    assert columns == pareto_report.NETWORK_COLUMNS and len(rows) == len(g["points"])
     assert {r[COL["run"]] for r in rows if r[COL["on_front"]]} == {
         g["points"][i]["run"] for s in g["series"].values() for i in s["front"]}
     spec = visualize[k["front"]]["panel_config"]
