@@ -2,8 +2,9 @@
 
 export.json ``agreement``: the top-1 of the integer reference, onnxruntime on model.onnx and the JAX network on
 the run's test set (and qonnx's own executor on model.qonnx.onnx against JAX); ``int8``: the kernels onnxruntime
-runs per layer in model.int8.onnx (read from its optimised graph), the largest bias rounding per layer in output
-steps, and its top-1 agreement with the integer reference and JAX.
+runs per layer in model.int8.onnx (read from its optimised graph), per layer the output channels its kernel computes
+exactly and the largest bias rounding of the others in output steps, and its top-1 agreement with the integer
+reference and JAX.
 """
 from __future__ import annotations
 
@@ -59,31 +60,36 @@ def layer_table(inet: integer.IntegerNetwork, packed: dict) -> list[dict]:
 
 
 def int8_check(int8_bytes: bytes, inet: integer.IntegerNetwork, x: np.ndarray, y: np.ndarray, preds: dict) -> dict:
-  """export.json's ``int8`` block: the kernels onnxruntime runs per layer, the bias rounding, and the top-1
-  agreement of model.int8.onnx with the integer reference, its whole-step-bias variant and the JAX network."""
+  """export.json's ``int8`` block: the kernels onnxruntime runs per layer, per layer the output channels whose
+  kernel is exact (``nas.deploy.integer.int8_scaled``: thresholds fitted) and the bias rounding of the others, and
+  the top-1 agreement of model.int8.onnx with the integer reference, the model of what it computes
+  (``nas.deploy.integer.int8_kernels``), the JAX network, and the whole-step-bias network it was before."""
   ops = kernels(int8_bytes, inet)
   int8_pred = ort_session(int8_bytes).run(None, {"image": np.asarray(x, np.float32)})[0].argmax(-1)
-  whole = integer.whole_step(inet)
   kernel_pred = integer.run(integer.int8_kernels(inet), x)[1].argmax(-1)
+  whole_pred = integer.run(integer.whole_step_kernels(inet), x)[1].argmax(-1)
   check = agreement({"integer": preds["integer"], "onnxruntime_int8": int8_pred,
                      "jax_fake_quant": preds["jax_fake_quant"]}, y)
   check.update(vs_integer_top1=float(np.mean(int8_pred == preds["integer"])),
                vs_jax_top1=float(np.mean(int8_pred == preds["jax_fake_quant"])),
                vs_integer_int8_kernels_top1=float(np.mean(int8_pred == kernel_pred)),
                integer_int8_kernels_vs_integer_top1=float(np.mean(kernel_pred == preds["integer"])),
-               note="integer_int8_kernels: the integer reference with the deviations of 8-bit kernels "
-                    "(nas.deploy.integer.int8_kernels: biases in whole accumulator steps, the map before pooling in "
-                    "uint8), which model.int8.onnx computes")
-  rounding = {}
-  for i, (exact, l) in enumerate(zip(inet.layers, whole.layers)):
-    err = np.abs(l.bias.astype(np.float64) * l.acc_scale - exact.bias * exact.acc_scale)  # real units
-    step = l.acc_scale if l.requant is None else inet.layers[i + 1].in_step if l.out_bits is None else l.out_step
-    rounding[l.name] = float(np.max(err / step))
+               whole_step_vs_integer_top1=float(np.mean(whole_pred == preds["integer"])),
+               whole_step_vs_jax_top1=float(np.mean(whole_pred == preds["jax_fake_quant"])),
+               note="integer_int8_kernels: the integer reference as 8-bit kernels run it "
+                    "(nas.deploy.integer.int8_kernels: the bias's fractional bits in left-shifted int8 weights, each "
+                    "layer's bias and multiplier fitted to its output thresholds where possible, the map before "
+                    "pooling in uint8), which model.int8.onnx computes; whole_step: what it computed before "
+                    "(nas.deploy.integer.whole_step_kernels: every bias in whole accumulator steps)")
+  report = integer.int8_report(inet)
   convs = [l.name for l in inet.layers if l.kind == "conv"]
   return {"file": "model.int8.onnx", "kernels": ops,
           "integer_kernels": all(any(o in INTEGER_KERNELS for o in ops.get(n, [])) for n in convs + [inet.layers[-1].name]),
-          "bias_rounding_max": rounding,
-          "bias_rounding_note": "largest |whole-step bias - exact bias| per layer, in output steps (the next "
-                                "activation's step, for the map before pooling the head input's; accumulator "
-                                "steps for the output layer): onnxruntime's integer kernels take the bias in whole accumulator steps",
+          "bias_rounding_max": {n: r["bias_rounding_max"] for n, r in report.items()},
+          "exact_channels": {n: [r["fitted"], r["channels"]] for n, r in report.items()},
+          "bias_rounding_note": "largest |kernel bias - exact bias| per layer over the channels whose kernel is not "
+                                "fitted exactly, in output steps (the next activation's, for the map before "
+                                "pooling the head input's; steps s_in s_w of the unshifted accumulator for the "
+                                "output layer); exact_channels: [fitted, channels] per layer",
+          "layers": report,
           "agreement": check}

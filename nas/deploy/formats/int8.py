@@ -3,11 +3,15 @@ kernels.
 
 Every integer held in int8 / uint8 within its own bit-width's range, each convolution a QLinearConv (u8 x s8 ->
 u8, ReLU folded into the zero point), an activation of fewer than 8 bits clipped by an integer Clip after it,
-global average pooling a QLinearGlobalAveragePool, the classifier a QGemm with float logits. Two deviations, as
-8-bit kernels need (``nas.deploy.integer.int8_kernels``): the bias is rounded to whole accumulator steps, and the
+global average pooling a QLinearGlobalAveragePool, the classifier a QGemm with float logits. What it computes is
+``nas.deploy.integer.int8_kernels``: 8-bit kernels take the bias in whole accumulator steps, so each output
+channel's integer weights are shifted left into int8's spare bits (a 2-bit channel by 6: the bias then has 6
+fractional bits) and, where a channel's outputs have up to 256 levels, its bias and float multiplier are fitted to
+the layer's own output thresholds (the QLinearConv then gives the integer reference's output on every input); the
 map before pooling (a wide fixed point in the network) is held in uint8 at the head input's step. Neither this
 graph nor model.onnx runs faster below 8 bits: onnxruntime's CPU integer kernels are 8-bit
-(conf/hardware/cpu_ort.yaml is fitted to them by ``nas.deploy.calibrate_ort``).
+(conf/hardware/cpu_ort.yaml is fitted to them by ``nas.deploy.calibrate_ort``; the op types and shapes are those
+it timed: only the values of the weights, biases and scales changed).
 """
 from __future__ import annotations
 
@@ -27,8 +31,10 @@ def int8_model(inet: integer.IntegerNetwork):
   Q(uint8) becomes one QLinearConv (Relu folded into Q's zero point), DQ -> GlobalAveragePool -> Q a
   QLinearGlobalAveragePool, and DQ -> Gemm a QGemm with float logits. An activation of fewer than 8 bits is
   clipped to its range by an integer Clip on the uint8 tensor after Q (between kernels, so fusion is kept).
-  What it computes is :func:`nas.deploy.integer.int8_kernels` of the network: biases in whole accumulator steps, the
-  map before pooling in uint8 (requantisation in float by onnxruntime).
+  What it computes is :func:`nas.deploy.integer.int8_kernels` of the network: weights shifted left into int8 (at
+  step s_w / 2^e), biases and multipliers fitted to each layer's output thresholds where possible
+  (:func:`nas.deploy.integer.int8_scaled`), the map before pooling in uint8 (requantisation in float by
+  onnxruntime: the multiplier it computes from these float32 scales is the one the fit checked).
   """
   from onnx import TensorProto as T
   inet = integer.int8_kernels(inet)
