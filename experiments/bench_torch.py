@@ -16,7 +16,8 @@ fine-tuning step (``nas.train.finetune._train_step`` as ``finetune`` runs it); `
 written as plain functions over a parameter tree (``lax.conv_general_dilated``, ``optax.adamw``, ``jax.jit``),
 in NHWC or NCHW (``--layout``), with donated buffers (``--donate``) or a preferred element type. ``--qat`` adds
 the project's W8A8 fine-tuning step (LSQ fake quantisation of every weight and activation) next to the float
-one, and reports QAT / float. PyTorch runs NCHW (its default) or channels_last (``--torch-layout``).
+one, and reports QAT / float. PyTorch runs NCHW (its default) or channels_last (``--torch-layout``), with its default thread count
+(``--torch-threads``) and, timed in the same blocks, on one thread: "ratio 1t" is JAX / PyTorch-on-one-thread.
 
 XLA flags act only when set before JAX starts: ``--sweep`` runs each option in a fresh process (XLA_FLAGS and
 JAX_* in its environment). PyTorch is optional (``pip install 'hwnas[bench]'``); without it the benchmark
@@ -25,6 +26,7 @@ says so and exits 0.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -35,17 +37,18 @@ import time
 
 import numpy as np
 
-DEFAULT_ITERS = {"fmnist_cnn": 200, "resnet20": 20}
+DEFAULT_ITERS = {"fmnist_cnn": 120, "resnet20": 10}
 SHAPES = {"fmnist_cnn": (28, 28, 1), "resnet20": (32, 32, 3)}
 LR, WEIGHT_DECAY, BN_EPS, BN_MOMENTUM = 1e-3, 1e-4, 1e-3, 0.9
 CNN_WIDTHS, CNN_STRIDES = (16, 32, 32, 64), (2, 1, 2, 1)
 RESNET_WIDTHS, RESNET_BLOCKS = (16, 32, 64), 3
 
+DEFAULT_TORCH_THREADS: dict = {}  # PyTorch's own intra-op thread count, read once before any change
 NO_TORCH = "PyTorch is not installed (pip install 'hwnas[bench]'): only the JAX side can be measured; skipping."
 
 # Options tried by --sweep: (label, extra command-line arguments, extra environment).
 SWEEP = [
-    ("baseline (project step, NHWC; torch NCHW)", [], {}),
+    ("baseline (project step, NHWC; torch NCHW)", ["--vs-pure"], {}),
     ("pure JAX step, NHWC", ["--jax", "pure"], {}),
     ("pure JAX step, NCHW", ["--jax", "pure", "--layout", "NCHW"], {}),
     ("pure JAX step, donate_argnums", ["--jax", "pure", "--donate"], {}),
@@ -57,7 +60,7 @@ SWEEP = [
     ("XLA_FLAGS=--xla_cpu_enable_fast_math=true", [], {"XLA_FLAGS": "--xla_cpu_enable_fast_math=true"}),
     ("JAX_CPU_ENABLE_ASYNC_DISPATCH=false", [], {"JAX_CPU_ENABLE_ASYNC_DISPATCH": "false"}),
     ("torch channels_last", ["--torch-layout", "channels_last"], {}),
-    ("torch 1 thread (JAX unchanged)", ["--torch-threads", "1"], {}),
+    ("torch OMP_WAIT_POLICY=PASSIVE", [], {"OMP_WAIT_POLICY": "PASSIVE"}),
     ("batch 32", ["--batch", "32"], {}),
     ("batch 128", ["--batch", "128"], {}),
     ("batch 256", ["--batch", "256"], {}),
@@ -80,8 +83,7 @@ def torch_step(name: str, batch: int, layout: str = "NCHW", threads: int | None 
   import torch
   from torch import nn
   torch.manual_seed(seed)
-  if threads:
-    torch.set_num_threads(threads)
+  threads = threads or DEFAULT_TORCH_THREADS.setdefault("n", torch.get_num_threads())
 
   def bn(c):  # PyTorch's momentum is the weight of the new statistic: 1 - Flax's 0.9
     return nn.BatchNorm2d(c, eps=BN_EPS, momentum=1.0 - BN_MOMENTUM)
@@ -127,6 +129,8 @@ def torch_step(name: str, batch: int, layout: str = "NCHW", threads: int | None 
   loss_fn = nn.CrossEntropyLoss()
 
   def step():
+    if torch.get_num_threads() != threads:  # two PyTorch sides with different thread counts, in turn
+      torch.set_num_threads(threads)
     opt.zero_grad(set_to_none=True)
     loss = loss_fn(net(x), y)
     loss.backward()
@@ -177,12 +181,13 @@ def _he(rng, shape, fan_in):
 
 def pure_network(name: str, layout: str = "NHWC", preferred=None, seed: int = 0):
   """(params, batch statistics, forward(params, stats, x) -> (logits, new stats)) of ``name`` as plain JAX
-  functions. Kernels are HWIO for NHWC and OIHW for NCHW."""
+  functions. Kernels are HWIO for NHWC and OIHW for NCHW.
+
+  Long: both networks and their layout-dependent helpers side by side, to be read against ``torch_step``'s."""
   import jax
   import jax.numpy as jnp
   rng = np.random.default_rng(seed)
   nhwc = layout == "NHWC"
-  caxis = 3 if nhwc else 1
   red = (0, 1, 2) if nhwc else (0, 2, 3)
   dn = ("NHWC", "HWIO", "NHWC") if nhwc else ("NCHW", "OIHW", "NCHW")
 
@@ -270,7 +275,7 @@ def pure_step(name: str, batch: int, layout: str = "NHWC", donate: bool = False,
   import jax.numpy as jnp
   import optax
   params, stats, forward = pure_network(name, layout, None if preferred is None else jnp.dtype(preferred))
-  tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY, mask=lambda p: {k: v.ndim > 1 for k, v in p.items()})
+  tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY, mask=lambda p: jax.tree.map(lambda v: v.ndim > 1, p))
   x, y = _data(name, batch)
   if layout == "NCHW":
     x = jnp.transpose(x, (0, 3, 1, 2))
@@ -295,34 +300,66 @@ def pure_step(name: str, batch: int, layout: str = "NHWC", donate: bool = False,
 
 # ------------------------------------------------------------------------------------------------------ driver
 
-def bench_model(name: str, batch: int, iters: int, jax_kind: str = "project", layout: str = "NHWC",
-                donate: bool = False, preferred=None, qat: bool = False, torch_layout: str = "NCHW",
-                torch_threads: int | None = None, with_torch: bool | None = None, block: int | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class JaxSide:
+  """Which JAX step: ``project`` or ``pure`` (``kind``); the pure one's layout, donation and preferred element
+  type; ``qat``: also the project's W8A8 step."""
+  kind: str = "project"
+  layout: str = "NHWC"
+  donate: bool = False
+  preferred: str | None = None
+  qat: bool = False
+  vs_pure: bool = False  # also the pure step (NHWC), timed in the same blocks: project / pure
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchSide:
+  """PyTorch's memory layout (``NCHW`` or ``channels_last``) and intra-op threads (None: its default)."""
+  layout: str = "NCHW"
+  threads: int | None = None
+
+
+def bench_model(name: str, batch: int, iters: int, jax_side: JaxSide = JaxSide(), torch_side: TorchSide = TorchSide(),
+                with_torch: bool | None = None, block: int | None = None) -> dict:
   """Times the JAX step (and the PyTorch step, when installed and ``with_torch`` is not False) alternately."""
   import jax
   from experiments.bench import _block_times
-  if jax_kind == "project":
-    if layout != "NHWC" or donate or preferred is not None:
+  j, t = jax_side, torch_side
+  if j.kind == "project":
+    if j.layout != "NHWC" or j.donate or j.preferred is not None:
       raise ValueError("--layout, --donate and --preferred apply to --jax pure only.")
     fns = {"jax": project_step(name, batch)}
-  elif jax_kind == "pure":
-    fns = {"jax": pure_step(name, batch, layout, donate, preferred)}
+  elif j.kind == "pure":
+    fns = {"jax": pure_step(name, batch, j.layout, j.donate, j.preferred)}
   else:
-    raise ValueError(f"--jax {jax_kind!r}: use 'project' or 'pure'.")
-  if qat:
+    raise ValueError(f"--jax {j.kind!r}: use 'project' or 'pure'.")
+  if j.qat:
     fns["jax_qat"] = project_step(name, batch, qat=True)
+  if j.vs_pure:
+    fns["jax_pure"] = pure_step(name, batch)
   if with_torch is None:
     with_torch = torch_available()
   if with_torch:
-    fns["torch"] = torch_step(name, batch, torch_layout, torch_threads)
+    fns["torch"] = torch_step(name, batch, t.layout, t.threads)
+    if t.threads != 1:
+      # PyTorch on one thread too: on a loaded machine its OpenMP pool (threads that spin at barriers) can be
+      # slowed many times over by other processes, where one thread is not.
+      fns["torch_1t"] = torch_step(name, batch, t.layout, 1)
   block = block or max(1, min(10, iters // 4))
   times = dict(zip(fns, _block_times(list(fns.values()), iters, block)))
-  row = {"model": name, "batch": batch, "jax": jax_kind, "layout": layout, "donate": donate,
-         "preferred": preferred, "torch_layout": torch_layout, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  row = {"model": name, "batch": batch, "jax": j.kind, "layout": j.layout, "donate": j.donate,
+         "preferred": j.preferred, "torch_layout": t.layout, "xla_flags": os.environ.get("XLA_FLAGS", ""),
          "device": jax.devices()[0].device_kind, "jax_step_s": float(np.median(times["jax"]))}
   if "torch" in times:
     row["torch_step_s"] = float(np.median(times["torch"]))
     row["ratio"] = float(np.median(times["jax"] / times["torch"]))  # adjacent blocks
+    one = times.get("torch_1t", times["torch"])
+    row["torch_1t_step_s"] = float(np.median(one))
+    row["ratio_1t"] = float(np.median(times["jax"] / one))
+    row["torch_threads"] = t.threads or DEFAULT_TORCH_THREADS.get("n")
+  if "jax_pure" in times:
+    row["jax_pure_step_s"] = float(np.median(times["jax_pure"]))
+    row["jax_over_pure"] = float(np.median(times["jax"] / times["jax_pure"]))
   if "jax_qat" in times:
     row["jax_qat_step_s"] = float(np.median(times["jax_qat"]))
     row["qat_over_float"] = float(np.median(times["jax_qat"] / times["jax"]))
@@ -331,21 +368,29 @@ def bench_model(name: str, batch: int, iters: int, jax_kind: str = "project", la
 
 def _print_row(r: dict) -> None:
   torch_ms = f"{r['torch_step_s'] * 1e3:>9.2f}" if "torch_step_s" in r else f"{'-':>9}"
-  ratio = f"{r['ratio']:>6.2f}" if "ratio" in r else f"{'-':>6}"
+  ratio = (f"{r['ratio']:>6.2f} {r['torch_1t_step_s'] * 1e3:>9.2f} {r['ratio_1t']:>6.2f}" if "ratio" in r
+           else f"{'-':>6} {'-':>9} {'-':>6}")
   extra = (f"  qat {r['jax_qat_step_s'] * 1e3:.2f} ms, qat/float {r['qat_over_float']:.2f}"
            if "qat_over_float" in r else "")
+  if "jax_over_pure" in r:
+    extra += f"  pure {r['jax_pure_step_s'] * 1e3:.2f} ms, jax/pure {r['jax_over_pure']:.2f}"
   print(f"{r['model']:<11} {r['batch']:>5} {r['jax']:<8} {r['layout']:<5} {r['jax_step_s'] * 1e3:>9.2f} "
         f"{torch_ms} {ratio}{extra}", flush=True)
 
 
-def sweep(models, iters, out) -> list[dict]:
-  """Runs every ``SWEEP`` option in its own process (fresh XLA flags) and prints the ratios side by side."""
+def sweep(models, iters, out, only=None, torch_threads=None) -> list[dict]:
+  """Runs every ``SWEEP`` option (or those numbered in ``only``) in its own process (fresh XLA flags) and prints
+  the ratios side by side."""
   rows = []
-  for label, args, env in SWEEP:
+  for n, (label, args, env) in enumerate(SWEEP):
+    if only is not None and n not in only:
+      continue
     with_out = pathlib.Path(out or "/tmp") / f".bench_torch_{abs(hash(label))}.json"
     cmd = [sys.executable, "-m", "experiments.bench_torch", "--models", *models, "--out", str(with_out), *args]
     if iters:
       cmd += ["--iters", str(iters)]
+    if torch_threads and "--torch-threads" not in args:
+      cmd += ["--torch-threads", str(torch_threads)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -357,13 +402,15 @@ def sweep(models, iters, out) -> list[dict]:
       r["option"] = label
       rows.append(r)
       qat = f"  qat/float {r['qat_over_float']:.2f}" if "qat_over_float" in r else ""
+      qat += f"  project/pure {r['jax_over_pure']:.2f}" if "jax_over_pure" in r else ""
       print(f"{label:<48} {r['model']:<11} jax {r['jax_step_s'] * 1e3:8.2f} ms  torch "
-            f"{r.get('torch_step_s', float('nan')) * 1e3:8.2f} ms  ratio {r.get('ratio', float('nan')):5.2f}{qat}"
+            f"{r.get('torch_step_s', float('nan')) * 1e3:8.2f} ms  ratio {r.get('ratio', float('nan')):5.2f}  torch 1t "
+            f"{r.get('torch_1t_step_s', float('nan')) * 1e3:8.2f} ms  ratio {r.get('ratio_1t', float('nan')):5.2f}{qat}"
             f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     with_out.unlink(missing_ok=True)
   if out:
     pathlib.Path(out).mkdir(parents=True, exist_ok=True)
-    (pathlib.Path(out) / "bench_torch_sweep.json").write_text(json.dumps(rows, indent=1))
+    (pathlib.Path(out) / f"bench_torch_sweep_{'_'.join(models)}.json").write_text(json.dumps(rows, indent=1))
   return rows
 
 
@@ -378,10 +425,13 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--donate", action="store_true", help="--jax pure only: donate the state's buffers")
   parser.add_argument("--preferred", default=None, help="--jax pure only: the convs' preferred_element_type")
   parser.add_argument("--qat", action="store_true", help="also time the project's W8A8 QAT step")
+  parser.add_argument("--vs-pure", action="store_true", help="also time the pure JAX step (project / pure)")
   parser.add_argument("--torch-layout", default="NCHW", choices=("NCHW", "channels_last"))
   parser.add_argument("--torch-threads", type=int, default=None)
   parser.add_argument("--no-torch", action="store_true", help="time the JAX side only")
   parser.add_argument("--sweep", action="store_true", help="every option, each in its own process")
+  parser.add_argument("--only", type=int, nargs="+", default=None,
+                      help="--sweep: only these options (numbers in the SWEEP list, from 0)")
   parser.add_argument("--out", default=None, help="write the rows as JSON here (a folder with --sweep)")
   args = parser.parse_args(argv)
   with_torch = not args.no_torch and torch_available()
@@ -390,12 +440,14 @@ def main(argv=None) -> list[dict]:
     if not args.sweep:
       return []
   if args.sweep:
-    return sweep(args.models, args.iters, args.out) if with_torch else []
-  print(f"{'model':<11} {'batch':>5} {'jax':<8} {'lay':<5} {'jax ms':>9} {'torch ms':>9} {'ratio':>6}")
+    return sweep(args.models, args.iters, args.out, args.only, args.torch_threads) if with_torch else []
+  print(f"{'model':<11} {'batch':>5} {'jax':<8} {'lay':<5} {'jax ms':>9} {'torch ms':>9} {'ratio':>6} "
+        f"{'torch 1t':>9} {'ratio':>6}")
   rows = []
   for name in args.models:
-    r = bench_model(name, args.batch, args.iters or DEFAULT_ITERS[name], args.jax, args.layout, args.donate,
-                    args.preferred, args.qat, args.torch_layout, args.torch_threads, with_torch)
+    r = bench_model(name, args.batch, args.iters or DEFAULT_ITERS[name],
+                    JaxSide(args.jax, args.layout, args.donate, args.preferred, args.qat, args.vs_pure),
+                    TorchSide(args.torch_layout, args.torch_threads), with_torch)
     rows.append(r)
     _print_row(r)
   if args.out:

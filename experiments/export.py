@@ -122,7 +122,7 @@ def summary(info: dict) -> str:
   lines.append(f"model.int8.onnx ({'integer kernels' if i8['integer_kernels'] else 'NOT all integer kernels'}: "
                f"{', '.join(sorted({o for ops in i8['kernels'].values() for o in ops if o in INTEGER_KERNELS}))}): "
                f"top-1 identical to the integer reference on {100 * i8['agreement']['vs_integer_top1']:.2f} %, to "
-               f"JAX on {100 * i8['agreement']['vs_jax_top1']:.2f} % (8-bit kernels' deviations: nas.deploy.integer.int8_kernels)")
+               f"JAX on {100 * i8['agreement']['vs_jax_top1']:.2f} % (8-bit kernels' deviations: nas.deploy.exact8.int8_kernels)")
   if "measure" in info:
     m = info["measure"]
     lines.append(f"onnxruntime CPU, batch 1, {m['intra_op_threads']} thread(s): model.int8.onnx "

@@ -7,7 +7,8 @@
 
 The job runs as ``python -m experiments.search`` runs it (Hydra app, same overrides), with the pipeline's
 functions wrapped in timers: imports, data loading, model building, cost tables, calibration, the training
-loops (split into compilation, batch preparation, steps, evaluation, checkpoints) and the writing of results.
+loops (shared supernet, search, fine-tuning; their compilation, batch preparation, steps, evaluation and
+checkpoints apart) and the writing of results. It prints the table, then compilation by stage and by function.
 Compilation is JAX's own measure (tracing, lowering to MLIR, XLA compilation or a persistent-cache read:
 ``jax.monitoring`` duration events) and is taken out of the phase it happened in. Steps are dispatched
 asynchronously, but on the CPU client the next batch's host-to-device transfer (``jnp.asarray`` in
@@ -67,12 +68,16 @@ class Phases:
     if self.stack:
       self.stack[-1][2] += duration
 
-  def wrap(self, obj, attr: str, name: str) -> None:
+  def current(self) -> str:
+    return self.stack[-1][0] if self.stack else "other"
+
+  def wrap(self, obj, attr: str, name) -> None:
+    """Times ``obj.attr`` as phase ``name`` (or ``name()``, decided at each call)."""
     fn = getattr(obj, attr)
 
     @functools.wraps(fn)
     def timed(*args, **kwargs):
-      with self.phase(name):
+      with self.phase(name() if callable(name) else name):
         return fn(*args, **kwargs)
     setattr(obj, attr, timed)
 
@@ -103,7 +108,8 @@ def instrument(phases: Phases) -> None:
                      ("all_presets", "cost tables and budget"), ("costs_everywhere", "results (cost, json, network)"),
                      ("save_network", "results (cost, json, network)"), ("write_json_atomic", "results (cost, json, network)"),
                      ("calibrate", "calibration"), ("inherit_weights", "model building"),
-                     ("finetune", "training loop"), ("search", "training loop"), ("train_supernet", "training loop"),
+                     ("finetune", "steps: fine-tuning"), ("search", "steps: search"),
+                     ("train_supernet", "steps: shared supernet"),
                      ("evaluate", "evaluation")]:
     phases.wrap(app, attr, name)
   phases.wrap(app.costlib, "build_cost_tables", "cost tables and budget")
@@ -117,15 +123,16 @@ def instrument(phases: Phases) -> None:
   phases.wrap(checkpoint.LoopCheckpointer, "close", "checkpoints")
   # The loop's device transfer of each batch (DataParallel.batch): host -> device.
   from nas.train import parallel
-  phases.wrap(parallel.DataParallel, "batch", "steps: wait in the next batch's transfer")
+  phases.wrap(parallel.DataParallel, "batch", lambda: f"{phases.current()}: wait in the next batch's transfer")
 
 
 def table(phases: Phases, wall: float) -> list[dict]:
   rows = dict(phases.seconds)
-  rows["steps"] = rows.pop("training loop", 0.0)
   rows["other (Hydra, config, tracker, Python)"] = wall - sum(rows.values())
+  loops = [f"steps: {n}{w}" for n in ("shared supernet", "search", "fine-tuning")
+           for w in ("", ": wait in the next batch's transfer")]
   order = ["imports", "data loading", "model building", "cost tables and budget", "calibration", "compilation",
-           "batches (numpy, host)", "steps", "steps: wait in the next batch's transfer", "evaluation", "checkpoints", "results (cost, json, network)",
+           "batches (numpy, host)", *loops, "evaluation", "checkpoints", "results (cost, json, network)",
            "other (Hydra, config, tracker, Python)"]
   out = [{"phase": k, "seconds": rows.get(k, 0.0), "share": rows.get(k, 0.0) / wall} for k in order if k in rows]
   out += [{"phase": k, "seconds": v, "share": v / wall} for k, v in rows.items() if k not in order]
@@ -160,10 +167,10 @@ def main(argv=None) -> list[dict]:
       profiler.dump_stats(out_prof)
   wall = time.perf_counter() - T_START
   rows = table(phases, wall)
-  print(f"\n{'phase':<40} {'seconds':>8} {'share':>7}")
+  print(f"\n{'phase':<58} {'seconds':>8} {'share':>7}")
   for r in rows:
-    print(f"{r['phase']:<40} {r['seconds']:>8.2f} {100 * r['share']:>6.1f}%")
-  print(f"{'total (process wall time)':<40} {wall:>8.2f}  ({phases.compile_counts} XLA compilations or cache reads)")
+    print(f"{r['phase']:<58} {r['seconds']:>8.2f} {100 * r['share']:>6.1f}%")
+  print(f"{'total (process wall time)':<58} {wall:>8.2f}  ({phases.compile_counts} XLA compilations or cache reads)")
   print("compilation by stage: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.compile_kinds.items()))
   top = sorted(phases.compile_funs.items(), key=lambda kv: -kv[1])
   print("compilation by function: " + ", ".join(f"{k} {v:.2f} s" for k, v in top[:8])

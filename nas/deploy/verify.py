@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from nas.deploy import integer
+
+from nas.deploy import exact8
 from nas.deploy.ort import INTEGER_KERNELS, kernels, ort_session
 
 
@@ -61,13 +63,13 @@ def layer_table(inet: integer.IntegerNetwork, packed: dict) -> list[dict]:
 
 def int8_check(int8_bytes: bytes, inet: integer.IntegerNetwork, x: np.ndarray, y: np.ndarray, preds: dict) -> dict:
   """export.json's ``int8`` block: the kernels onnxruntime runs per layer, per layer the output channels whose
-  kernel is exact (``nas.deploy.integer.int8_scaled``: thresholds fitted) and the bias rounding of the others, and
+  kernel is exact (``nas.deploy.exact8.int8_scaled``: thresholds fitted) and the bias rounding of the others, and
   the top-1 agreement of model.int8.onnx with the integer reference, the model of what it computes
-  (``nas.deploy.integer.int8_kernels``), the JAX network, and the whole-step-bias network it was before."""
+  (``nas.deploy.exact8.int8_kernels``), the JAX network, and the whole-step-bias network it was before."""
   ops = kernels(int8_bytes, inet)
   int8_pred = ort_session(int8_bytes).run(None, {"image": np.asarray(x, np.float32)})[0].argmax(-1)
-  kernel_pred = integer.run(integer.int8_kernels(inet), x)[1].argmax(-1)
-  whole_pred = integer.run(integer.whole_step_kernels(inet), x)[1].argmax(-1)
+  kernel_pred = integer.run(exact8.int8_kernels(inet), x)[1].argmax(-1)
+  whole_pred = integer.run(exact8.whole_step_kernels(inet), x)[1].argmax(-1)
   check = agreement({"integer": preds["integer"], "onnxruntime_int8": int8_pred,
                      "jax_fake_quant": preds["jax_fake_quant"]}, y)
   check.update(vs_integer_top1=float(np.mean(int8_pred == preds["integer"])),
@@ -77,11 +79,11 @@ def int8_check(int8_bytes: bytes, inet: integer.IntegerNetwork, x: np.ndarray, y
                whole_step_vs_integer_top1=float(np.mean(whole_pred == preds["integer"])),
                whole_step_vs_jax_top1=float(np.mean(whole_pred == preds["jax_fake_quant"])),
                note="integer_int8_kernels: the integer reference as 8-bit kernels run it "
-                    "(nas.deploy.integer.int8_kernels: the bias's fractional bits in left-shifted int8 weights, each "
+                    "(nas.deploy.exact8.int8_kernels: the bias's fractional bits in left-shifted int8 weights, each "
                     "layer's bias and multiplier fitted to its output thresholds where possible, the map before "
                     "pooling in uint8), which model.int8.onnx computes; whole_step: what it computed before "
-                    "(nas.deploy.integer.whole_step_kernels: every bias in whole accumulator steps)")
-  report = integer.int8_report(inet)
+                    "(nas.deploy.exact8.whole_step_kernels: every bias in whole accumulator steps)")
+  report = exact8.int8_report(inet)
   convs = [l.name for l in inet.layers if l.kind == "conv"]
   return {"file": "model.int8.onnx", "kernels": ops,
           "integer_kernels": all(any(o in INTEGER_KERNELS for o in ops.get(n, [])) for n in convs + [inet.layers[-1].name]),

@@ -8,10 +8,13 @@ optimiser state, and the pinned logits), so their states stack along a leading a
 fine-tuning step (``nas.train.finetune._train_step``'s loss and update) trains all K in one XLA program. Each
 network reads its own mini-batches (its own index stream, gathered on the device from one copy of the data).
 
-The masked form computes the widest network's multiply-accumulates whatever widths are chosen: it pays where
-the K networks are about as wide as the space's widest one (uniform-precision baselines at full width, or a
-space whose widest candidate is the base width), and where one small step leaves the CPU's cores idle (many
-small kernels, Python dispatch): see docs/speed.md for the measurement.
+The masked form computes the widest network's multiply-accumulates whatever widths are chosen, so it can only
+pay where the K networks are about as wide as the space's widest one (uniform baselines at base width in a space
+narrowed to it). Measured on a 2-core CPU (docs/speed.md, section 3): it does not pay for the steps there. XLA's
+CPU backend runs the vmapped convolutions (grouped convolutions, ``feature_group_count=K``) 3 to 6 times slower
+than K separate steps, and ``mode="unroll"`` (K copies in one program) runs at 0.4 to 0.8 of their speed. It pays
+only in compilation: one vmapped program serves any K (8 to 16 s, against 5 to 9 s per derived network).
+``python -m nas.train.multi`` repeats the measurement.
 
 The masked form is not numerically the derived network (``build_model(arch=...)``): its activation quantisers
 are calibrated, and LSQ's gradient scale counts features, over the widest tensors (masked channels are zeros).
@@ -73,9 +76,13 @@ class MultiTrainer:
     archs: the K networks' choices (``Supernet.derive()``-style mappings, e.g. ``baseline_choices``).
     x_calib: one calibration batch per network, shape (K, B, ...), or one for all (B, ...).
     lr: the learning rate or an optax schedule; ``weight_decay``, ``kind``: as ``finetune.weights_optimizer``.
+    mode: how the one program runs the K steps (``_multi_step``): ``vmap`` (default), ``map`` or ``unroll``.
   """
 
-  def __init__(self, build, archs: Sequence[Mapping], x_calib, lr, weight_decay: float, kind: str = "adamw"):
+  def __init__(self, build, archs: Sequence[Mapping], x_calib, lr, weight_decay: float, kind: str = "adamw",
+               mode: str = "vmap"):
+    if mode not in MODES:
+      raise ValueError(f"mode={mode!r}; use one of {MODES}.")
     self.k = len(archs)
     if self.k < 1:
       raise ValueError("MultiTrainer needs at least one architecture.")
@@ -100,7 +107,7 @@ class MultiTrainer:
     self.graphdef = graphdef
     self.state = _stack(states)
     # One compiled program per trainer (a graphdef holds lists, so it cannot be a static jit argument).
-    self._step = jax.jit(functools.partial(_multi_step, graphdef), donate_argnums=0)
+    self._step = jax.jit(functools.partial(_multi_step, graphdef, mode), donate_argnums=0)
 
   def step(self, x_all: jax.Array, y_all: jax.Array, idx) -> tuple[jax.Array, jax.Array]:
     """One training step of every network: network k trains on ``x_all[idx[k]]``. Returns the K losses and
@@ -125,8 +132,20 @@ def _one_step(graphdef, state, x, y):
   return nnx.state((model, opt)), loss, jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
 
 
-def _multi_step(graphdef, state, x_all, y_all, idx):
-  return jax.vmap(lambda s, i: _one_step(graphdef, s, x_all[i], y_all[i]))(state, idx)
+MODES = ("vmap", "map", "unroll")
+
+
+def _multi_step(graphdef, mode, state, x_all, y_all, idx):
+  """All K networks' steps in one program: ``vmap`` (one batched step: every convolution becomes a grouped
+  one over the K kernels), ``map`` (``lax.map``: the K steps in a loop inside the program) or ``unroll`` (K
+  copies of the step, independent, which XLA may run concurrently)."""
+  def one(s, i):
+    return _one_step(graphdef, s, x_all[i], y_all[i])
+  if mode == "vmap":
+    return jax.vmap(one)(state, idx)
+  if mode == "map":
+    return jax.lax.map(lambda a: one(*a), (state, idx))
+  return _stack([one(unstack(state, k), idx[k]) for k in range(idx.shape[0])])
 
 
 def index_streams(n: int, batch_size: int, seeds: Sequence[int]):
@@ -145,19 +164,40 @@ def index_streams(n: int, batch_size: int, seeds: Sequence[int]):
     yield np.stack([next(s) for s in streams])
 
 
-def train_many(build, archs: Sequence[Mapping], x_train, y_train, steps: int, batch_size: int = 64,
-               lr: float = 3e-3, weight_decay: float = 1e-4, seeds: Sequence[int] | None = None) -> MultiTrainer:
-  """Trains K masked networks together for ``steps`` steps (AdamW, cosine decay, as ``finetune``'s recipe) and
-  returns the trainer (its ``network(k)`` for evaluation)."""
+def train_many(build, archs: Sequence[Mapping], x_train, y_train, cfg: trainlib.TrainConfig,
+               seeds: Sequence[int] | None = None) -> MultiTrainer:
+  """Trains K masked networks together with ``finetune``'s recipe ``cfg`` (steps, batch size, optimiser, cosine
+  decay; no distillation or augmentation here) and returns the trainer (its ``network(k)`` for evaluation).
+  Network k reads the batches of seed ``seeds[k]`` (default k)."""
+  if cfg.kd_alpha > 0 or cfg.augment:
+    raise ValueError("train_many: distillation and augmentation are not part of the prototype.")
   seeds = list(range(len(archs))) if seeds is None else list(seeds)
-  streams = index_streams(len(x_train), batch_size, seeds)
-  first = next(index_streams(len(x_train), batch_size, seeds))
+  streams = index_streams(len(x_train), cfg.batch_size, seeds)
+  first = next(index_streams(len(x_train), cfg.batch_size, seeds))
   x_calib = np.stack([x_train[i] for i in first])
-  trainer = MultiTrainer(build, archs, x_calib, optax.cosine_decay_schedule(lr, max(steps, 1)), weight_decay)
+  trainer = MultiTrainer(build, archs, x_calib, optax.cosine_decay_schedule(cfg.lr, max(cfg.steps, 1)),
+                         cfg.weight_decay, cfg.optimizer)
   x_all, y_all = jnp.asarray(x_train), jnp.asarray(y_train)
-  for _ in range(steps):
+  for _ in range(cfg.steps):
     trainer.step(x_all, y_all, next(streams))
   return trainer
+
+
+def _alternating(fns, iters: int, block: int) -> list[np.ndarray]:
+  """Seconds per call of each function, one entry per block, the functions timed in turn (as
+  ``experiments.bench._block_times``; two warm-up calls each)."""
+  import time
+  for _ in range(2):
+    for fn in fns:
+      jax.block_until_ready(fn())
+  times = [[] for _ in fns]
+  for _ in range(max(1, -(-iters // block))):
+    for fn, ts in zip(fns, times):
+      jax.block_until_ready(fn())
+      t0 = time.perf_counter()
+      jax.block_until_ready([fn() for _ in range(block)])
+      ts.append((time.perf_counter() - t0) / block)
+  return [np.asarray(ts) for ts in times]
 
 
 # ------------------------------------------------------------------------------------------ measurement (manual)
@@ -188,7 +228,7 @@ def _random_archs(supernet, k: int, seed: int = 0) -> list[dict]:
 
 
 def measure(model: str = "fmnist_cnn", ks=(1, 2, 4, 8), batch: int = 64, iters: int = 40, sets=None,
-            model_args: Mapping | None = None) -> list[dict]:
+            model_args: Mapping | None = None, modes=("vmap",)) -> list[dict]:
   """Steps per second of K networks trained by one vmapped step against K separate derived-network steps
   (each its own ``finetune._train_step``, called one after the other as K jobs' loops would, on one process),
   timed in alternating blocks; and the compile time of each (one vmapped program against K derived programs).
@@ -197,7 +237,6 @@ def measure(model: str = "fmnist_cnn", ks=(1, 2, 4, 8), batch: int = 64, iters: 
   only width is the base one: the masked form computes what they compute) and ``random`` (random networks of
   the default space)."""
   import time
-  from experiments.bench import _block_times
   from nas.models import build_model, default_input_shape
   from nas.models.space import SearchSpace
   shape = default_input_shape(model)
@@ -214,11 +253,13 @@ def measure(model: str = "fmnist_cnn", ks=(1, 2, 4, 8), batch: int = 64, iters: 
       archs = (_random_archs(probe, k) if set_name == "random" else _uniform_archs(probe, k))
       streams = index_streams(len(x_all), batch, list(range(k)))
       idx0 = next(index_streams(len(x_all), batch, list(range(k))))
-      trainer = MultiTrainer(lambda i: build_model(model, space, seed=i, **kw), archs,
-                             np.stack([x_all[i] for i in idx0]), 1e-3, 1e-4)
-      t0 = time.perf_counter()
-      jax.block_until_ready(trainer.step(x_dev, y_dev, next(streams)))
-      compile_multi = time.perf_counter() - t0
+      trainers, compile_multi = {}, {}
+      for mode in modes:
+        trainers[mode] = MultiTrainer(lambda i: build_model(model, space, seed=i, **kw), archs,
+                                      np.stack([x_all[i] for i in idx0]), 1e-3, 1e-4, mode=mode)
+        t0 = time.perf_counter()
+        jax.block_until_ready(trainers[mode].step(x_dev, y_dev, next(streams)))
+        compile_multi[mode] = time.perf_counter() - t0
       steps, compile_sep = [], 0.0
       for i, choices in enumerate(archs):
         net = build_model(model, space, seed=i, arch=probe.architecture(choices), **kw)
@@ -231,22 +272,22 @@ def measure(model: str = "fmnist_cnn", ks=(1, 2, 4, 8), batch: int = 64, iters: 
         compile_sep += time.perf_counter() - t0
         steps.append(step)
 
-      def multi_fn():
-        return trainer.step(x_dev, y_dev, next(streams))[0]
-
       def separate_fn():
         idx = next(streams)
         return [steps[i](jnp.asarray(x_all[idx[i]]), jnp.asarray(y_all[idx[i]]))[0] for i in range(k)]
 
-      t_multi, t_sep = _block_times([multi_fn, separate_fn], iters, block=max(1, min(10, iters // 4)))
-      row = {"set": set_name, "k": k, "batch": batch, "vmapped_step_s": float(np.median(t_multi)),
-             "separate_steps_s": float(np.median(t_sep)), "speedup": float(np.median(t_sep / t_multi)),
-             "vmapped_nets_per_s": k / float(np.median(t_multi)), "separate_nets_per_s": k / float(np.median(t_sep)),
-             "compile_vmapped_s": compile_multi, "compile_separate_s": compile_sep}
-      rows.append(row)
-      print(f"{set_name:<19} K={k}  vmapped {row['vmapped_step_s'] * 1e3:7.1f} ms ({row['vmapped_nets_per_s']:6.1f} "
-            f"network-steps/s)  separate {row['separate_steps_s'] * 1e3:7.1f} ms ({row['separate_nets_per_s']:6.1f}/s)"
-            f"  speed-up {row['speedup']:.2f}  compile {compile_multi:.1f} s vs {compile_sep:.1f} s", flush=True)
+      fns = [functools.partial(lambda t: t.step(x_dev, y_dev, next(streams))[0], trainers[m]) for m in modes]
+      *t_multi, t_sep = _alternating(fns + [separate_fn], iters, block=max(1, min(10, iters // 4)))
+      for mode, t in zip(modes, t_multi):
+        row = {"set": set_name, "mode": mode, "k": k, "batch": batch, "multi_step_s": float(np.median(t)),
+               "separate_steps_s": float(np.median(t_sep)), "speedup": float(np.median(t_sep / t)),
+               "multi_nets_per_s": k / float(np.median(t)), "separate_nets_per_s": k / float(np.median(t_sep)),
+               "compile_multi_s": compile_multi[mode], "compile_separate_s": compile_sep}
+        rows.append(row)
+        print(f"{set_name:<19} {mode:<6} K={k}  one program {row['multi_step_s'] * 1e3:7.1f} ms "
+              f"({row['multi_nets_per_s']:6.1f} network-steps/s)  separate {row['separate_steps_s'] * 1e3:7.1f} ms "
+              f"({row['separate_nets_per_s']:6.1f}/s)  speed-up {row['speedup']:.2f}  compile "
+              f"{compile_multi[mode]:.1f} s vs {compile_sep:.1f} s", flush=True)
   return rows
 
 
@@ -259,10 +300,11 @@ if __name__ == "__main__":
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--iters", type=int, default=40)
   parser.add_argument("--sets", nargs="+", default=None)
+  parser.add_argument("--modes", nargs="+", default=["vmap"], choices=MODES)
   parser.add_argument("--out", default=None)
   a = parser.parse_args()
   extra = {"skip": ()} if a.model == "fmnist_cnn" else {}  # the protocol's space (model.args.skip=[])
-  result = measure(a.model, a.ks, a.batch, a.iters, a.sets, extra)
+  result = measure(a.model, a.ks, a.batch, a.iters, a.sets, extra, a.modes)
   if a.out:
     with open(a.out, "w") as f:
       json.dump(result, f, indent=1)

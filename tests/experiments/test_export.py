@@ -12,6 +12,7 @@ import yaml
 
 from experiments import export as ex
 from nas.deploy import integer
+from nas.deploy import exact8
 from nas.deploy import pack
 from nas.deploy import ort
 from nas.deploy.formats.int8 import int8_model
@@ -160,7 +161,7 @@ def test_a_skipped_layer_exports_as_the_next_layers_dilation(classifier, strides
   onnx.checker.check_model(model, full_check=True)
   assert _optimized_ops(model.SerializeToString(), tmp_path).count("QLinearConv") == 2
   int8 = ort.ort_session(model.SerializeToString()).run(None, {"image": data.x_test})[0]
-  _, ref = integer.run(integer.int8_kernels(inet), data.x_test)
+  _, ref = integer.run(exact8.int8_kernels(inet), data.x_test)
   np.testing.assert_allclose(int8, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
   qonnx = qonnx_model(inet)
   onnx.checker.check_model(qonnx)
@@ -196,7 +197,7 @@ def test_int8_graph_runs_integer_kernels_and_equals_the_int8_kernels_reference(c
   assert ops.count("QLinearGlobalAveragePool") == (classifier == "pool")
   assert not {"Conv", "Gemm", "MatMul", "DequantizeLinear", "GlobalAveragePool"} & set(ops), ops  # none in float
   logits = ort.ort_session(model.SerializeToString()).run(None, {"image": data.x_test})[0]
-  _, ref = integer.run(integer.int8_kernels(inet), data.x_test)
+  _, ref = integer.run(exact8.int8_kernels(inet), data.x_test)
   np.testing.assert_array_equal(logits.argmax(-1), ref.argmax(-1))  # exact: the documented deviations only
   np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
@@ -205,7 +206,7 @@ def test_whole_step_rounds_each_bias_to_whole_accumulator_steps():
   net, _, _ = _tiny_network("flatten")
   inet = integer.from_network(net)
   assert any(l.bias_shift > 0 for l in inet.layers)
-  for exact, whole in zip(inet.layers, integer.whole_step(inet).layers):
+  for exact, whole in zip(inet.layers, exact8.whole_step(inet).layers):
     unit = exact.acc_scale * 2.0 ** exact.bias_shift  # one step of the unshifted accumulator
     assert whole.bias_shift == 0 and np.allclose(whole.acc_scale, unit, rtol=0)
     assert np.all(np.abs(whole.bias * unit - exact.offset) <= 0.5 * np.abs(unit) * (1 + 1e-9))

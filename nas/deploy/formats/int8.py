@@ -4,7 +4,7 @@ kernels.
 Every integer held in int8 / uint8 within its own bit-width's range, each convolution a QLinearConv (u8 x s8 ->
 u8, ReLU folded into the zero point), an activation of fewer than 8 bits clipped by an integer Clip after it,
 global average pooling a QLinearGlobalAveragePool, the classifier a QGemm with float logits. What it computes is
-``nas.deploy.integer.int8_kernels``: 8-bit kernels take the bias in whole accumulator steps, so each output
+``nas.deploy.exact8.int8_kernels``: 8-bit kernels take the bias in whole accumulator steps, so each output
 channel's integer weights are shifted left into int8's spare bits (a 2-bit channel by 6: the bias then has 6
 fractional bits) and, where a channel's outputs have up to 256 levels, its bias and float multiplier are fitted to
 the layer's own output thresholds (the QLinearConv then gives the integer reference's output on every input); the
@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from nas.deploy import integer
+
+from nas.deploy import exact8
 from nas.deploy.formats.base import ExportFormat, onnx_checker, register
 from nas.deploy.onnx_graph import INPUT, OPSET, Graph, conv_attrs, oihw, start
 from nas.ops.quant import qrange
@@ -31,13 +33,13 @@ def int8_model(inet: integer.IntegerNetwork):
   Q(uint8) becomes one QLinearConv (Relu folded into Q's zero point), DQ -> GlobalAveragePool -> Q a
   QLinearGlobalAveragePool, and DQ -> Gemm a QGemm with float logits. An activation of fewer than 8 bits is
   clipped to its range by an integer Clip on the uint8 tensor after Q (between kernels, so fusion is kept).
-  What it computes is :func:`nas.deploy.integer.int8_kernels` of the network: weights shifted left into int8 (at
+  What it computes is :func:`nas.deploy.exact8.int8_kernels` of the network: weights shifted left into int8 (at
   step s_w / 2^e), biases and multipliers fitted to each layer's output thresholds where possible
-  (:func:`nas.deploy.integer.int8_scaled`), the map before pooling in uint8 (requantisation in float by
+  (:func:`nas.deploy.exact8.int8_scaled`), the map before pooling in uint8 (requantisation in float by
   onnxruntime: the multiplier it computes from these float32 scales is the one the fit checked).
   """
   from onnx import TensorProto as T
-  inet = integer.int8_kernels(inet)
+  inet = exact8.int8_kernels(inet)
   g = Graph()
   f32 = np.float32
 

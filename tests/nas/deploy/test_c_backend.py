@@ -8,6 +8,7 @@ import pytest
 
 from nas.deploy import c as cb
 from nas.deploy import integer
+from nas.deploy import exact8
 from nas.models import build_model
 from nas.models.space import SearchSpace
 try:  # the dataset loaders' module moved (nas.train.data -> nas.train.datasets)
@@ -93,7 +94,7 @@ def test_host_build_is_bit_exact_with_signed_input_and_a_flattening_classifier(d
 
 @needs_cc
 def test_host_build_is_bit_exact_on_int8_kernels_with_half_to_even_pooling(digits_pool, digits, tmp_path):
-  inet = integer.int8_kernels(digits_pool)
+  inet = exact8.int8_kernels(digits_pool)
   assert inet.pool.half_even
   acc, _ = integer.run(inet, digits.x_test)
   np.testing.assert_array_equal(_host_logits(inet, digits.x_test, tmp_path), acc)

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from nas.deploy import integer
+
+from nas.deploy import exact8
 from nas.deploy.formats.int8 import int8_model
 from nas.deploy.ort import ort_session
 from nas.models import build_model
@@ -47,7 +49,7 @@ def test_int8_graph_predicts_as_the_integer_reference(digits):
   int8 = ort_session(int8_model(inet).SerializeToString()).run(None, {"image": digits.x_test})[0]
   _, ref = integer.run(inet, digits.x_test)
   np.testing.assert_array_equal(int8.argmax(-1), ref.argmax(-1))
-  _, kernels = integer.run(integer.int8_kernels(inet), digits.x_test)  # what the graph computes, modelled
+  _, kernels = integer.run(exact8.int8_kernels(inet), digits.x_test)  # what the graph computes, modelled
   np.testing.assert_array_equal(int8.argmax(-1), kernels.argmax(-1))
   np.testing.assert_allclose(int8, kernels, rtol=1e-5, atol=1e-5 * np.abs(kernels).max())
 
@@ -65,11 +67,11 @@ def _maps(net: integer.IntegerNetwork, x: np.ndarray) -> list[np.ndarray]:
 def test_fitted_layers_compute_the_reference_integers(digits):
   inet = _w2a2(digits, "pool", negative_gain=True)
   assert inet.layers[0].requant.multiplier[0] < 0
-  kernels = integer.int8_kernels(inet)
+  kernels = exact8.int8_kernels(inet)
   assert all(l.bias_shift == 0 and l.weight.dtype == np.int8 for l in kernels.layers)
   for exact, k in zip(inet.layers[:2], kernels.layers):  # 2-bit outputs: every channel fitted
-    e = integer.weight_headroom(exact)
-    assert all(integer._fit_thresholds(exact, o, int(e[o])) is not None for o in range(len(e)))
+    e = exact8.weight_headroom(exact)
+    assert all(exact8._fit_thresholds(exact, o, int(e[o])) is not None for o in range(len(e)))
     np.testing.assert_array_equal(k.weight, np.left_shift(exact.weight.astype(np.int64), e))
   ref, got = _maps(inet, digits.x_test), _maps(kernels, digits.x_test)
   for i in range(2):
@@ -93,17 +95,17 @@ def test_a_fitted_8_bit_layer_is_exact_on_every_input_and_a_fallback_is_whole_st
                            False, np.ones(3), np.asarray([0.0013, -0.002, 0.0037]), 4, unit,
                            np.asarray([42, -64, 118], np.int32),
                            integer.Requant(*integer.dyadic(unit / 0.1), 0, 255), 8, 0.1)
-  e = integer.weight_headroom(layer)
+  e = exact8.weight_headroom(layer)
   assert e.tolist() == [0, 0, 4]
-  k = integer.int8_scaled(layer)
+  k = exact8.int8_scaled(layer)
   np.testing.assert_array_equal(k.weight[..., :2], w[..., :2])
   np.testing.assert_array_equal(k.weight[..., 2], w[..., 2] * 16)
   q = np.asarray(list(itertools.product(range(256), repeat=2))).reshape(-1, 1, 1, 2)
   want = integer.requantize(np.left_shift(integer.conv_int(q, w, 1), 4) + layer.bias.astype(np.int64), layer.requant)
   got = integer.requantize(integer.conv_int(q, k.weight, 1) + k.bias.astype(np.int64), k.requant)
-  whole = integer.whole_step(integer.IntegerNetwork("n", (1, 1, 2), (layer,), None, 1, "flatten")).layers[0]
+  whole = exact8.whole_step(integer.IntegerNetwork("n", (1, 1, 2), (layer,), None, 1, "flatten")).layers[0]
   for o in range(3):
-    if integer._fit_thresholds(layer, o, int(e[o])) is not None:
+    if exact8._fit_thresholds(layer, o, int(e[o])) is not None:
       np.testing.assert_array_equal(got[..., o], want[..., o], err_msg=f"channel {o}")
     else:  # the whole-step bias of 8-bit weights
       assert e[o] == 0 and k.bias[o] == whole.bias[o]

@@ -194,11 +194,15 @@ def test_bind_and_using_select_the_quantizer():
   conv = built.convs[1]
   np.testing.assert_allclose(np.asarray(conv.wq.step[...])[0], np.max(np.abs(np.asarray(conv.kernel[...])),
                                                                        axis=(0, 1, 2)), rtol=1e-6)
-  plain = build_model("digits_cnn", space, widths=(4, 4), strides=(1, 2))  # built with the default (LSQ) ...
-  assert plain.convs[1].wq.quantizer == "lsq"
-  assert layers.bind_quantizer(plain) == "pact"  # ... bound to its space's quantiser, weights re-initialised
-  assert plain.convs[1].wq.quantizer == "pact" and plain.convs[1].aq.quantizer == "pact"
+  plain = build_model("digits_cnn", space, widths=(4, 4), strides=(1, 2))  # build_model binds the space's
+  assert plain.convs[1].wq.quantizer == "pact" and plain.convs[1].aq.quantizer == "pact"  # quantiser itself
   np.testing.assert_array_equal(np.asarray(plain.convs[1].wq.step[...]), np.asarray(conv.wq.step[...]))
+  with quantizers.using("lsq"):  # a network built under another quantiser (a model class used directly) ...
+    other = type(plain)(space, rngs=nnx.Rngs(0), widths=(4, 4), strides=(1, 2))
+  assert other.convs[1].wq.quantizer == "lsq"
+  assert layers.bind_quantizer(other) == "pact"  # ... is bound to its space's quantiser, weights re-initialised
+  assert other.convs[1].wq.quantizer == "pact" and other.convs[1].aq.quantizer == "pact"
+  np.testing.assert_array_equal(np.asarray(other.convs[1].wq.step[...]), np.asarray(conv.wq.step[...]))
 
 
 def test_pact_alpha_gets_l2_in_the_optimizer():
