@@ -76,8 +76,11 @@ SearchGroupConfig = dataclasses.make_dataclass(
 
 @dataclasses.dataclass
 class ExtraConstraint:
+  """A further bound: ``fraction`` of the reference network's cost, or an absolute ``limit`` in the metric's
+  unit (seconds, joules, bytes: e.g. a core's memory, ``{metric: weight_bytes, limit: 524288}``); one of the two."""
   metric: str = MISSING
-  fraction: float = MISSING
+  fraction: Optional[float] = None
+  limit: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -221,8 +224,12 @@ def validate(cfg) -> None:
   for i, extra in enumerate(cfg.budget.extra):
     if extra.metric not in BUDGET_METRICS:
       raise ValueError(f"budget.extra[{i}].metric={extra.metric!r} is unknown; use one of {sorted(BUDGET_METRICS)}.")
-    if not extra.fraction > 0:
-      raise ValueError(f"budget.extra[{i}].fraction={extra.fraction} must be > 0.")
+    if (extra.fraction is None) == (extra.limit is None):
+      raise ValueError(f"budget.extra[{i}] needs exactly one of fraction (of the reference's cost) and limit (in the "
+                       f"metric's unit), e.g. {{metric: weight_bytes, limit: 524288}}.")
+    field, value = ("fraction", extra.fraction) if extra.fraction is not None else ("limit", extra.limit)
+    if not value > 0:
+      raise ValueError(f"budget.extra[{i}].{field}={value} must be > 0.")
   for name in cfg.objectives:
     if name not in ("accuracy", "latency_s", "energy_j", "weight_bytes"):
       raise ValueError(f"objectives holds {name!r}; use accuracy, latency_s, energy_j or weight_bytes.")

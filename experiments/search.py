@@ -207,10 +207,11 @@ def _budgets(cfg: DictConfig, supernet, tables, target):
   reference = supernet.reference_architecture()
   ref_cost = {**costlib.architecture_cost(reference, target), **costlib.architecture_metrics(reference)}
   metric = appconfig.BUDGET_METRICS[cfg.budget.metric]
-  extra = [(appconfig.BUDGET_METRICS[e.metric], e.fraction) for e in cfg.budget.extra]
+  extra = [(appconfig.BUDGET_METRICS[e.metric], e) for e in cfg.budget.extra]
   cheapest = {m: cheapest_network(supernet, tables, m)[1] for m in {metric, *(m for m, _ in extra)}}
   budget = resolve_budget(cheapest[metric], metric, ref_cost[metric], cfg.budget.fraction, cfg.budget.room)
-  constraints = [Constraint(metric, budget.value)] + [Constraint(m, f * ref_cost[m]) for m, f in extra]
+  constraints = [Constraint(metric, budget.value)] + [
+      Constraint(m, e.fraction * ref_cost[m] if e.fraction is not None else float(e.limit)) for m, e in extra]
   warnings = []
   if cfg.baseline.kind != "none":
     return budget, constraints, ref_cost, warnings
@@ -221,7 +222,8 @@ def _budgets(cfg: DictConfig, supernet, tables, target):
                 target.name, budget.cheapest, metric)
   check_room(cheapest, constraints, ref_cost, target.name, batch_hint=hasattr(target, "batch_size"))
   fields = [f"budget.fraction={cfg.budget.fraction:g}" if cfg.budget.fraction is not None else
-            f"budget.room={budget.room:g}"] + [f"budget.extra[{i}].fraction={e.fraction:g}"
+            f"budget.room={budget.room:g}"] + [f"budget.extra[{i}].fraction={e.fraction:g}" if e.fraction is not None
+                                               else f"budget.extra[{i}].limit={e.limit:g}"
                                                for i, e in enumerate(cfg.budget.extra)]
   for c, field in zip(constraints, fields):
     loose = unbound_budget(supernet, tables, c, ref_cost[c.metric], target.name, field)

@@ -292,3 +292,22 @@ def test_every_preset_is_searchable_with_its_defaults():
     assert zero.value == pytest.approx(b.cheapest * reference, rel=1e-12)
   frac = resolve_budget(cheapest, "latency_s", reference, fraction=0.7)
   assert frac.room is None and frac.value == pytest.approx(0.7 * reference, rel=1e-12)
+
+
+def test_an_absolute_memory_bound_holds_for_the_derived_network(tmp_path):
+  """budget.extra with a limit in bytes (a core's memory) instead of a fraction of the reference."""
+  cfg = _compose(["wandb.mode=disabled", "debug=true", "checkpoint.dir=null",
+                  "budget.extra=[{metric: weight_bytes, limit: 3000}]"])
+  result = app.run(cfg, tmp_path)
+  assert {"metric": "weight_bytes", "limit": 3000.0} in result["constraints"]
+  assert result["weight_bytes"] <= 3000
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("[{metric: weight_bytes}]", r"budget.extra\[0\] needs exactly one of fraction .* and limit"),
+    ("[{metric: weight_bytes, fraction: 0.5, limit: 3000}]", r"budget.extra\[0\] needs exactly one"),
+    ("[{metric: weight_bytes, limit: -1}]", r"budget.extra\[0\].limit=-1.0 must be > 0"),
+])
+def test_an_extra_bound_needs_one_positive_fraction_or_limit(tmp_path, extra, message):
+  with pytest.raises(ValueError, match=message):
+    app.run(_compose(["wandb.mode=disabled", f"budget.extra={extra}"]), tmp_path)
