@@ -397,6 +397,18 @@ def _search_and_finetune(cfg, kind, supernet_tables, data, constraints, recipes,
           "teacher_accuracy": teacher_acc, "time_s": times, "_arch": arch, "_network": derived}
 
 
+def _quiet_event_loop_noise() -> None:
+  """After a failed restore (a damaged checkpoint) Orbax leaves coroutines whose collection reports "Event loop
+  is closed" with a traceback around the one-sentence error: the app drops that report and keeps every other."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+      return
+    previous(unraisable)
+  sys.unraisablehook = hook
+
+
 def use_compile_cache(folder: str | None) -> None:
   """Turns on JAX's persistent compilation cache in ``folder`` (unless JAX_COMPILATION_CACHE_DIR is set, or
   ``folder`` is None). Programs that take more than 0.2 s to compile are kept; the cache is keyed by the
@@ -420,6 +432,7 @@ def main(cfg: DictConfig) -> dict | None:
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" noise on every start
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax INFO lines on every checkpoint
   hc = HydraConfig.get()
+  _quiet_event_loop_noise()
   use_compile_cache(cfg.compile_cache)
   out_dir = pathlib.Path(hc.runtime.output_dir)
   multirun = hc.mode == RunMode.MULTIRUN
