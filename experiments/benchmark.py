@@ -7,7 +7,9 @@
 Each job is one ``python -m experiments.search`` run in its own folder under the output folder, with its
 checkpoints under ``<out>/checkpoints``: a job with a ``result.json`` is done and skipped, an interrupted job
 resumes from its last checkpoint. Baselines do not depend on the target (their result.json holds their cost
-on every preset), so one set of baselines serves every comparison. ``protocol.json`` lists the jobs;
+on every preset), so one set of baselines serves every comparison; with ``baselines.cheapest`` they include, for
+each comparison, the uniform networks at its target's cheapest precision per MAC (experiments.benchmark_cheapest
+prices every pair with the target's cost model before any job). ``protocol.json`` lists the jobs;
 ``experiments.benchmark_report`` turns the folder into report.md, report.json and one PNG per comparison.
 The exit status is non-zero when a job failed (the report lists it).
 """
@@ -27,6 +29,7 @@ from typing import Sequence
 from omegaconf import OmegaConf
 
 from experiments import benchmark_report
+from experiments.benchmark_cheapest import FAMILY as CHEAPEST, check_option, cheapest_table
 from experiments.config import BUDGET_METRICS
 from experiments.preflight import unwritable
 from experiments.search import write_json_atomic
@@ -65,7 +68,8 @@ PROTOCOL_KEYS = {
     "steps": "a mapping with search, finetune and baseline steps, e.g. `steps: {search: 800, finetune: 3000, "
              "baseline: 3000}`",
     "comparisons": "a non-empty list of comparisons, each with target, metric, budgets, default and families",
-    "baselines": "a mapping of the baseline families (uniform, pruned, random, same_total), e.g. `baselines: {}`",
+    "baselines": "a mapping of the baseline families (uniform, pruned, cheapest, random, same_total), e.g. "
+                 "`baselines: {}`",
 }
 COMPARISON_KEYS = ("target", "metric", "budgets", "default", "families")
 
@@ -90,10 +94,18 @@ def check_protocol(spec: dict, path) -> None:
     if comp["metric"] not in BUDGET_METRICS:
       raise ValueError(f"{where}: comparisons[{i}].metric={comp['metric']!r} is unknown; use one of "
                        f"{sorted(BUDGET_METRICS)}.")
+  if spec["baselines"].get("cheapest") is not None:
+    check_option(spec["baselines"]["cheapest"], where)
 
 
-def plan_jobs(spec: dict) -> list[dict]:
-  """Every job of the protocol: manifest entry (for the report) plus the Hydra overrides that run it."""
+def plan_jobs(spec: dict, cheapest: list[dict] | None = None) -> list[dict]:
+  """Every job of the protocol: manifest entry (for the report) plus the Hydra overrides that run it.
+
+  Args:
+    spec: the protocol (``load_protocol``).
+    cheapest: its ``benchmark_cheapest.cheapest_table`` when already computed (None: computed here, where the
+      protocol has ``baselines.cheapest``).
+  """
   seeds = list(spec["seeds"])
   steps = spec["steps"]
   common = list(spec.get("common", [])) + [f"search.steps={steps['search']}", f"finetune.steps={steps['finetune']}"]
@@ -109,29 +121,48 @@ def plan_jobs(spec: dict) -> list[dict]:
               "overrides": common + list(fam.get("overrides", [])) + [
                   f"hardware={comp['target']}", f"budget.metric={comp['metric']}", f"budget.fraction={budget}",
                   f"seed={seed}"]})
-  base = spec["baselines"]
+  jobs += _baseline_jobs(spec, common, cheapest_table(spec) if cheapest is None else cheapest)
+  # Seed by seed, so that an interrupted protocol has whole seeds to report: the baselines, then the default
+  # search of each comparison, then the other search variants.
+  defaults = {(c["target"], c["default"]) for c in spec["comparisons"]}
+  rank = lambda j: 0 if j["role"] == "baseline" else 1 if (j.get("target"), j["family"]) in defaults else 2
+  return sorted(jobs, key=lambda j: (j["seed"], rank(j)))
+
+
+def _baseline_jobs(spec: dict, common: list[str], cheapest: list[dict] | None) -> list[dict]:
+  """The baseline jobs of every seed: uniform, uniformly pruned, random, same total steps, and the uniform
+  networks at each target's cheapest precision per MAC (``cheapest``: benchmark_cheapest.cheapest_table) that
+  no other list already has (a job is its folder, named by its overrides)."""
+  base, steps, jobs = spec["baselines"], spec["steps"], []
   # A baseline is trained once; its target only sets the budget-free bookkeeping (its cost is on every preset).
   target = spec["comparisons"][0]["target"]
-  for seed in seeds:
-    def add(family, config, name, overrides, n_steps=steps["baseline"]):
+  for seed in spec["seeds"]:
+    def add(family, config, name, overrides, n_steps=steps["baseline"], **extra):
       jobs.append({"dir": f"baseline/{name}-s{seed}", "role": "baseline", "family": family, "config": config,
-                   "seed": seed, "steps": n_steps,
+                   "seed": seed, "steps": n_steps, **extra,
                    "overrides": common + overrides + [f"baseline.steps={n_steps}", f"hardware={target}",
                                                       f"seed={seed}"]})
+
+    def uniform_job(w, a, width):
+      return ["baseline.kind=uniform", f"baseline.w_bits={w}", f"baseline.a_bits={a}", f"baseline.width_mult={width}"]
     uniform = base.get("uniform") or {}
     for w, a in uniform.get("pairs", []):
       width = float(uniform.get("width", 1.0))
       for nm in uniform.get("nm") or [None]:  # N:M patterns of the weights ("2:4"; None: dense)
         tag, label = ("", "") if nm is None else (f"-nm{str(nm).replace(':', 'of')}", f" {nm}")
         add("uniform", f"W{w}A{a}{label}", f"uniform-w{w}a{a}-x{width:g}{tag}",
-            ["baseline.kind=uniform", f"baseline.w_bits={w}", f"baseline.a_bits={a}", f"baseline.width_mult={width}"]
-            + ([] if nm is None else [f"baseline.nm='{nm}'"]))
+            uniform_job(w, a, width) + ([] if nm is None else [f"baseline.nm='{nm}'"]))
     pruned = base.get("pruned") or {}
     for w, a in pruned.get("pairs", []):
       for width in pruned.get("widths", []):
-        add("uniform-pruned", f"W{w}A{a} ×{width:g}", f"uniform-w{w}a{a}-x{width:g}",
-            ["baseline.kind=uniform", f"baseline.w_bits={w}", f"baseline.a_bits={a}",
-             f"baseline.width_mult={width}"])
+        add("uniform-pruned", f"W{w}A{a} ×{width:g}", f"uniform-w{w}a{a}-x{width:g}", uniform_job(w, a, width))
+    for (w, a), width, targets in cheapest_configs(cheapest):
+      same = next((j for j in jobs if j["dir"] == f"baseline/uniform-w{w}a{a}-x{width:g}-s{seed}"), None)
+      if same is not None:  # already a baseline: it is marked, not run twice
+        same["cheapest_for"] = targets
+      else:
+        add(CHEAPEST, f"W{w}A{a} ×{width:g}", f"uniform-w{w}a{a}-x{width:g}", uniform_job(w, a, width),
+            cheapest_for=targets)
     for k in range(int(base.get("random", 0))):
       add("random", f"random #{k}", f"random-r{k}", ["baseline.kind=random", f"baseline.arch_seed={k}"])
     # The same uniform networks trained for the searched network's total steps (search + fine-tuning, or the
@@ -140,14 +171,18 @@ def plan_jobs(spec: dict) -> list[dict]:
     total = same_total_steps(steps)
     for w, a, width in (base.get("same_total") or {}).get("configs", []):
       add(SAME_TOTAL, f"W{w}A{a}" + ("" if float(width) == 1.0 else f" ×{float(width):g}"),
-          f"total-uniform-w{w}a{a}-x{float(width):g}",
-          ["baseline.kind=uniform", f"baseline.w_bits={w}", f"baseline.a_bits={a}",
-           f"baseline.width_mult={float(width)}"], n_steps=total)
-  # Seed by seed, so that an interrupted protocol has whole seeds to report: the baselines, then the default
-  # search of each comparison, then the other search variants.
-  defaults = {(c["target"], c["default"]) for c in spec["comparisons"]}
-  rank = lambda j: 0 if j["role"] == "baseline" else 1 if (j.get("target"), j["family"]) in defaults else 2
-  return sorted(jobs, key=lambda j: (j["seed"], rank(j)))
+          f"total-uniform-w{w}a{a}-x{float(width):g}", uniform_job(w, a, float(width)), n_steps=total)
+  return jobs
+
+
+def cheapest_configs(cheapest: list[dict] | None) -> list[tuple[tuple[int, int], float, list[str]]]:
+  """The distinct (pair, width) of the cheapest-precision baselines, each with the "target/metric" of the
+  comparisons it is cheapest for (two targets with the same pair share its jobs)."""
+  out: dict[tuple, list[str]] = {}
+  for entry in cheapest or []:
+    for width in entry["widths"]:
+      out.setdefault((tuple(entry["pair"]), float(width)), []).append(f"{entry['target']}/{entry['metric']}")
+  return [(pair, width, targets) for (pair, width), targets in out.items()]
 
 
 def same_total_steps(steps: dict) -> int:
@@ -158,8 +193,11 @@ def same_total_steps(steps: dict) -> int:
   return total
 
 
-def manifest(spec: dict, jobs: list[dict]) -> dict:
+def manifest(spec: dict, jobs: list[dict], cheapest: list[dict] | None = None) -> dict:
+  """protocol.json: the protocol's name, steps and comparisons, its jobs and, where it has
+  ``baselines.cheapest``, each comparison's cheapest precision per MAC with every pair's cost per MAC."""
   steps = spec["steps"]
+  cheapest = cheapest_table(spec) if cheapest is None else cheapest
   return {
       "name": spec["name"], "variant": spec["variant"], "dataset": _override(spec, "dataset"),
       "model": _override(spec, "model"),
@@ -167,6 +205,7 @@ def manifest(spec: dict, jobs: list[dict]) -> dict:
                 "baseline": steps["baseline"], "same_total": same_total_steps(steps)},
       "comparisons": [{"target": c["target"], "metric": BUDGET_METRICS[c["metric"]], "default": c["default"]}
                       for c in spec["comparisons"]],
+      **({"cheapest": cheapest} if cheapest else {}),
       "jobs": jobs}
 
 
@@ -223,7 +262,8 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
   Raises:
     ValueError: the first jobs fail in a seconds-long debug run (nothing is started then).
   """
-  jobs = plan_jobs(spec)
+  cheapest = cheapest_table(spec)  # prices every pair on each target once (a second or two per target)
+  jobs = plan_jobs(spec, cheapest)
   out.mkdir(parents=True, exist_ok=True)
   todo = [j for j in jobs if not (out / j["dir"] / "result.json").exists()]
   if todo and check_first:
@@ -232,7 +272,7 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
     error = preflight(todo, out, python)
     if error:
       raise ValueError(f"the protocol's first job fails before any work: {error}")
-  write_json_atomic(out / "protocol.json", manifest(spec, jobs))
+  write_json_atomic(out / "protocol.json", manifest(spec, jobs, cheapest))
   for j in todo:  # a previous failure is retried
     (out / j["dir"] / "error.json").unlink(missing_ok=True)
   print(f"{spec['name']} ({spec['variant']}): {len(jobs)} jobs, {len(jobs) - len(todo)} already done, "

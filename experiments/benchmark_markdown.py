@@ -40,6 +40,25 @@ def _seconds(x) -> str:
   return "–" if x is None else f"{x:.1f}"
 
 
+def cheapest_markdown(c: dict) -> list[str]:
+  """The target's cheapest precision per MAC (the protocol's ``baselines.cheapest``) and every pair's price;
+  nothing when the protocol has no such option."""
+  e, m = c.get("cheapest"), c["metric"]
+  if not e:
+    return []
+  w, a = e["pair"]
+  least = next(r["cost_per_mac"] for r in e["pairs"] if [r["w_bits"], r["a_bits"]] == e["pair"])
+  tie = [f"W{x}A{y}" for x, y in e["tied"] if [x, y] != e["pair"]]
+  out = [f"Cheapest precision per MAC on {c['target']} ({m}): W{w}A{a}"
+         + (f" (tied with {', '.join(tie)}: the higher precision is taken)" if tie else "")
+         + f"; its uniform networks at widths {', '.join(f'×{x:g}' for x in e['widths'])} are baselines. Rule: "
+         f"{e['rule']}.", ""]
+  rows = [(f"W{r['w_bits']}A{r['a_bits']}", "–", "–", r["error"]) if "error" in r else
+          (f"W{r['w_bits']}A{r['a_bits']}", format_cost(m, r["cost"]), format_cost(m, r["cost_per_mac"]),
+           f"{r['cost_per_mac'] / least:.3f}") for r in e["pairs"]]
+  return out + _table(("pair", "uniform network at base width", "per MAC", f"/ W{w}A{a}"), rows)
+
+
 def comparison_markdown(c: dict) -> list[str]:
   """The section of one comparison: reference point, hypervolumes and verdict, budgets, baselines, plot.
 
@@ -134,7 +153,7 @@ def comparison_markdown(c: dict) -> list[str]:
                   f"{100 * n['accuracy']:.2f} %", format_cost(m, n["cost"]), n["architecture"] or "–")
                  + ((_share_text(n.get("nm_share")),) if usage else ())
                  for r in c["budgets"] for n in r["networks"]])
-  out += ["### Baselines", ""]
+  out += ["### Baselines", ""] + cheapest_markdown(c)
   out += _table(("family", "config", "cost", "accuracy", "seeds"),
                 [(b["family"], b["config"], format_cost(m, b["cost"]), _pm(b["accuracy"], 100, ".2f") + " %",
                   len(b["seeds"])) for b in c["baselines"]])

@@ -13,7 +13,8 @@ from the results that exist; the others are listed. Per comparison (target, metr
 - Verdict of the default searched family against all baselines: margin = mean_s − mean_b,
   spread = sqrt(std_s² + std_b²); it wins if margin > 2·spread, ties if |margin| ≤ 2·spread, loses otherwise.
 - Per budget: the searched accuracy against the most accurate baseline config costing no more than the
-  costliest seed of the searched network; better / tie / worse by more than max(std_s, std_b).
+  costliest seed of the searched network; better / tie / worse by more than max(std_s, std_b). A searched network
+  that is itself a uniform network is flagged there (``experiments.benchmark_uniform``); verdicts are unchanged.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from experiments import benchmark_uniform as uniform
 from experiments.benchmark_markdown import ALL_BASELINES, SAME_TOTAL, WITH_SAME_TOTAL, report_markdown
 from experiments.benchmark_plot import plot_comparison
 from experiments.pareto import _cost_of
@@ -129,8 +131,11 @@ def nm_usage(points: list[dict]) -> dict | None:
 
 
 def comparison_points(jobs: list[dict], target: str, metric: str) -> tuple[list[dict], list[dict]]:
-  """The points of one comparison (its searched jobs and every baseline), and those excluded with why."""
+  """The points of one comparison (its searched jobs and every baseline), and those excluded with why; a
+  searched point's ``uniform`` says which uniform network it is, if it is one (``benchmark_uniform``)."""
   points, excluded = [], []
+  temps = uniform.templates(jobs)
+  fixed = uniform.fixed_bit_keys(temps)
   for job in jobs:
     searched = job.get("role") == "searched"
     if searched and (job.get("target"), job.get("metric")) != (target, metric):
@@ -155,7 +160,9 @@ def comparison_points(jobs: list[dict], target: str, metric: str) -> tuple[list[
         "fraction": job.get("budget", budget.get("fraction")) if searched else None,
         "budget_value": budget.get("value") if searched and own_budget else None,
         "reference": budget.get("reference") if searched and own_budget else None,
-        "architecture": architecture_text(result) if searched else None, "nm_share": nm_share(result)})
+        "architecture": architecture_text(result) if searched else None, "nm_share": nm_share(result),
+        **({"uniform": uniform.uniform_network((result.get("architecture") or {}).get("choices"), temps, fixed)}
+           if searched else {})})
   return points, excluded
 
 
@@ -317,22 +324,28 @@ def budget_rows(points: list[dict], configs: list[dict], ref: dict) -> list[dict
              else []) + ([f"under-used (mean {use_stats['mean']:.2f} < {UNDER_USE})"]
                          if use and use_stats["mean"] < UNDER_USE else [])
     accuracy = mean_std([p["accuracy"] for p in ps])
+    networks = [{"seed": p["seed"], "accuracy": p["accuracy"], "cost": p["cost"], "architecture": p["architecture"],
+                 "nm_share": p.get("nm_share"), "uniform": p.get("uniform")}
+                for p in sorted(ps, key=lambda p: str(p["seed"]))]
+    vs = compare_to_baseline(accuracy, max(costs), final_configs)
+    best = vs["baseline"]
+    # The search found a uniform network: which one, whether a baseline, whether the one compared with.
+    flags += uniform.row_flags(networks, f"{best['family']} {best['config']}" if best else None)
     rows.append({"family": family, "fraction": fraction,
                  "budget_value": float(np.mean([v for v in limits if v])) if any(limits) else None,
                  "seeds": sorted((p["seed"] for p in ps), key=str), "accuracy": accuracy,
                  "cost": {"mean": float(np.mean(costs)), "min": min(costs), "max": max(costs)},
                  "budget_use": use_stats, "flags": flags,
-                 "vs_baseline": compare_to_baseline(accuracy, max(costs), final_configs),
+                 "vs_baseline": vs,
                  "vs_same_total": (compare_to_baseline(accuracy, max(costs), configs)
                                    if len(final_configs) < len(configs) else None),
-                 "networks": [{"seed": p["seed"], "accuracy": p["accuracy"], "cost": p["cost"],
-                               "architecture": p["architecture"], "nm_share": p.get("nm_share")}
-                              for p in sorted(ps, key=lambda p: str(p["seed"]))]})
+                 "networks": networks})
   return rows
 
 
-def build_comparison(spec: dict, jobs: list[dict]) -> dict:
-  """Everything the report says about one (target, metric) comparison."""
+def build_comparison(spec: dict, jobs: list[dict], cheapest: dict | None = None) -> dict:
+  """Everything the report says about one (target, metric) comparison; ``cheapest``: the manifest's cheapest
+  precision per MAC on its target (``experiments.benchmark_cheapest``), when the protocol has one."""
   target, metric = spec["target"], spec["metric"]
   points, excluded = comparison_points(jobs, target, metric)
   ref = reference_point(points)
@@ -340,7 +353,7 @@ def build_comparison(spec: dict, jobs: list[dict]) -> dict:
   return {"target": target, "metric": metric, "default": spec.get("default", "gumbel"), "reference": ref,
           "hypervolume": hypervolumes(points, ref, spec.get("default", "gumbel")),
           "budgets": budget_rows(points, configs, ref), "baselines": configs, "points": points,
-          "nm_usage": nm_usage(points),
+          "nm_usage": nm_usage(points), **({"cheapest": cheapest} if cheapest else {}),
           "excluded": excluded, "plot": f"{target}-{metric}.png".replace("/", "_")}
 
 
@@ -425,6 +438,7 @@ def build_report(bench_dir) -> dict:
   manifest = json.loads(manifest_path.read_text())
   jobs, absent = read_jobs(bench, manifest)
   status = collections.Counter(a["status"] for a in absent)
+  cheapest = {(e["target"], e["metric"]): e for e in manifest.get("cheapest") or []}
   return {
       "bench_dir": str(bench),
       "protocol": {k: manifest.get(k) for k in ("name", "variant", "dataset", "model", "steps")},
@@ -433,7 +447,8 @@ def build_report(bench_dir) -> dict:
       "training": training_steps(manifest.get("steps") or {},
                                  sum(j.get("family") == SAME_TOTAL for j in manifest.get("jobs", []))),
       "time": time_summary(jobs, manifest.get("steps") or {}),
-      "comparisons": [build_comparison(spec, jobs) for spec in manifest.get("comparisons", [])],
+      "comparisons": [build_comparison(spec, jobs, cheapest.get((spec["target"], spec["metric"])))
+                      for spec in manifest.get("comparisons", [])],
       "absent": absent,
   }
 

@@ -435,3 +435,99 @@ def test_nm_share_of_the_searched_networks(tmp_path):
                                       baseline("uniform", "W8A8", 0, 0.90, 10.0)], comparisons=COMPARISONS[:1],
                      extra_jobs=())
   assert report_app.build_report(plain)["comparisons"][0]["nm_usage"] is None
+
+
+# A searched network that is itself a uniform network. Choices of a three-conv network whose first conv and head
+# are fixed at W8A8 by the space; convs.1 and convs.2 carry the searchable bits.
+def _choices(w, a, widths=(8, 12, 16), w2=None):
+  return {"convs.0.width": widths[0], "convs.0.w_bits": 8, "convs.0.a_bits": 8,
+          "convs.1.width": widths[1], "convs.1.w_bits": w, "convs.1.a_bits": a,
+          "convs.2.width": widths[2], "convs.2.w_bits": w if w2 is None else w2, "convs.2.a_bits": a,
+          "head.w_bits": 8, "head.a_bits": 8}
+
+
+def _with_choices(job_result, choices, overrides=None):
+  job, result = job_result
+  result["architecture"] = {"layers": SEARCHED_LAYERS, "choices": choices}
+  return ({**job, "overrides": overrides} if overrides else job), result
+
+
+HALF = (4, 6, 8)  # the widths at x0.5; base widths 8 / 12 / 16
+
+
+def test_a_searched_uniform_network_is_flagged_and_a_mixed_one_is_not(tmp_path):
+  # Uniform baselines (seeds 0, 1): W8A8 and W2A2 at base width, W2A2 x0.5 (its width from its overrides).
+  jobs = [b for s in (0, 1) for b in (
+      _with_choices(baseline("uniform", "W8A8", s, 0.90, 10.0), _choices(8, 8)),
+      _with_choices(baseline("uniform", "W2A2", s, 0.80, 4.0), _choices(2, 2)),
+      _with_choices(baseline("uniform-pruned", "W2A2 ×0.5", s, 0.70, 2.0), _choices(2, 2, HALF),
+                    ["baseline.kind=uniform", "baseline.width_mult=0.5"]))]
+  # At 0.2 both seeds found the W2A2 x0.5 baseline itself; at 0.5 seed 0 a uniform W4A4 x0.5 no baseline trained,
+  # seed 1 a mixed network (convs.2 at 8-bit weights); at 0.8 a network of pruned width but W4A4 at base width.
+  jobs += [_with_choices(searched("gumbel", "riscv", "latency_s", 0.2, s, acc, 2.0), _choices(2, 2, HALF))
+           for s, acc in ((0, 0.74), (1, 0.76))]
+  jobs += [_with_choices(searched("gumbel", "riscv", "latency_s", 0.5, 0, 0.84, 4.0), _choices(4, 4, HALF)),
+           _with_choices(searched("gumbel", "riscv", "latency_s", 0.5, 1, 0.86, 4.0), _choices(4, 4, HALF, w2=8)),
+           _with_choices(searched("gumbel", "riscv", "latency_s", 0.8, 0, 0.88, 7.0), _choices(4, 4, (8, 6, 16)))]
+  root = make_bench(tmp_path / "b", jobs, comparisons=COMPARISONS[:1], extra_jobs=())
+  report = report_app.build_report(root)
+  rows = {r["fraction"]: r for r in report["comparisons"][0]["budgets"]}
+  found = "uniform W2A2 ×0.5: the search found a baseline (uniform-pruned W2A2 ×0.5)"
+  assert [n["uniform"]["text"] for n in rows[0.2]["networks"]] == [found, found]
+  assert rows[0.2]["networks"][0]["uniform"]["baselines"] == ["uniform-pruned W2A2 ×0.5"]  # once, not per seed
+  # 0.2's best baseline at <= cost 2 is that very network: the flag says the difference is training.
+  vs = rows[0.2]["vs_baseline"]
+  assert (vs["baseline"]["config"], vs["verdict"]) == ("W2A2 ×0.5", "better")
+  assert rows[0.2]["flags"] == [f"seeds 0, 1: {found}; it is the baseline compared with here: the difference is "
+                                "training, not architecture"]
+  assert rows[0.5]["networks"][0]["uniform"]["label"] == "uniform W4A4 ×0.5"
+  assert rows[0.5]["networks"][0]["uniform"]["baselines"] == []
+  assert rows[0.5]["networks"][1]["uniform"] is None  # mixed: convs.2 holds 8-bit weights
+  assert [f for f in rows[0.5]["flags"] if "uniform" in f] == [
+      "seed 0: uniform W4A4 ×0.5: a uniform network, not among the baselines"]
+  assert rows[0.8]["networks"][0]["uniform"] is None and not any("uniform" in f for f in rows[0.8]["flags"])
+  md = report_markdown(report)
+  assert f"seeds 0, 1: {found}; it is the baseline compared with here" in md
+  assert "seed 0: uniform W4A4 ×0.5: a uniform network, not among the baselines" in md
+  # The flags are all that changes: without the choices in result.json, the same verdicts and no flag.
+  for _, result in jobs:
+    result["architecture"].pop("choices")
+  plain = make_bench(tmp_path / "c", jobs, comparisons=COMPARISONS[:1], extra_jobs=())
+  plain_rows = {r["fraction"]: r for r in report_app.build_report(plain)["comparisons"][0]["budgets"]}
+  for fraction, row in rows.items():
+    assert plain_rows[fraction]["vs_baseline"] == row["vs_baseline"]
+    assert plain_rows[fraction]["flags"] == [f for f in row["flags"] if "uniform" not in f]
+
+
+def test_per_group_bits_and_fixed_bits_of_uniform_networks():
+  from experiments import benchmark_uniform as uniform
+  def vit(w, a, heads=4, nm=0):
+    return {"blocks.0.heads": heads, "blocks.0.fc1.w_bits": list(w), "blocks.0.fc1.a_bits": a,
+            "blocks.0.fc1.nm": nm, "head.w_bits": 8}
+  temps = [{"choices": vit((w,) * 4, w), "w_bits": w, "a_bits": w, "width": 1.0, "nm": None,
+            "name": f"uniform W{w}A{w}"} for w in (8, 4)]
+  fixed = uniform.fixed_bit_keys(temps)
+  assert fixed == {"head.w_bits"}
+  assert uniform.uniform_network(vit((2,) * 4, 2), temps, fixed)["label"] == "uniform W2A2 ×1"
+  assert uniform.uniform_network(vit((4,) * 4, 4), temps, fixed)["baselines"] == ["uniform W4A4"]
+  assert uniform.uniform_network(vit((4, 4, 0, 4), 4), temps, fixed) is None  # a pruned group
+  assert uniform.uniform_network(vit((4,) * 4, 4, nm=1), temps, fixed) is None  # 2:4 where the baselines are dense
+  assert uniform.uniform_network(vit((4,) * 4, 4, heads=2), temps, fixed) is None  # no baseline at these widths
+  assert uniform.uniform_network(None, temps, fixed) is None
+
+
+def test_the_cheapest_precision_of_a_target_is_shown_from_protocol_json(tmp_path):
+  jobs = [_with_choices(baseline("uniform", "W8A8", 0, 0.90, 10.0), _choices(8, 8)),
+          searched("gumbel", "riscv", "latency_s", 0.5, 0, 0.85, 4.0)]
+  root = make_bench(tmp_path / "b", jobs, comparisons=COMPARISONS[:1], extra_jobs=())
+  manifest = json.loads((root / "protocol.json").read_text())
+  pairs = [{"w_bits": w, "a_bits": a, "cost": c, "macs": 1e6, "cost_per_mac": c / 1e6}
+           for w, a, c in ((2, 2, 1e-3), (4, 4, 2e-3), (8, 8, 4e-3))] + [{"w_bits": 8, "a_bits": 2, "error": "no"}]
+  manifest["cheapest"] = [{"target": "riscv", "metric": "latency_s", "widths": [0.5, 0.75], "rule": "least",
+                           "pair": [2, 2], "tied": [[2, 2]], "pairs": pairs}]
+  (root / "protocol.json").write_text(json.dumps(manifest))
+  report = report_app.build_report(root)
+  assert report["comparisons"][0]["cheapest"]["pair"] == [2, 2]
+  md = report_markdown(report)
+  assert "Cheapest precision per MAC on riscv (latency_s): W2A2; its uniform networks at widths ×0.5, ×0.75" in md
+  assert "| W4A4 | 2 ms | 2 ns | 2.000 |" in md and "| W8A2 | – | – | no |" in md
