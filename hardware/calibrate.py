@@ -238,6 +238,12 @@ def _min_records() -> int:
               if len(split(n)[0]) >= len(PARAMS) and len(split(n)[1]) >= 2)
 
 
+def layer_of_record(r: Dict) -> LayerSpec:
+  """A measurement record as the layer it timed; ``head_cols`` (a ``matmul``'s columns per head) where recorded."""
+  return LayerSpec(r["kind"], r["cin"], r["cout"], r["kernel"], r["stride"], r["in_h"], r["in_w"], r.get("name", ""),
+                   int(r.get("head_cols", 0)))
+
+
 def read_measurements(path: str, redo: str | None = None) -> Dict:
   """The measurements JSON of ``hardware.measure`` (or ``nas.deploy.calibrate_ort``), checked so that fitting
   cannot fail on it; ``redo``: the fix the messages end with (default: measure again with this module).
@@ -246,7 +252,6 @@ def read_measurements(path: str, redo: str | None = None) -> Dict:
     InputError: naming ``--measurements`` and ``path``: missing, unreadable, not JSON, no machine record,
       a record that is not a layer with a positive time, or too few records.
   """
-  from hardware.measure import records_to_layers
   redo = redo or (f"measure again with `python -m hardware.calibrate --measure --measurements {path} "
                   f"--out conf/hardware/cpu_host.yaml`")
   if not os.path.isfile(path):
@@ -264,7 +269,7 @@ def read_measurements(path: str, redo: str | None = None) -> Dict:
     raise InputError(f"--measurements {path} lacks a \"records\" list or a \"host\" record with \"cpu\"; {redo}.")
   for i, r in enumerate(records):
     try:
-      records_to_layers([r])
+      layer_of_record(r)
       seconds = float(r["median_s"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
       raise InputError(f"--measurements {path}: record {i} is not a measured layer ({type(e).__name__}: {e}); "

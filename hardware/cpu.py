@@ -49,8 +49,9 @@ NM_WEIGHTS = ("compressed", "dense")
 
 
 def load_measured_layers(path: str, model: str) -> dict:
-  """``{(kind, kernel, stride, in_h, in_w): {(cin, cout): seconds}}`` from a measurements JSON (see
-  ``SIMDCPU``'s ``measured_layers``); one ValueError naming the field if it cannot be read."""
+  """``{(kind, kernel, stride, in_h, in_w, head_cols): {(cin, cout): seconds}}`` from a measurements JSON (see
+  ``SIMDCPU``'s ``measured_layers``; ``head_cols`` 0 where a record has none: every kind but ``matmul``); one
+  ValueError naming the field if it cannot be read."""
   import json
   import pathlib
   file = pathlib.Path(path)
@@ -60,7 +61,8 @@ def load_measured_layers(path: str, model: str) -> dict:
     records = json.loads(file.read_text())["records"]
     table: dict = {}
     for r in records:
-      key = (str(r["kind"]), int(r["kernel"]), int(r["stride"]), int(r["in_h"]), int(r["in_w"]))
+      key = (str(r["kind"]), int(r["kernel"]), int(r["stride"]), int(r["in_h"]), int(r["in_w"]),
+             int(r.get("head_cols", 0)))
       table.setdefault(key, {})[(int(r["cin"]), int(r["cout"]))] = float(r["median_s"])
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ValueError(f"measured_layers={path!r} of {model!r} cannot be read ({type(e).__name__}: {e}); give a "
@@ -137,9 +139,11 @@ class SIMDCPU:
 
     measured_layers: a measurements file (``nas.deploy.calibrate_ort``'s JSON: records of kind, cin, cout, kernel,
       stride, in_h, in_w and median_s, timed at batch 1; a path relative to the repository root, or absolute).
-      A dense layer whose shape it holds costs its measured time at batch 1 (non-decreasing in channels), any
-      other the roofline: a kernel-level lookup table before the fitted model, as nn-Meter predicts (Zhang et
-      al., MobiSys 2021). None (the default): the roofline everywhere.
+      A dense layer whose shape it holds (or an N:M one with ``nm_weights="dense"``, which runs as the dense
+      one) costs its measured time at batch 1 (non-decreasing in channels), any other the roofline: a
+      kernel-level lookup table before the fitted model, as nn-Meter predicts (Zhang et al., MobiSys 2021). Every
+      kind (the transformer kinds too; a matmul's shape includes its ``head_cols``). None (the default): the
+      roofline everywhere.
 
   References:
     Mishra et al., "Accelerating Sparse Deep Neural Networks", arXiv:2104.08378, 2021 (the compressed N:M
@@ -247,6 +251,8 @@ class SIMDCPU:
       ops, traffic = self.elementwise_terms(layer, w_bits, a_bits, cin, cout)
       latency = (self.layer_overhead_s[layer.kind] / self.batch_size
                  + np.maximum(ops / self.float_ops_per_s, traffic / self.mem_bw))
+      if self.measured is not None and self.batch_size == 1:
+        latency = self._measured_latency(layer, w_bits, a_bits, cin, cout, latency)
       energy = self.e_float_op_j * ops + self.e_byte_j * traffic + self.static_power_w * latency
       return Cost(latency_s=latency, energy_j=energy)
     macs, traffic = self.terms(layer, w_bits, a_bits, cin, cout)
@@ -258,7 +264,8 @@ class SIMDCPU:
       compute_s = np.where(generic, macs / self.fallback_mac_rate, compute_s)
     memory_s = traffic / self.mem_bw
     latency = self.layer_overhead_s[layer.kind] / self.batch_size + np.maximum(compute_s, memory_s)
-    if self.measured is not None and self.batch_size == 1 and layer.nm is None:
+    # An N:M layer stored dense (nm_weights "dense": the pattern buys nothing) runs as the dense one measured.
+    if self.measured is not None and self.batch_size == 1 and (layer.nm is None or self.nm_weights == "dense"):
       latency = self._measured_latency(layer, w_bits, a_bits, cin, cout, latency)
     energy = self.e_mac_j * macs + self.e_byte_j * traffic + self.static_power_w * latency
     return Cost(latency_s=latency, energy_j=energy)
@@ -266,18 +273,30 @@ class SIMDCPU:
   def _measured_latency(self, layer: LayerSpec, w_bits, a_bits, cin, cout, roofline):
     """Where this layer's shape was measured (``measured_layers``), its measured time, made non-decreasing in
     channels (the largest measured time of the same shape at no more input and output channels); the roofline
-    elsewhere."""
-    table = self.measured.get((layer.kind, layer.kernel, layer.stride, layer.in_h, layer.in_w))
+    elsewhere. For the transformer kinds the roofline between measured channel counts of the shape is clipped
+    into their bracket (at least the monotone measured time at no more channels, at most the one at no fewer), so
+    latency never falls as channels grow, the roofline's misses against the measurements notwithstanding (the CNN
+    kinds keep the rule their published results were costed with)."""
+    table = self.measured.get((layer.kind, layer.kernel, layer.stride, layer.in_h, layer.in_w, layer.head_cols))
     if not table:
       return roofline
     w, a, ci, co = broadcast_choices(w_bits, a_bits, cin, cout)
     if layer.kind == "dwconv":
       ci = co
+    elif layer.kind in ELEMENTWISE_KINDS:
+      co = ci  # one channel count, as elementwise_terms reads it
+    below = lambda c_in, c_out: [t for (i, o), t in table.items() if i <= c_in and o <= c_out]
+    monotone = {key: max(below(*key)) for key in table}
+    clip = layer.kind in SEQUENCE_KINDS
     out = np.array(np.broadcast_to(roofline, ci.shape), dtype=np.float64)
     for idx in np.ndindex(ci.shape):
       key = (int(ci[idx]), int(co[idx]))
       if key in table:
-        out[idx] = max(t for (i, o), t in table.items() if i <= key[0] and o <= key[1])
+        out[idx] = monotone[key]
+      elif clip:
+        low = max((t for (i, o), t in monotone.items() if i <= key[0] and o <= key[1]), default=0.0)
+        high = min((t for (i, o), t in monotone.items() if i >= key[0] and o >= key[1]), default=np.inf)
+        out[idx] = min(max(out[idx], low), high)
     return out
 
   def inference_cost(self, input_layer: LayerSpec) -> Cost:

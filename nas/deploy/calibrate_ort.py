@@ -27,14 +27,20 @@ one, which the search's budget repair (moves to cheaper, narrower choices) canno
 kernels are 8-bit: 2- and 4-bit tensors are held and computed in int8 / uint8, so the preset costs every
 bit-width as 8 bits (``storage_bits: [8]``).
 
-Usage (measure, then fit; about 20 s on 2 cores, on a quiet machine; --force replaces the shipped measurements
-and preset):
+The transformer kinds (``linear``, ``matmul``, ``softmax``, ``layernorm``: the ViT export's node patterns) are timed
+and fitted by ``nas.deploy.calibrate_ort_transformer`` (its docstring: graphs, method, grid) into the same
+measurements file and preset, with this fit's ``mem_bw`` and channel multiples held fixed; ``--kinds`` chooses the
+grids ``--measure`` times (``cnn`` or ``transformer`` keep the other kinds' records and host from the file).
+
+Usage (measure, then fit; about 20 s for each grid on 2 cores; --force replaces the shipped measurements and
+preset):
   python -m nas.deploy.calibrate_ort --measure --out conf/hardware/cpu_ort.yaml --force
+  python -m nas.deploy.calibrate_ort --measure --kinds transformer --out conf/hardware/cpu_ort.yaml --force
 Fit the shipped measurements only:
   python -m nas.deploy.calibrate_ort --out conf/hardware/cpu_ort.yaml --force
 A missing or corrupt measurements file, an ``--out`` that cannot be written, that is the measurements file, or
-that exists (without --force; likewise the measurements file --measure writes), stops it before any fitting with
-one sentence on stderr and exit status 2.
+that exists (without --force; likewise the measurements file --measure writes), or transformer records timed on
+another CPU than the CNN ones, stops it before any fitting with one sentence on stderr and exit status 2.
 """
 from __future__ import annotations
 
@@ -54,7 +60,9 @@ import numpy as np
 
 from hardware import calibrate, host
 from hardware.base import LayerSpec
-from hardware.measure import records_to_layers
+from hardware.cpu import KINDS as CNN_KINDS
+from hardware.kinds import SEQUENCE_KINDS
+from nas.deploy import calibrate_ort_transformer as sequence
 
 DEFAULT_MEASUREMENTS = os.path.join(os.path.dirname(calibrate.__file__), "data", "cpu_ort_measurements.json")
 PRESET = "conf/hardware/cpu_ort.yaml"
@@ -201,6 +209,19 @@ def measure(grid: List[GridLayer], repeats: int = 400, passes: int = 4, threads:
   return {"host": info, "records": records}
 
 
+def measure_transformer(grid: List[sequence.SequenceLayer], repeats: int = 400, passes: int = 6, threads: int = 1,
+                        verbose: bool = False) -> Dict:
+  """Time the transformer grid (``calibrate_ort_transformer.measure``); ``{"host", "records"}`` with the host
+  described as :func:`measure` describes it."""
+  t0 = time.perf_counter()
+  load_before = host_description(threads)["load_avg_1min"]
+  records = sequence.measure(grid, repeats, passes, threads, verbose)
+  info = host_description(threads)
+  info.update(load_avg_1min_before=load_before, runtime_s=round(time.perf_counter() - t0, 1), opset=sequence.OPSET,
+              method=sequence.METHOD)
+  return {"host": info, "records": records}
+
+
 # --- the preset --------------------------------------------------------------------------------------------------
 
 def _inference_yaml(inference: Dict | None) -> str:
@@ -229,10 +250,13 @@ def repo_path(path: str) -> str:
 
 
 def preset_yaml(p: Dict[str, float], info: Dict, fit_q: Dict, held_q: Dict, measurements: str,
-                inference: Dict | None = None, measured_layers: str | None = None) -> str:
-  """The preset's text; every constant's comment says where it came from."""
+                inference: Dict | None = None, measured_layers: str | None = None,
+                transformer: Dict | None = None) -> str:
+  """The preset's text; every constant's comment says where it came from. ``transformer``: the transformer fit
+  (:func:`fit_transformer`), or None (those kinds not measured)."""
   fmt, bound = calibrate._fmt, calibrate._bound
   load = calibrate._load
+  seq = sequence.yaml_lines(transformer)
   return f"""# onnxruntime's CPU integer kernels on THIS HOST (model.int8.onnx of experiments.export), calibrated:
 # written by `python -m nas.deploy.calibrate_ort --measure --out {PRESET} --force`.
 # Measured on: {info.get('cpu')} ({info.get('cores')} cores), {info.get('platform')},
@@ -246,18 +270,18 @@ def preset_yaml(p: Dict[str, float], info: Dict, fit_q: Dict, held_q: Dict, meas
 # Bits: onnxruntime's CPU integer kernels (QLinearConv, QLinearGlobalAveragePool, QGemm) are 8-bit; 2- and 4-bit weights and
 # activations are held and computed in int8 / uint8, so this preset costs every bit-width as 8 bits
 # (storage_bits: [8]): fewer bits buy nothing here, neither compute nor memory traffic.
-_target_: hardware.cpu.SIMDCPU
+{seq['header']}_target_: hardware.cpu.SIMDCPU
 name: cpu_ort
 mac_rate:
   conv: {fmt(p['rate_conv'])}      # fitted effective MAC/s of QLinearConv (u8 x s8 -> int32 -> u8)
   dwconv: {fmt(p['rate_conv'])}    # NOT MEASURED (no depthwise layer in digits_cnn / fmnist_cnn): conv's fitted value
   dense: {fmt(p['rate_dense'])}     # fitted; QGemm at batch 1 (GEMV)
-mem_bw: {fmt(p['mem_bw'])}          # fitted effective bytes/s (cache-resident small layers)
+{seq['mac_rate']}mem_bw: {fmt(p['mem_bw'])}          # fitted effective bytes/s (cache-resident small layers)
 layer_overhead_s:               # fitted fixed time per layer (its nodes' dispatch inside one InferenceSession.run)
   conv: {fmt(p['overhead_conv'])}      # fitted{bound(p['overhead_conv'])}
   dwconv: {fmt(p['overhead_conv'])}    # NOT MEASURED: conv's fitted value
   dense: {fmt(p['overhead_dense'])}     # fitted{bound(p['overhead_dense'])}
-cin_multiple: {int(p['cin_multiple'])}                 # chosen by fit loss among (cin, cout) multiples {list(calibrate.MULTIPLES)}
+{seq['overhead']}cin_multiple: {int(p['cin_multiple'])}                 # chosen by fit loss among (cin, cout) multiples {list(calibrate.MULTIPLES)}
 cout_multiple: {int(p['cout_multiple'])}                # (the channel padding of the kernel's compute)
 fallback_channels: 0             # no few-channel path: the timings show no cliff in channels (1->12 and 1->16 convs alike)
 fallback_mac_rate: null          # (no few-channel path, so none fitted)
@@ -266,7 +290,7 @@ storage_bits: [8]               # model.int8.onnx holds 2- and 4-bit tensors in 
 e_mac_j: 0.3e-12                # ASSUMPTION, 45 nm proxy: Horowitz ISSCC 2014 int8 mult 0.2 pJ + int32 add 0.1 pJ
 e_byte_j: 162.5e-12             # ASSUMPTION (U: unverified figure), 45 nm proxy: Horowitz ISSCC 2014 DRAM read 1.3 nJ per 64 b, /8 B
 static_power_w: 12.5            # ASSUMPTION (U): 2 cores' share of a 56-core 350 W Xeon, 350/56 x 2; energy is not measured here
-float_ops_per_s: null           # NOT MEASURED (softmax / layernorm were not timed): null = mac_rate.conv / 4, fp32 lanes 4x int8 (ASSUMPTION U)
+{seq['float_ops']}
 nm_weights: dense               # onnxruntime's QLinearConv / QGemm take dense weights (ONNX sparse initializers are densified at load, U): N:M buys nothing
 {_inference_yaml(inference)}
 measured_layers: {json.dumps(measured_layers) if measured_layers else "null"}  # a layer of a measured shape costs its measured time (batch 1; the roofline elsewhere): nn-Meter-style lookup
@@ -297,10 +321,12 @@ def fit_inference(records: List[Dict]) -> Dict | None:
 
 
 def fit_records(data: Dict) -> Tuple[Dict[str, float], Dict, Dict]:
-  """(fitted constants, fit-set quality, held-out quality) of a measurements dict (``hardware.calibrate``'s fit);
+  """(fitted constants, fit-set quality, held-out quality) of a measurements dict's CNN records (kinds
+  ``hardware.cpu.KINDS``: ``hardware.calibrate``'s fit; the transformer records do not enter it, nor its split);
   the held-out quality has one entry per layer kind with at least 3 held-out layers as well (``by_kind``)."""
-  layers = records_to_layers(data["records"])
-  t = np.asarray([r["median_s"] for r in data["records"]])
+  records = [r for r in data["records"] if r["kind"] in CNN_KINDS]
+  layers = [calibrate.layer_of_record(r) for r in records]
+  t = np.asarray([r["median_s"] for r in records])
   fit_idx, held_idx = calibrate.split(len(layers))
   p = calibrate.fit([layers[i] for i in fit_idx], t[fit_idx], fallbacks=(0,))
   pred = calibrate.predict(p, layers)
@@ -310,21 +336,85 @@ def fit_records(data: Dict) -> Tuple[Dict[str, float], Dict, Dict]:
   return p, calibrate.fit_quality(t[fit_idx], pred[fit_idx]), held
 
 
+def transformer_records(data: Dict, redo: str) -> List[Dict]:
+  """The transformer records of a measurements dict, checked before any fitting so that their fit cannot fail;
+  [] when it holds none.
+
+  Raises:
+    calibrate.InputError: they lack their host (``transformer_host``), were timed on another CPU than the CNN
+      records, or are too few to fit (``redo``: the fix the message ends with).
+  """
+  records = [r for r in data["records"] if r["kind"] in SEQUENCE_KINDS]
+  if not records:
+    return []
+  info = data.get("transformer_host")
+  if not isinstance(info, dict) or info.get("cpu") != data["host"]["cpu"]:
+    where = "no \"transformer_host\" record" if not isinstance(info, dict) else f"CPU {info.get('cpu')!r}"
+    raise calibrate.InputError(f"the transformer records of the measurements have {where}, not the CNN records' "
+                               f"CPU {data['host']['cpu']!r}: one preset describes one machine; {redo}.")
+  fit_idx, _ = calibrate.split(len(records))
+  kinds = [records[i]["kind"] for i in fit_idx]
+  if len(fit_idx) < len(sequence.PARAMS) or any(kinds.count(k) < 2 for k in SEQUENCE_KINDS):
+    raise calibrate.InputError(f"the measurements hold {len(records)} transformer records, too few to fit "
+                               f"{len(sequence.PARAMS)} constants with two layers of each of {SEQUENCE_KINDS}; "
+                               f"{redo} (its default grid times far more layers).")
+  return records
+
+
+def fit_transformer(data: Dict, records: List[Dict], cnn: Dict[str, float]) -> Dict | None:
+  """The transformer fit (``calibrate_ort_transformer.fit_records``, the CNN constants ``cnn`` fixed) of checked
+  ``records`` (:func:`transformer_records`) for :func:`preset_yaml`; None when there are none."""
+  if not records:
+    return None
+  params, fit_q, held_q = sequence.fit_records(records, cnn)
+  return {"params": params, "fit_q": fit_q, "held_q": held_q, "host": data["transformer_host"], "records": records}
+
+
+def _measure(args, redo: str) -> Dict:
+  """--measure: time the grids ``--kinds`` names; ``cnn`` or ``transformer`` keep the other kinds' records and
+  host from the existing measurements file."""
+  tiny = args.grid == "tiny"
+  old = None
+  if args.kinds != "all":
+    if not os.path.isfile(args.measurements):
+      raise calibrate.InputError(f"--kinds {args.kinds} keeps the other kinds' records of --measurements "
+                                 f"{args.measurements}, which does not exist; measure both with --kinds all.")
+    old = calibrate.read_measurements(args.measurements, redo=redo)
+  if args.kinds == "transformer":
+    data = {"host": old["host"], "records": [r for r in old["records"] if r["kind"] in CNN_KINDS]}
+  else:
+    data = measure(tiny_grid() if tiny else default_grid(), threads=args.threads, verbose=True)
+  if args.kinds == "cnn":
+    if "transformer_host" in old:
+      data["transformer_host"] = old["transformer_host"]
+    data["records"] += [r for r in old["records"] if r["kind"] in SEQUENCE_KINDS]
+  else:
+    timed = measure_transformer(sequence.tiny_grid() if tiny else sequence.default_grid(), threads=args.threads,
+                                verbose=True)
+    data["transformer_host"] = timed["host"]
+    data["records"] += timed["records"]
+  return data
+
+
 def _run(args) -> None:
   redo = (f"measure again with `python -m nas.deploy.calibrate_ort --measure --measurements {args.measurements} "
           f"--out {PRESET} --force`")
   calibrate.check_outputs(args.out, args.measurements, args.measure, args.force, out_example="cpu_ort.yaml",
                           measurements_example="cpu_ort_measurements.json")
   if args.measure:
-    data = measure(default_grid() if args.grid == "default" else tiny_grid(), threads=args.threads, verbose=True)
+    data = _measure(args, redo)
     with open(args.measurements, "w") as f:
       json.dump(data, f, indent=1)
   data = calibrate.read_measurements(args.measurements, redo=redo)
+  records = transformer_records(data, redo)
   p, fit_q, held_q = fit_records(data)
   inference = fit_inference(data["records"])
+  transformer = fit_transformer(data, records, p)
   calibrate.write_preset(args.out, args.measurements,
                          lambda shown: preset_yaml(p, data["host"], fit_q, held_q, shown, inference,
-                                                   repo_path(args.measurements)), fit_q, held_q)
+                                                   repo_path(args.measurements), transformer), fit_q, held_q)
+  if transformer is not None:
+    print(f"transformer kinds: fit set {transformer['fit_q']}\nheld out {transformer['held_q']}")
 
 
 def main(argv=None) -> None:
@@ -334,6 +424,8 @@ def main(argv=None) -> None:
   parser.add_argument("--measurements", default=DEFAULT_MEASUREMENTS,
                       help="measurement JSON to read (with --measure: to write)")
   parser.add_argument("--grid", choices=("default", "tiny"), default="default")
+  parser.add_argument("--kinds", choices=("all", "cnn", "transformer"), default="all",
+                      help="the grids --measure times (cnn or transformer: the other kinds' records are kept)")
   parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (1)")
   parser.add_argument("--out", required=True, help=f"preset YAML to write, e.g. {PRESET}")
   parser.add_argument("--force", action="store_true",
