@@ -7,7 +7,9 @@ Reads a finished run folder (``result.json``, ``.hydra/config.yaml``, ``network.
 network and writes its export with ``nas.deploy.export`` (the files and the output folder's rules are described
 there; each format in ``nas.deploy.formats``, timing in ``nas.deploy.ort``): model.onnx, model.int8.onnx,
 model.qonnx.onnx, weights.bin, export.json, and with --measure measure.json (onnxruntime CPU latency of
-model.int8.onnx, batch 1, beside result.json's costs and the run's preset's per-layer prediction).
+model.int8.onnx, batch 1, beside result.json's costs and the run's preset's per-layer prediction). A ViT run
+(model=vit) writes model.onnx (int8 matmuls in QDQ form, float softmax / LayerNorm / GELU), weights.bin,
+export.json and with --measure measure.json (model.onnx end to end): ``nas.deploy.vit_export``.
 
 It never deletes or overwrites its own input nor a file it did not write: --out may not be the run folder or a
 folder holding it, an existing non-empty --out must be a previous export (it holds export.json), and replacing
@@ -24,6 +26,7 @@ import sys
 
 from nas.deploy.export import ExportError, NetworkSpec, Options, Run, check_options, check_out, export_run
 from nas.deploy.ort import INTEGER_KERNELS
+from nas.deploy.vit_onnx import INT_KERNELS
 
 __all__ = ["ExportError", "export", "load_run", "main", "summary"]
 
@@ -66,8 +69,7 @@ def load_run(run_dir: pathlib.Path):
                         f"by a finished `python -m experiments.search` job.")
   result = _read_result(run_dir / "result.json")
   from experiments.search import _model_args, apply_debug, load_dataset, search_space
-  from nas.deploy.export import restore_network
-  from nas.deploy.integer import EXPORTABLE_MODELS
+  from nas.deploy.export import EXPORTABLE_MODELS, restore_network
   from nas.models.arch import Architecture
   model = result["architecture"].get("model")
   if model not in EXPORTABLE_MODELS:
@@ -112,6 +114,8 @@ def export(run_dir, out=None, do_measure: bool = False, repeats: int = 300, thre
 
 
 def summary(info: dict) -> str:
+  if info.get("model") == "vit":
+    return vit_summary(info)
   a, s = info["agreement"], info["sizes"]
   acc = ", ".join(f"{k} {100 * v:.2f} %" for k, v in a["accuracy"].items())
   lines = [f"identical top-1 (integer, onnxruntime, JAX): {100 * a['identical_top1']:.2f} % of {a['images']} "
@@ -129,6 +133,28 @@ def summary(info: dict) -> str:
                  f"{m['end_to_end_us']['best_block_median']:.1f} us (median of the fastest block of runs; all runs "
                  f"{m['end_to_end_us']['median']:.1f} us; the input stage {m['input_us']:.1f} us), float-QDQ "
                  f"model.onnx {m['float_qdq_end_to_end_us']['best_block_median']:.1f} us")
+  return "\n".join(lines)
+
+
+def vit_summary(info: dict) -> str:
+  """The printed summary of a ViT export (nas.deploy.vit_export)."""
+  a, s, o = info["agreement"], info["sizes"], info["onnx"]
+  acc = ", ".join(f"{k} {100 * v:.2f} %" for k, v in a["accuracy"].items())
+  fused = ", ".join(f"{n} x{c}" for n, c in o["onnxruntime_nodes"].items() if n in INT_KERNELS)
+  skipped = [f"{b['block']}.{part}" for b in info["blocks"] for part in ("attention", "mlp") if b[part] == "skipped"]
+  lines = [f"identical top-1 (onnxruntime on model.onnx, JAX): {100 * a['identical_top1']:.2f} % of {a['images']} "
+           f"test images; accuracy {acc}; largest logit difference {a['logits']['max_abs']:.3g} "
+           f"({a['logits']['max_rel_to_max_logit']:.2g} of the largest logit); "
+           f"{'meets' if a['meets_target'] else 'MISSES'} the target",
+           f"matmuls in onnxruntime: {'all integer kernels' if o['integer_kernels'] else 'NOT all integer kernels'} "
+           f"({fused}); skipped sub-blocks: {', '.join(skipped) or 'none'}",
+           f"packed weights {s['packed_weight_bytes']} B (N:M as kept values + positions) against result.json "
+           f"weight_bytes {s['result_weight_bytes']} B; weights.bin {s['weights_bin_bytes']} B"]
+  if "measure" in info:
+    m = info["measure"]
+    lines.append(f"onnxruntime CPU, batch 1, {m['intra_op_threads']} thread(s): model.onnx "
+                 f"{m['end_to_end_us']['best_block_median']:.1f} us (median of the fastest block of runs; all runs "
+                 f"{m['end_to_end_us']['median']:.1f} us)")
   return "\n".join(lines)
 
 

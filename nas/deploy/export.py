@@ -15,6 +15,10 @@ is given.
   measure.json  (``measure``) onnxruntime CPU latency of model.int8.onnx (``nas.deploy.ort``) beside result.json's
                 costs and the run's preset's per-layer prediction.
 
+A ViT run (``model=vit``) writes model.onnx, weights.bin, export.json and measure.json of its own kind
+(``nas.deploy.vit_export``: int8 matmuls in QDQ form, softmax / LayerNorm / GELU in float) into the same folder
+under the same rules.
+
 This module takes a run in typed pieces (:class:`NetworkSpec`, :class:`Run`); reading a run folder's Hydra config
 is ``experiments.export``'s.
 """
@@ -31,13 +35,14 @@ import zlib
 
 import numpy as np
 
-from nas.deploy import integer, pack
+from nas.deploy import integer, pack, vit_export, vit_int
 from nas.deploy.formats import FORMATS
 from nas.deploy.formats.base import write
 from nas.deploy.onnx_graph import storage_table
 from nas.deploy.ort import measure, ort_session
 from nas.deploy.verify import agreement, int8_check, jax_logits, layer_table, qonnx_logits
 
+EXPORTABLE_MODELS = integer.EXPORTABLE_MODELS + (vit_int.MODEL,)  # the CNNs' integer network, and the ViT
 MARKER = "export.json"  # every export folder holds it: how a previous export is recognised
 OTHER_FILES = ("weights.bin", MARKER, "measure.json")
 
@@ -49,7 +54,7 @@ class ExportError(Exception):
 @dataclasses.dataclass(frozen=True)
 class NetworkSpec:
   """How to rebuild a run's fine-tuned network (its config and result.json, read by the caller)."""
-  model: str  # a model name of nas.models (integer.EXPORTABLE_MODELS)
+  model: str  # a model name of nas.models (EXPORTABLE_MODELS)
   space: object  # nas.models.space.SearchSpace
   args: dict  # the model's keyword arguments (widths, strides, num_classes, input_shape, ...)
   architecture: object  # nas.models.arch.Architecture
@@ -92,9 +97,9 @@ def restore_network(spec: NetworkSpec):
   """
   from nas.models import build_model
   from nas.train.checkpoint import load_network
-  if spec.model not in integer.EXPORTABLE_MODELS:
+  if spec.model not in EXPORTABLE_MODELS:
     raise ExportError(f"{spec.weights.parent}: model {spec.model!r} cannot be exported; the exporter knows "
-                      f"{list(integer.EXPORTABLE_MODELS)}.")
+                      f"{list(EXPORTABLE_MODELS)}.")
   check_npz(spec.weights)
   net = build_model(spec.model, spec.space, seed=spec.seed, arch=spec.architecture, **spec.args)
   load_network(net, spec.weights)
@@ -223,6 +228,8 @@ def build_formats(inet: integer.IntegerNetwork) -> dict:
 
 def _write(run: Run, tmp: pathlib.Path, options: Options) -> dict:
   """Writes every file of the export into ``tmp``; export.json's content."""
+  if getattr(run.network, "name", None) == vit_int.MODEL:
+    return vit_export.write(run, tmp, options)
   inet = integer.from_network(run.network)
   models = build_formats(inet)
   data = {name: write(FORMATS[name], content, tmp) for name, content in models.items()}
