@@ -113,7 +113,11 @@ class Block(nnx.Module):
     self.hidden_key = net.width_choice(f"{name}.mlp.width", mlp)
     hidden = net.max_channels(self.hidden_key)
     axis = (self.hidden_key, 1)
-    self.fc1 = net.linear(f"{name}.mlp.fc1", embed, hidden, tokens, groups=mlp_groups, cout_axis=axis)
+    # fc1's bit groups are the supernet's (its widest MLP over mlp_groups), also in a derived network that is
+    # narrower: a group's bits drive the same columns in the supernet, the architecture, the cost and the export.
+    group = -(-max(net.space.channels(mlp)) // mlp_groups)
+    self.fc1 = net.linear(f"{name}.mlp.fc1", embed, hidden, tokens, groups=mlp_groups, cout_axis=axis,
+                          group_size=group)
     self.fc2 = net.linear(f"{name}.mlp.fc2", hidden, embed, tokens, groups=mlp_groups, cin_axis=axis)
 
   def __call__(self, x: jax.Array, net: "ViT", arch: Mapping[str, jax.Array]) -> jax.Array:
@@ -239,11 +243,13 @@ class ViT(Supernet):
     return self.add_choice(name, values, base)
 
   def linear(self, attr: str, cin: int, cout: int, tokens: int, *, groups: int,
-             cin_axis: tuple[str, int] | None = None, cout_axis: tuple[str, int] | None = None) -> QLayer:
-    """A token-wise linear with per-group weight bits (``groups`` groups of its output columns), input bits
-    and an N:M choice; ``cin_axis`` / ``cout_axis`` = (choice, columns per choice value) when a choice sets
-    that width (heads x head_dim, or MLP columns x 1)."""
-    group_size = -(-cout // groups)
+             cin_axis: tuple[str, int] | None = None, cout_axis: tuple[str, int] | None = None,
+             group_size: int | None = None) -> QLayer:
+    """A token-wise linear with per-group weight bits (``groups`` groups of its output columns, each
+    ``group_size`` columns: by default cout / groups rounded up), input bits and an N:M choice; ``cin_axis`` /
+    ``cout_axis`` = (choice, columns per choice value) when a choice sets that width (heads x head_dim, or MLP
+    columns x 1)."""
+    group_size = -(-cout // groups) if group_size is None else group_size
     wk, wb = self.bits_choice(f"{attr}.w_bits", None, self.group_w_bits, channels=groups)
     ak, ab = self.bits_choice(f"{attr}.a_bits", None, self.space.a_bits)
     nk = self.add_choice(f"{attr}.nm", self.nm_values, sparsity.DENSE)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from nas.ops.choices import OneHot
 from nas.ops.layers import ActQuantizer, QuantStep
 from nas.models import build_model
 from nas.models.vit import ViT
@@ -133,6 +134,24 @@ def test_derived_network_with_pruned_groups_and_nm_builds_and_reports_its_layers
   assert derived.blocks[0].fc1.kernel[...].shape == (16, 16)
   y = forward(derived, images(), None, mode="argmax")
   assert y.shape == (4, 4) and bool(jnp.all(jnp.isfinite(y)))
+
+
+def test_derived_network_keeps_the_supernets_bit_groups_when_narrower():
+  """fc1's weight-bit groups are 32 / 4 = 8 columns in the supernet; a network derived at width 16 keeps groups
+  of 8 (not 16 / 4 = 4), so its columns carry the bits the architecture and the cost model give them."""
+  model = tiny()
+  choices = dict(model.reference)
+  choices.update({"blocks.0.mlp.width": 16, "blocks.0.mlp.fc1.w_bits": (2, 8, 0, 0)})
+  arch = model.architecture(choices)
+  fc1 = {l.spec.name: l for l in arch.layers}["blocks.0.mlp.fc1"]
+  assert fc1.w_bits == (2,) * 8 + (8,) * 8  # by hand: columns 0-7 in group 0 (2 bits), 8-15 in group 1 (8 bits)
+  derived = build_model("vit", SPACE, arch=arch, **TINY)
+  layer = derived.blocks[0].fc1
+  assert layer.group_size == 8
+  sel = layer.column_weights(derived.mixing_weights("argmax", None, 1.0))
+  sel = np.asarray(sel.dense(len(layer.wq.bits)) if isinstance(sel, OneHot) else sel)
+  per_column = [layer.wq.bits[int(i)] for i in np.argmax(sel, axis=-1)]
+  assert per_column == list(fc1.w_bits)
 
 
 def test_derived_float_network_inherits_the_supernet_exactly():
