@@ -58,6 +58,36 @@ def _check_outputs(folder: pathlib.Path, jobs, force: bool) -> None:
     raise ex.ExportError(f"{summary} exists; pass --force to replace it (and the jobs' earlier exports).")
 
 
+def _common_row(name: str, result: dict, m: dict) -> dict:
+  """A network's row of the summary, what every model has: budget, predicted and measured end to end."""
+  target = result["target"]
+  predicted = result["cost"][target]["latency_s"]
+  budget = result["budget"]["value"] if result.get("budget", {}).get("metric") == "latency_s" else None
+  measured = 1e-6 * m["end_to_end_us"]["best_block_median"]
+  return {"job": name, "model": result["architecture"].get("model"), "target": target, "budget": result.get("budget"),
+          "budget_s": budget, "predicted_s": predicted, "measured_s": measured,
+          "measured_all_runs_median_s": 1e-6 * m["end_to_end_us"]["median"],
+          "measured_p10_s": 1e-6 * m["end_to_end_us"]["p10"], "measured_p90_s": 1e-6 * m["end_to_end_us"]["p90"],
+          "measured_over_budget": None if budget is None else measured / budget,
+          "measured_over_predicted": measured / predicted, "accuracy": result.get("accuracy"),
+          "input_s": None, "predicted_input_s": None, "layers_over_budget": None, "float_qdq_measured_s": None,
+          "architecture": [{k: l[k] for k in ("name", "cin", "cout", "w_bits", "a_bits")}
+                           for l in result["architecture"]["layers"]]}
+
+
+def _cnn_row(row: dict, info: dict, m: dict) -> dict:
+  """A CNN's extra fields: model.int8.onnx's input stage, its layers' sum, the float-QDQ graph, agreement."""
+  budget = row["budget_s"]
+  return {"graph": "model.int8.onnx",
+          "float_qdq_measured_s": 1e-6 * m["float_qdq"]["end_to_end_us"]["best_block_median"],
+          "input_s": 1e-6 * m["input_us"], "predicted_input_s": (m.get("predicted_layers_s") or {}).get("inference_s"),
+          "layers_marginal_sum_s": 1e-6 * m["layers_marginal_sum_us"],
+          "layers_over_budget": None if budget is None else 1e-6 * m["layers_marginal_sum_us"] / budget,
+          "nodes_sum_s": 1e-6 * m["nodes_sum_us"],
+          "int8_vs_integer_top1": info["int8"]["agreement"]["vs_integer_top1"],
+          "int8_vs_jax_top1": info["int8"]["agreement"]["vs_jax_top1"]}
+
+
 def sweep(folder, repeats: int = 300, threads: int = 1, force: bool = False) -> dict:
   """Export and measure every job of ``folder``; returns (and writes) the summary.
 
@@ -76,32 +106,17 @@ def sweep(folder, repeats: int = 300, threads: int = 1, force: bool = False) -> 
     info = ex.export(job, do_measure=True, repeats=repeats, threads=threads, force=force)
     m = json.loads((job / "export" / "measure.json").read_text())
     result = json.loads((job / "result.json").read_text())
-    target = result["target"]
-    predicted = result["cost"][target]["latency_s"]
-    budget = result["budget"]["value"] if result.get("budget", {}).get("metric") == "latency_s" else None
-    measured = 1e-6 * m["end_to_end_us"]["best_block_median"]
-    pred_layers = (m.get("predicted_layers_s") or {}).get("latency_s", {})
-    for row in m["layers"]:
-      if row["layer"] in pred_layers:
-        layers.append({"job": str(job.relative_to(folder)), "layer": row["layer"], "op_types": row["op_types"],
-                       "predicted_s": pred_layers[row["layer"]], "measured_s": 1e-6 * row["marginal_us"],
-                       "profiler_s": 1e-6 * row["profiler_us"]})
-    rows.append({"job": str(job.relative_to(folder)), "target": target, "budget": result.get("budget"),
-                 "budget_s": budget, "predicted_s": predicted, "measured_s": measured,
-                 "measured_all_runs_median_s": 1e-6 * m["end_to_end_us"]["median"],
-                 "measured_p10_s": 1e-6 * m["end_to_end_us"]["p10"], "measured_p90_s": 1e-6 * m["end_to_end_us"]["p90"],
-                 "float_qdq_measured_s": 1e-6 * m["float_qdq"]["end_to_end_us"]["best_block_median"],
-                 "input_s": 1e-6 * m["input_us"],
-                 "predicted_input_s": (m.get("predicted_layers_s") or {}).get("inference_s"),
-                 "layers_marginal_sum_s": 1e-6 * m["layers_marginal_sum_us"],
-                 "layers_over_budget": None if budget is None else 1e-6 * m["layers_marginal_sum_us"] / budget,
-                 "nodes_sum_s": 1e-6 * m["nodes_sum_us"],
-                 "measured_over_budget": None if budget is None else measured / budget,
-                 "measured_over_predicted": measured / predicted, "accuracy": result.get("accuracy"),
-                 "int8_vs_integer_top1": info["int8"]["agreement"]["vs_integer_top1"],
-                 "int8_vs_jax_top1": info["int8"]["agreement"]["vs_jax_top1"],
-                 "architecture": [{k: l[k] for k in ("name", "cin", "cout", "w_bits", "a_bits")}
-                                  for l in result["architecture"]["layers"]]})
+    name = str(job.relative_to(folder))
+    row = _common_row(name, result, m)
+    if "int8" in info:  # a CNN: model.int8.onnx, its input stage and its layers cut one by one
+      row.update(_cnn_row(row, info, m))
+      pred_layers = (m.get("predicted_layers_s") or {}).get("latency_s", {})
+      layers += [{"job": name, "layer": r["layer"], "op_types": r["op_types"], "predicted_s": pred_layers[r["layer"]],
+                  "measured_s": 1e-6 * r["marginal_us"], "profiler_s": 1e-6 * r["profiler_us"]}
+                 for r in m["layers"] if r["layer"] in pred_layers]
+    else:  # the ViT: model.onnx end to end only (no per-layer cut)
+      row.update(graph="model.onnx", identical_top1=info["agreement"]["identical_top1"])
+    rows.append(row)
   pl, ml = np.asarray([l["predicted_s"] for l in layers]), np.asarray([l["measured_s"] for l in layers])
   ratios = [r["measured_over_budget"] for r in rows if r["measured_over_budget"] is not None]
   summary = {
@@ -111,7 +126,8 @@ def sweep(folder, repeats: int = 300, threads: int = 1, force: bool = False) -> 
       "layer_spearman": _spearman(pl, ml) if len(layers) else None,
       "layer_median_rel_err": float(np.median(np.abs(pl - ml) / ml)) if len(layers) else None,
       "onnxruntime": m["onnxruntime"], "intra_op_threads": threads, "repeats": repeats,
-      "note": "measured: model.int8.onnx in onnxruntime's CPU provider, batch 1, end to end (InferenceSession.run "
+      "note": "measured: model.int8.onnx (a CNN; model.onnx for the ViT: int8 matmuls, float softmax / LayerNorm / "
+              "GELU) in onnxruntime's CPU provider, batch 1, end to end (InferenceSession.run "
               "from Python, the median of the fastest block of runs; measured_all_runs_median_s: of all runs); "
               "per layer: marginal_us of measure.json (the graph cut after the layer minus cut before it, end to "
               "end; profiler_s: the profiler's sum of the layer's nodes, about 2 us of overhead per node); "
