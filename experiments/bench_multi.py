@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from experiments.bench import _block_times
+from nas.ops.sparsity import DENSE
 from nas.train import finetune as trainlib
 from nas.train.multi import MODES, MultiTrainer, index_streams
 
@@ -28,10 +29,12 @@ def _uniform_archs(supernet, k: int, width_mult: float = 1.0) -> list[dict]:
     for name, c in supernet.choices.items():
       if c.fixed:
         choices[name] = c.values[0]
-      elif name.endswith(".width"):
+      elif name.endswith((".width", ".heads")):
         choices[name] = min(c.values, key=lambda v: abs(v - supernet.reference[name] * width_mult))
       elif name.endswith(".keep"):
         choices[name] = 1
+      elif name.endswith(".nm"):  # dense (the ViT's N:M choices)
+        choices[name] = DENSE
       else:
         choices[name] = wb if name.endswith(".w_bits") else ab
     out.append(choices)
