@@ -255,6 +255,35 @@ def preflight(jobs: list[dict], out: pathlib.Path, python: str) -> str | None:
   return None
 
 
+RUN_SPECIFIC = ("hydra.run.dir=", "checkpoint.dir=", "hydra.output_subdir=")
+
+
+def check_done_jobs(jobs: Sequence[dict], out: pathlib.Path) -> None:
+  """A finished job counts as done only if it ran this protocol's overrides (its ``.hydra/overrides.yaml``; a
+  folder without one, such as a trimmed published run, is taken as it is): a protocol edited since (another
+  recipe, another step count) would otherwise mix old and new results in one report.
+
+  Raises:
+    ValueError: naming the first such job, what differs and the fix, before any job runs.
+  """
+  import yaml
+  for job in jobs:
+    path = out / job["dir"] / ".hydra" / "overrides.yaml"
+    if not ((out / job["dir"] / "result.json").exists() and path.is_file()):
+      continue
+    try:
+      ran = [o for o in (yaml.safe_load(path.read_text()) or []) if not str(o).startswith(RUN_SPECIFIC)]
+    except yaml.YAMLError:
+      continue  # a damaged record says nothing either way
+    if sorted(map(str, ran)) != sorted(map(str, job["overrides"])):
+      added = sorted(set(map(str, job["overrides"])) - set(map(str, ran)))
+      dropped = sorted(set(map(str, ran)) - set(map(str, job["overrides"])))
+      raise ValueError(f"{out / job['dir']} finished with other overrides than the protocol now gives it "
+                       f"(now also {added or 'nothing'}; no longer {dropped or 'nothing'}): resuming would mix two "
+                       f"recipes in one report. Run the edited protocol into a new folder (--out), or move that "
+                       f"folder's finished jobs away to rerun them.")
+
+
 def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = sys.executable,
                  check_first: bool = True) -> int:
   """Runs the jobs not done yet, then writes the report; returns the number of failed jobs.
@@ -265,6 +294,7 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
   cheapest = cheapest_table(spec)  # prices every pair on each target once (a second or two per target)
   jobs = plan_jobs(spec, cheapest)
   out.mkdir(parents=True, exist_ok=True)
+  check_done_jobs(jobs, out)
   todo = [j for j in jobs if not (out / j["dir"] / "result.json").exists()]
   if todo and check_first:
     print(f"{spec['name']} ({spec['variant']}): preflight, the first searched and baseline jobs shrunk to a debug "

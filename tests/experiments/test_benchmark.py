@@ -281,3 +281,19 @@ def test_a_bad_cheapest_option_is_one_sentence(tmp_path):
   path.write_text(yaml.safe_dump(spec))
   with pytest.raises(ValueError, match=r"baselines.cheapest=.*non-empty list of positive width multiples"):
     benchmark.load_protocol(str(path), quick=False)
+
+
+def test_a_finished_job_of_an_edited_protocol_is_not_taken_as_done(tmp_path):
+  """A job folder whose .hydra/overrides.yaml differs from what the protocol now gives it stops the run before
+  any job (mixing recipes in one report); the same overrides, or a folder without the record, pass."""
+  job = {"dir": "baseline/uniform-w8a8-x1-s0", "overrides": ["model=vit", "seed=0", "finetune.kd_alpha=0.5"]}
+  folder = tmp_path / job["dir"]
+  (folder / ".hydra").mkdir(parents=True)
+  (folder / "result.json").write_text("{}")
+  benchmark.check_done_jobs([job], tmp_path)  # no record: a trimmed published folder is taken as it is
+  ran = ["seed=0", "model=vit", f"hydra.run.dir={folder}", "checkpoint.dir=ck", "hydra.output_subdir=.hydra"]
+  (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(ran))
+  with pytest.raises(ValueError, match=r"now also \['finetune.kd_alpha=0.5'\]; no longer nothing.*--out"):
+    benchmark.check_done_jobs([job], tmp_path)
+  (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(ran + ["finetune.kd_alpha=0.5"]))
+  benchmark.check_done_jobs([job], tmp_path)  # the same overrides in another order: done
