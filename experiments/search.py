@@ -74,9 +74,11 @@ def apply_debug(cfg: DictConfig) -> None:
 
 
 def load_dataset(cfg: DictConfig) -> Dataset:
-  """The dataset of ``cfg.dataset`` from the registry (``nas.train.datasets``)."""
-  fields = {k: v for k, v in cfg.dataset.items() if k != "name"}
-  return datasets.load(cfg.dataset.name, **fields)
+  """The dataset of ``cfg.dataset`` from the registry (``nas.train.datasets``). The jobs of a sweep that run in
+  one process (Hydra's basic launcher) and read the same dataset config share one load (``datasets.load_shared``:
+  read-only arrays, so no job can change what the next one reads)."""
+  fields = OmegaConf.to_container(cfg.dataset, resolve=True)
+  return datasets.load_shared(fields.pop("name"), **fields)
 
 
 def search_space(cfg: DictConfig) -> SearchSpace:

@@ -7,7 +7,9 @@ Every module here is imported when the package is, so registering is all a new m
 """
 from __future__ import annotations
 
+import functools
 import importlib
+import json
 import inspect
 import pkgutil
 from typing import Callable
@@ -46,3 +48,18 @@ for _module in pkgutil.iter_modules(__path__):
 from nas.train.datasets.cifar10 import load_cifar10  # noqa: E402  (the loaders by their own names)
 from nas.train.datasets.digits import load_digits  # noqa: E402
 from nas.train.datasets.idx import FASHION_MNIST_ROOT, load_fashion_mnist, load_mnist  # noqa: E402
+
+
+def load_shared(name: str, **fields):
+  """``load(name, **fields)``, loaded once per process for the same name and fields (the jobs of a sweep run in
+  one process share it), its arrays read-only: a caller that needs to change them copies them first."""
+  return _load_shared(json.dumps({"name": name, **fields}, sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_shared(key: str):
+  fields = json.loads(key)
+  data = load(fields.pop("name"), **fields)
+  for a in (data.x_train, data.y_train, data.x_test, data.y_test):
+    a.flags.writeable = False
+  return data

@@ -398,3 +398,12 @@ def test_fashion_mnist_missing_is_one_sentence_with_the_folder_and_the_apt_comma
     for part in [str(missing), "apt-get install dataset-fashion-mnist", "dataset.root=", *MNIST_NAMES]:
       assert part in text, part
     assert text.count(". ") <= 1 and "\n" not in text
+
+
+def test_load_shared_loads_once_per_config_and_read_only():
+  from nas.train import datasets
+  a = datasets.load_shared("digits", test_fraction=0.25, split_seed=0)
+  assert datasets.load_shared("digits", split_seed=0, test_fraction=0.25) is a  # the same fields, any order
+  assert datasets.load_shared("digits", test_fraction=0.25, split_seed=1) is not a
+  with pytest.raises(ValueError, match="read-only"):
+    a.x_train[0] = 0
