@@ -297,25 +297,6 @@ def check_done_jobs(jobs: Sequence[dict], out: pathlib.Path) -> None:
                        f"folder's finished jobs away to rerun them.")
 
 
-def execution_order(jobs: Sequence[dict]) -> list[dict]:
-  """The order in which the workers take the jobs: seed by seed (a partial run holds whole seeds), and within a
-  seed the longest first so that the last minutes do not leave a worker idle. A family with one shared supernet
-  (``search.shared=true``) sends its first job ahead (it trains the supernet) and its others last: taken early,
-  they would only wait for that supernet. Then one search per budget, then the baselines (widest first)."""
-  def width(job):
-    return next((float(o.split("=", 1)[1]) for o in job["overrides"] if o.startswith("baseline.width_mult=")), 1.0)
-
-  ordered = []
-  for seed in dict.fromkeys(j["seed"] for j in jobs):
-    mine = [j for j in jobs if j["seed"] == seed]
-    shared = [j for j in mine if j["role"] == "searched" and "search.shared=true" in j["overrides"]]
-    leaders = list({j["family"]: j for j in reversed(shared)}.values())[::-1]
-    searches = [j for j in mine if j["role"] == "searched" and j not in shared]
-    baselines = sorted((j for j in mine if j["role"] != "searched"), key=lambda j: -width(j))
-    ordered += leaders + searches + baselines + [j for j in shared if j not in leaders]
-  return ordered
-
-
 def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = sys.executable,
                  check_first: bool = True, one_thread: bool = False) -> int:
   """Runs the jobs not done yet, then writes the report; returns the number of failed jobs.
@@ -355,7 +336,7 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
 
   # Workers run jobs concurrently; one process per job, so XLA's thread pools share the cores.
   with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-    for f in concurrent.futures.as_completed([pool.submit(one, j) for j in execution_order(todo)]):
+    for f in concurrent.futures.as_completed([pool.submit(one, j) for j in todo]):
       f.result()
   report = benchmark_report.build_report(out)
   paths = benchmark_report.write_report(out, report)

@@ -92,24 +92,6 @@ def test_quick_variant_is_one_seed_and_fewer_jobs(fashion):
       ("baseline/uniform-w2a2-x0.75-s0", "W2A2 ×0.75")]
 
 
-def test_workers_take_seed_by_seed_the_supernet_trainer_first_and_its_waiters_last(fashion):
-  jobs = benchmark.plan_jobs(benchmark.load_protocol("fashion", quick=False, extra=fashion))
-  order = benchmark.execution_order(jobs)
-  assert sorted(j["dir"] for j in order) == sorted(j["dir"] for j in jobs)  # every job once
-  seeds = [j["seed"] for j in order]
-  assert seeds == sorted(seeds)  # whole seeds, in turn
-  for seed in set(seeds):
-    mine = [j for j in order if j["seed"] == seed]
-    shared = [i for i, j in enumerate(mine) if "search.shared=true" in j["overrides"]]
-    per_budget = [i for i, j in enumerate(mine) if j["role"] == "searched" and i not in shared]
-    baselines = [i for i, j in enumerate(mine) if j["role"] == "baseline"]
-    # one job of the shared family trains the supernet first; the others come after everything else of the seed
-    assert shared[0] == 0 and shared[1:] == list(range(len(mine) - len(shared) + 1, len(mine)))
-    assert max(per_budget, default=-1) < min(baselines)
-    widths = [float(_overrides(mine[i]).get("baseline.width_mult", 1.0)) for i in baselines]
-    assert widths == sorted(widths, reverse=True)
-
-
 def test_unknown_protocol_names_the_known_ones():
   with pytest.raises(ValueError, match="fashion"):
     benchmark.load_protocol("nope", quick=False)
