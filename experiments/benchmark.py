@@ -218,26 +218,13 @@ def _override(spec: dict, key: str) -> str | None:
   return next((d[key] for d in defaults if isinstance(d, dict) and key in d), None)
 
 
-ONE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-
-
-def job_env(one_thread: bool = False) -> dict:
-  """A job's environment: wandb off unless WANDB_MODE says otherwise; with ``one_thread`` XLA runs the job's
-  operations on one thread (``ONE_THREAD_FLAGS`` appended to any XLA_FLAGS already set), so that workers do not
-  share cores between their thread pools."""
-  env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))
-  if one_thread:
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {ONE_THREAD_FLAGS}".strip()
-  return env
-
-
-def run_job(job: dict, out: pathlib.Path, python: str, one_thread: bool = False) -> dict:
+def run_job(job: dict, out: pathlib.Path, python: str) -> dict:
   """One experiments.search run in ``out/job['dir']``; its output goes to log.txt there."""
   folder = out / job["dir"]
   folder.mkdir(parents=True, exist_ok=True)
   cmd = [python, "-m", "experiments.search", *job["overrides"], f"hydra.run.dir={folder}",
          f"checkpoint.dir={out / 'checkpoints'}", "hydra.output_subdir=.hydra"]
-  env = job_env(one_thread)
+  env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))
   t0 = time.time()
   with open(folder / "log.txt", "w") as log:
     log.write(" ".join(cmd) + "\n")
@@ -298,7 +285,7 @@ def check_done_jobs(jobs: Sequence[dict], out: pathlib.Path) -> None:
 
 
 def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = sys.executable,
-                 check_first: bool = True, one_thread: bool = False) -> int:
+                 check_first: bool = True) -> int:
   """Runs the jobs not done yet, then writes the report; returns the number of failed jobs.
 
   Raises:
@@ -323,7 +310,7 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
   lock, done, failed, t_start = threading.Lock(), [0], [], time.time()
 
   def one(job):
-    res = run_job(job, out, python, one_thread)
+    res = run_job(job, out, python)
     with lock:
       done[0] += 1
       elapsed = time.time() - t_start
@@ -362,8 +349,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--workers", type=int, default=1, help="jobs run at once (default 1)")
   parser.add_argument("--no-preflight", action="store_true",
                       help="skip the seconds-long debug run of the first jobs that checks the input first")
-  parser.add_argument("--one-thread-per-job", action="store_true",
-                      help="each job's XLA computations on one thread (for as many workers as cores)")
   parser.add_argument("--set", action="append", default=[], metavar="OVERRIDE",
                       help="a Hydra override added to every job, e.g. --set dataset.root=/data/fmnist")
   args = parser.parse_args(argv)
@@ -377,8 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reason:
       raise ValueError(f"the output folder {out} cannot be written ({reason}); choose another with --out, or make "
                        f"it writable.")
-    failed = run_protocol(spec, out, args.workers, check_first=not args.no_preflight,
-                          one_thread=args.one_thread_per_job)
+    failed = run_protocol(spec, out, args.workers, check_first=not args.no_preflight)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

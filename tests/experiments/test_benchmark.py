@@ -117,8 +117,7 @@ def _run(args, cwd=ROOT):
 
 def test_a_two_job_protocol_runs_reports_and_resumes(tmp_path):
   out = tmp_path / "bench"
-  proc = _run([str(_tiny_protocol(tmp_path)), "--out", str(out), "--workers", "2", "--no-preflight",
-               "--one-thread-per-job"])
+  proc = _run([str(_tiny_protocol(tmp_path)), "--out", str(out), "--workers", "2", "--no-preflight"])
   assert proc.returncode == 0, proc.stderr[-2000:]
   manifest = json.loads((out / "protocol.json").read_text())
   assert [j["role"] for j in manifest["jobs"]] == ["baseline", "searched"]
@@ -129,16 +128,6 @@ def test_a_two_job_protocol_runs_reports_and_resumes(tmp_path):
   # Run again: nothing left to do, same report.
   again = _run([str(_tiny_protocol(tmp_path)), "--out", str(out)])
   assert again.returncode == 0 and "2 already done, 0 to run" in again.stdout
-
-
-def test_one_thread_per_job_appends_to_the_users_xla_flags(monkeypatch):
-  from experiments import benchmark
-  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
-  monkeypatch.delenv("WANDB_MODE", raising=False)
-  env = benchmark.job_env(one_thread=True)
-  assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-  assert env["WANDB_MODE"] == "disabled"
-  assert benchmark.job_env()["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
 
 
 def test_bad_input_stops_before_any_job_with_one_sentence(tmp_path):
