@@ -171,6 +171,10 @@ def test_vit_protocol_plans_dense_and_2of4_baselines_on_two_targets(fashion):
   uniform = {j["config"] for j in jobs if j["family"] == "uniform"}
   assert uniform == {"W8A8", "W8A8 2:4", "W4A4", "W4A4 2:4"}
   assert all("model=vit" in j["overrides"] for j in jobs)
+  # Every network, searched and baseline, is distilled from a float teacher trained as long as its own training.
+  for job in jobs:
+    o = _overrides(job)
+    assert o["finetune.kd_alpha"] == "0.5" and o["finetune.teacher_steps"] == o["finetune.steps"] == "3000"
   # Cheapest per MAC: W4A4 on gpu_throughput (2-bit runs as 4-bit: a tie, the higher precision), W2A2 on riscv;
   # W4A4 x0.5 is the pruned baseline, the other three are new jobs of every seed: 42 + 9 jobs.
   table = {e["target"]: e for e in benchmark.manifest(spec, jobs)["cheapest"]}
