@@ -65,6 +65,7 @@ SWEEP = [
     ("batch 128", ["--batch", "128"], {}),
     ("batch 256", ["--batch", "256"], {}),
     ("QAT W8A8 step (project) next to the float one", ["--qat"], {}),
+    ("HWNAS_XLA_DEFAULTS=0 (convolutions in YNNPACK, jaxlib's own default)", [], {"HWNAS_XLA_DEFAULTS": "0"}),
 ]
 
 
@@ -381,6 +382,7 @@ def _print_row(r: dict) -> None:
 def sweep(models, iters, out, only=None, torch_threads=None) -> list[dict]:
   """Runs every ``SWEEP`` option (or those numbered in ``only``) in its own process (fresh XLA flags) and prints
   the ratios side by side."""
+  from nas import runtime
   rows = []
   for n, (label, args, env) in enumerate(SWEEP):
     if only is not None and n not in only:
@@ -392,7 +394,9 @@ def sweep(models, iters, out, only=None, torch_threads=None) -> list[dict]:
     if torch_threads and "--torch-threads" not in args:
       cmd += ["--torch-threads", str(torch_threads)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+    # From the environment as it was before nas added its XLA default, so that each row's own XLA_FLAGS and
+    # HWNAS_XLA_DEFAULTS decide (the child's import of nas adds the default unless the row opts out).
+    proc = subprocess.run(cmd, env={**runtime.without_default(os.environ), **env}, capture_output=True, text=True)
     if proc.returncode != 0:
       print(f"{label}: failed ({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})",
             flush=True)

@@ -33,6 +33,7 @@ from experiments.benchmark_cheapest import FAMILY as CHEAPEST, check_option, che
 from experiments.config import BUDGET_METRICS
 from experiments.preflight import unwritable
 from experiments.search import write_json_atomic
+from nas import runtime
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf" / "benchmark"
 SAME_TOTAL = benchmark_report.SAME_TOTAL  # family of the baselines trained for search + fine-tuning steps
@@ -218,13 +219,14 @@ def _override(spec: dict, key: str) -> str | None:
   return next((d[key] for d in defaults if isinstance(d, dict) and key in d), None)
 
 
-def run_job(job: dict, out: pathlib.Path, python: str) -> dict:
-  """One experiments.search run in ``out/job['dir']``; its output goes to log.txt there."""
+def run_job(job: dict, out: pathlib.Path, python: str, jobs_at_once: int = 1) -> dict:
+  """One experiments.search run in ``out/job['dir']``; its output goes to log.txt there. ``jobs_at_once``: the
+  workers, which decide the job's XLA convolution kernels (``nas.runtime.job_environment``)."""
   folder = out / job["dir"]
   folder.mkdir(parents=True, exist_ok=True)
   cmd = [python, "-m", "experiments.search", *job["overrides"], f"hydra.run.dir={folder}",
          f"checkpoint.dir={out / 'checkpoints'}", "hydra.output_subdir=.hydra"]
-  env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))
+  env = dict(runtime.job_environment(os.environ, jobs_at_once), WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))
   t0 = time.time()
   with open(folder / "log.txt", "w") as log:
     log.write(" ".join(cmd) + "\n")
@@ -310,7 +312,7 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
   lock, done, failed, t_start = threading.Lock(), [0], [], time.time()
 
   def one(job):
-    res = run_job(job, out, python)
+    res = run_job(job, out, python, jobs_at_once=min(workers, len(todo)))
     with lock:
       done[0] += 1
       elapsed = time.time() - t_start
@@ -321,7 +323,8 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
       print(f"[{done[0]}/{len(todo)}] {job['dir']}: {status} in {res['seconds']:.0f} s "
             f"(elapsed {elapsed / 60:.1f} min, about {eta / 60:.0f} min left)", flush=True)
 
-  # Workers run jobs concurrently; one process per job, so XLA's thread pools share the cores.
+  # Workers run jobs concurrently; one process per job, so XLA's thread pools share the cores (and a job that
+  # shares them keeps YNNPACK's one-thread convolutions: nas.runtime.job_environment).
   with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
     for f in concurrent.futures.as_completed([pool.submit(one, j) for j in todo]):
       f.result()
