@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from experiments import config as appconfig
-from experiments import preflight
+from experiments import preflight, xla_env
 from experiments.baselines import baseline_choices
 from experiments.tracking import Tracker, WandbConfig
 from hardware.host import host_mismatch
@@ -434,6 +434,7 @@ def main(cfg: DictConfig) -> dict | None:
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" noise on every start
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax INFO lines on every checkpoint
   hc = HydraConfig.get()
+  xla_env.share_cores(hc)  # before this worker's first JAX computation: XLA reads its flags once
   _quiet_event_loop_noise()
   use_compile_cache(cfg.compile_cache)
   out_dir = pathlib.Path(hc.runtime.output_dir)

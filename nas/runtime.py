@@ -17,7 +17,7 @@ It pays for a job that has the cores to itself, not for jobs that fill them: wit
 (``experiments.benchmark --workers 2``) each job's Eigen convolutions and the other job's compete for the same
 cores, and the quick Fashion-MNIST protocol took 310 s against 296 s with YNNPACK's one-thread convolutions.
 :func:`job_environment` is the environment a launcher gives its jobs: the default only where each job has at
-least 2 cores.
+least 2 cores (``experiments.benchmark`` for its workers, ``experiments.xla_env`` for a Hydra joblib sweep).
 """
 from __future__ import annotations
 
