@@ -434,7 +434,9 @@ def main(cfg: DictConfig) -> dict | None:
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" noise on every start
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax INFO lines on every checkpoint
   hc = HydraConfig.get()
-  xla_env.share_cores(hc)  # before this worker's first JAX computation: XLA reads its flags once
+  if xla_env.share_cores(hc):  # before this worker's first JAX computation: XLA reads its flags once
+    log.info("jobs at once fill the cores: this job runs its convolutions on one thread each (YNNPACK; "
+             "nas/runtime.py)")
   _quiet_event_loop_noise()
   use_compile_cache(cfg.compile_cache)
   out_dir = pathlib.Path(hc.runtime.output_dir)
