@@ -122,3 +122,15 @@ def test_sizes(mod):
     doc = ast.get_docstring(node) or ""
     assert length <= MAX_FUNCTION_LINES or "Long:" in doc, (
         f"{mod}.{node.name} is {length} lines > {MAX_FUNCTION_LINES} with no 'Long:' reason in its docstring")
+
+
+def test_published_reports_name_their_folder_inside_the_repository():
+  """A published report stands on its own: its folder is named relative to the repository, never by the path
+  of the machine that built it."""
+  import json
+  reports = sorted((ROOT / "experiments" / "results").glob("*/report.json"))
+  assert reports
+  for path in reports:
+    folder = json.loads(path.read_text())["bench_dir"]
+    assert not pathlib.PurePath(folder).is_absolute(), f"{path.relative_to(ROOT)}: bench_dir {folder}"
+    assert (ROOT / folder).resolve() == path.parent.resolve(), f"{path.relative_to(ROOT)}: bench_dir {folder}"
