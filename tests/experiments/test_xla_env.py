@@ -1,5 +1,8 @@
-"""A joblib sweep whose jobs fill the cores gives each worker YNNPACK's one-thread convolutions back
-(experiments.xla_env.share_cores; the measurement is in docs/speed.md, section 6)."""
+"""Jobs that fill the cores get YNNPACK's one-thread convolutions back: a joblib sweep's workers
+(experiments.xla_env.share_cores) and the protocol's jobs (experiments.benchmark.run_job); the measurement is in
+docs/speed.md, section 6."""
+import sys
+
 from omegaconf import OmegaConf
 
 from experiments import xla_env
@@ -31,3 +34,24 @@ def test_a_worker_that_shares_the_cores_drops_the_default_before_its_first_compu
     env = {"XLA_FLAGS": flags}
     assert not xla_env.share_cores(cfg, env, cores=cores)
     assert env == {"XLA_FLAGS": flags}  # a job with 2 cores or more keeps the default
+
+
+def test_the_protocol_gives_its_jobs_the_environment(tmp_path, monkeypatch):
+  from experiments import benchmark
+  seen = []
+
+  class Done:
+    returncode = 0
+
+  def fake_run(cmd, env=None, **kw):
+    seen.append(env)
+    return Done()
+
+  monkeypatch.setattr(benchmark.subprocess, "run", fake_run)
+  monkeypatch.setenv("XLA_FLAGS", runtime.CONV_TO_EIGEN)
+  monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1})
+  job = {"dir": "baseline/x", "overrides": ["seed=0"]}
+  benchmark.run_job(job, tmp_path, sys.executable, jobs_at_once=2)
+  benchmark.run_job(job, tmp_path, sys.executable, jobs_at_once=1)
+  assert runtime.CONV_TO_EIGEN not in seen[0]["XLA_FLAGS"] and seen[0][runtime.OPT_OUT] == "0"
+  assert seen[1]["XLA_FLAGS"] == runtime.CONV_TO_EIGEN and runtime.OPT_OUT not in seen[1]

@@ -95,23 +95,3 @@ def test_jobs_that_fill_the_cores_keep_ynnpack_convolutions():
   assert runtime.job_environment(own, 2, 2)["XLA_FLAGS"] == own["XLA_FLAGS"]
   assert env["XLA_FLAGS"].endswith(runtime.CONV_TO_EIGEN)  # the caller's environment is not changed
 
-
-def test_the_protocol_gives_its_jobs_the_environment(tmp_path, monkeypatch):
-  from experiments import benchmark
-  seen = []
-
-  class Done:
-    returncode = 0
-
-  def fake_run(cmd, env=None, **kw):
-    seen.append(env)
-    return Done()
-
-  monkeypatch.setattr(benchmark.subprocess, "run", fake_run)
-  monkeypatch.setenv("XLA_FLAGS", runtime.CONV_TO_EIGEN)
-  monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1})
-  job = {"dir": "baseline/x", "overrides": ["seed=0"]}
-  benchmark.run_job(job, tmp_path, sys.executable, jobs_at_once=2)
-  benchmark.run_job(job, tmp_path, sys.executable, jobs_at_once=1)
-  assert runtime.CONV_TO_EIGEN not in seen[0]["XLA_FLAGS"] and seen[0][runtime.OPT_OUT] == "0"
-  assert seen[1]["XLA_FLAGS"] == runtime.CONV_TO_EIGEN and runtime.OPT_OUT not in seen[1]
