@@ -8,7 +8,7 @@
 no sampling, no cost term), trained with the same optimiser on the same batch. The supernet step samples
 every choice, quantises at the drawn bit-widths (forward) while every candidate's weight gets its gradient
 (backward), applies the width masks, adds the budget term and steps the architecture optimiser. Both steps
-run as the training loops run them (``nnx.cached_partial``) and are timed alternately.
+run as the training loops run them (``nas.train.staged.StagedStep``) and are timed alternately.
 Also reported: the time of the expected-cost contraction alone, as a share of the supernet step.
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -29,6 +28,7 @@ from nas.search import cost as costlib
 from nas.search import loop as searchlib  # StepInputs and the step itself
 from nas.ops import sparsity
 from nas.train import finetune as trainlib
+from nas.train.staged import StagedStep
 from nas.models import build_model, default_input_shape
 from nas.models.space import SearchSpace
 
@@ -100,7 +100,7 @@ def bench_model(name: str, batch: int, iters: int, method: str, hardware: str) -
   key = jax.random.key(0)
 
   supernet.train()
-  search_step = nnx.cached_partial(searchlib._search_step, supernet, w_opt, a_opt)  # as nas.search.loop.search runs it
+  search_step = StagedStep(searchlib._search_step, supernet, w_opt, a_opt)  # as nas.search.loop.search runs it
 
   def supernet_step():
     inputs = searchlib.StepInputs(x=x, y=y, key=key, tau=jnp.float32(1.0), arch_on=jnp.float32(1.0),
@@ -113,7 +113,7 @@ def bench_model(name: str, batch: int, iters: int, method: str, hardware: str) -
   p_opt = trainlib.weights_optimizer(plain, 1e-3, 1e-4)
 
   plain.train()
-  train_step = nnx.cached_partial(trainlib._train_step, plain, p_opt)  # as nas.train.finetune.finetune runs it
+  train_step = StagedStep(trainlib._train_step, plain, p_opt, static_argnames=("augment",))  # as finetune runs it
 
   def plain_step():
     return train_step(x, y)[0]

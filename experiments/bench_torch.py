@@ -153,10 +153,10 @@ def _data(name: str, batch: int, seed: int = 0):
 def project_step(name: str, batch: int, qat: bool = False):
   """The project's fine-tuning step of ``name``'s float network (or its W8A8 reference network with ``qat``),
   as ``nas.train.finetune.finetune`` runs it."""
-  from flax import nnx
   from nas.models import build_model
   from nas.models.space import SearchSpace
   from nas.train import finetune as trainlib
+  from nas.train.staged import StagedStep
   x, y = _data(name, batch)
   kwargs = dict(input_shape=SHAPES[name], num_classes=10)
   if name == "fmnist_cnn":
@@ -171,7 +171,7 @@ def project_step(name: str, batch: int, qat: bool = False):
   trainlib.calibrate(model, x, mode="argmax")
   opt = trainlib.weights_optimizer(model, LR, WEIGHT_DECAY)
   model.train()
-  train_step = nnx.cached_partial(trainlib._train_step, model, opt)
+  train_step = StagedStep(trainlib._train_step, model, opt, static_argnames=("augment",))  # as finetune runs it
   return lambda: train_step(x, y)[0]
 
 

@@ -40,6 +40,7 @@ from nas.train.checkpoint import LoopCheckpointer
 from nas.train.data import Dataset, batches
 from nas.train.finetune import calibrate, cross_entropy, weights_optimizer
 from nas.train.parallel import DataParallel
+from nas.train.staged import StagedStep
 
 
 PENALTIES = ("target", "lagrange", "hinge")
@@ -297,21 +298,26 @@ def train_supernet(model, data: Dataset, cfg: SearchConfig, steps: int,
   dp.replicate(model, w_opt)
   base_key = jax.random.key(cfg.seed)
   model.train()
-  step_fn = nnx.cached_partial(_supernet_step, model, w_opt)
+  step_fn = StagedStep(_supernet_step, model, w_opt, static_argnames=("augment",))
   tau = jnp.float32(cfg.tau_start)
   history = []
-  for step in range(start, steps):
-    x, y = dp.batch(*next(stream))
-    ce, acc = step_fn(x, y, jax.random.fold_in(base_key, step), tau, cfg.augment)
-    ckpt.maybe_save(step, {"model": model, "w_opt": w_opt}, last=step == steps - 1)
-    if step % 25 == 0 or step == steps - 1:
-      ce = float(ce)
-      if not math.isfinite(ce):
-        raise FloatingPointError(f"supernet loss became {ce} at step {step}; lower search.lr (now {cfg.lr}).")
-      record = {"supernet/step": step, "supernet/ce": ce, "supernet/train_acc": float(acc)}
-      history.append(record)
-      if callback is not None:
-        callback(step, record)
+  try:
+    for step in range(start, steps):
+      x, y = dp.batch(*next(stream))
+      ce, acc = step_fn(x, y, jax.random.fold_in(base_key, step), tau, augment=cfg.augment)
+      if ckpt.due(step, last=step == steps - 1):
+        step_fn.sync()
+        ckpt.maybe_save(step, {"model": model, "w_opt": w_opt}, last=step == steps - 1)
+      if step % 25 == 0 or step == steps - 1:
+        ce = float(ce)
+        if not math.isfinite(ce):
+          raise FloatingPointError(f"supernet loss became {ce} at step {step}; lower search.lr (now {cfg.lr}).")
+        record = {"supernet/step": step, "supernet/ce": ce, "supernet/train_acc": float(acc)}
+        history.append(record)
+        if callback is not None:
+          callback(step, record)
+  finally:
+    step_fn.sync()
   ckpt.close()
   return {"steps": steps, "start": start, "history": history}
 
@@ -355,21 +361,29 @@ def search(model, data: Dataset, tables, constraints: Sequence[Constraint], cfg:
   dp.replicate(model, w_opt, a_opt)
   base_key = jax.random.key(cfg.seed)
   model.train()
-  # The graph traversal of model and optimisers is done once, not at every step (a third of a small step).
-  step_fn = nnx.cached_partial(_search_step, model, w_opt, a_opt)
+  # One jitted function of the model's and optimisers' flat state (nas.train.staged): no graph traversal
+  # per step. The objects are written back before they are read (records, checkpoints) and at the end.
+  step_fn = StagedStep(_search_step, model, w_opt, a_opt)
   history = []
-  for step in range(start, cfg.steps):
-    x, y = dp.batch(*next(stream))
-    inputs = StepInputs(x=x, y=y, key=jax.random.fold_in(base_key, step), tau=jnp.float32(cfg.tau(step)),
-                        arch_on=jnp.float32(step >= cfg.warmup_steps),
-                        entropy_weight=jnp.float32(cfg.entropy_ramp(step)))
-    ce, acc, expected, excess, lam = step_fn(lam, inputs, config)
-    ckpt.maybe_save(step, {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lam": lam}, last=step == cfg.steps - 1)
-    if step % 25 == 0 or step == cfg.steps - 1:
-      record = _record(model, step, cfg, inputs.tau, (ce, acc, expected, excess, lam), config.metrics)
-      history.append(record)
-      if callback is not None:
-        callback(step, record)
+  try:
+    for step in range(start, cfg.steps):
+      x, y = dp.batch(*next(stream))
+      inputs = StepInputs(x=x, y=y, key=jax.random.fold_in(base_key, step), tau=jnp.float32(cfg.tau(step)),
+                          arch_on=jnp.float32(step >= cfg.warmup_steps),
+                          entropy_weight=jnp.float32(cfg.entropy_ramp(step)))
+      ce, acc, expected, excess, lam = step_fn(lam, inputs, config)
+      last = step == cfg.steps - 1
+      if ckpt.due(step, last):
+        step_fn.sync()
+        ckpt.maybe_save(step, {"model": model, "w_opt": w_opt, "a_opt": a_opt, "lam": lam}, last=last)
+      if step % 25 == 0 or last:
+        step_fn.sync()
+        record = _record(model, step, cfg, inputs.tau, (ce, acc, expected, excess, lam), config.metrics)
+        history.append(record)
+        if callback is not None:
+          callback(step, record)
+  finally:
+    step_fn.sync()
   ckpt.close()
   return _derive(model, tables, constraints, cfg, lam, history)
 

@@ -216,8 +216,12 @@ class LoopCheckpointer:
         objects[k] = restored[k]
     return int(step) + 1
 
+  def due(self, step: int, last: bool = False) -> bool:
+    """Whether :meth:`maybe_save` saves at ``step`` (a staged step's objects must be synced first)."""
+    return self.manager is not None and (last or (step + 1) % self.every == 0)
+
   def maybe_save(self, step: int, objects: dict, last: bool = False) -> None:
-    if self.manager is None or not (last or (step + 1) % self.every == 0):
+    if not self.due(step, last):
       return
     self.manager.save(step, args=ocp.args.StandardSave(_str_keys(_pure(objects))), force=True)
     self.manager.wait_until_finished()

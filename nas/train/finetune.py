@@ -18,6 +18,7 @@ from nas.train.augment import random_crop_flip
 from nas.train.checkpoint import LoopCheckpointer
 from nas.train.data import Dataset, batches
 from nas.train.parallel import DataParallel
+from nas.train.staged import StagedStep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,26 +246,33 @@ def finetune(model: nnx.Module, data: Dataset, cfg: TrainConfig,
     teacher.eval()
   base_key = jax.random.key(cfg.seed + 1)
   model.train()
-  # The graph traversal of the networks and the optimiser is done once, not at every step.
+  # One jitted function of the networks' and the optimiser's flat state (nas.train.staged): no graph
+  # traversal per step. The objects are written back before a checkpoint and at the end.
   if cfg.kd_alpha > 0:
-    distill_step = nnx.cached_partial(_distill_step, model, opt, teacher)
+    step_fn = StagedStep(_distill_step, model, opt, teacher, static_argnames=("augment",))
+    kd = (jnp.float32(cfg.kd_alpha), jnp.float32(cfg.kd_temperature))
   else:
-    train_step = nnx.cached_partial(_train_step, model, opt)
+    step_fn = StagedStep(_train_step, model, opt, static_argnames=("augment",))
   loss = acc = float("nan")
-  for step in range(start, cfg.steps):
-    x, y = dp.batch(*next(stream))
-    key = jax.random.fold_in(base_key, step)
-    if cfg.kd_alpha > 0:
-      loss, acc = distill_step(x, y, key, (jnp.float32(cfg.kd_alpha), jnp.float32(cfg.kd_temperature)), cfg.augment)
-    else:
-      loss, acc = train_step(x, y, key, cfg.augment)
-    ckpt.maybe_save(step, {"model": model, "opt": opt}, last=step == cfg.steps - 1)
-    if step % 50 == 0 or step == cfg.steps - 1:
-      loss, acc = float(loss), float(acc)
-      if not np.isfinite(loss):
-        raise FloatingPointError(f"fine-tuning loss became {loss} at step {step}; lower finetune.lr (now {cfg.lr}).")
-      if callback is not None:
-        callback(step, {"finetune/loss": loss, "finetune/train_acc": acc})
+  try:
+    for step in range(start, cfg.steps):
+      x, y = dp.batch(*next(stream))
+      key = jax.random.fold_in(base_key, step)
+      if cfg.kd_alpha > 0:
+        loss, acc = step_fn(x, y, key, kd, augment=cfg.augment)
+      else:
+        loss, acc = step_fn(x, y, key, augment=cfg.augment)
+      if ckpt.due(step, last=step == cfg.steps - 1):
+        step_fn.sync()
+        ckpt.maybe_save(step, {"model": model, "opt": opt}, last=step == cfg.steps - 1)
+      if step % 50 == 0 or step == cfg.steps - 1:
+        loss, acc = float(loss), float(acc)
+        if not np.isfinite(loss):
+          raise FloatingPointError(f"fine-tuning loss became {loss} at step {step}; lower finetune.lr (now {cfg.lr}).")
+        if callback is not None:
+          callback(step, {"finetune/loss": loss, "finetune/train_acc": acc})
+  finally:
+    step_fn.sync()
   ckpt.close()
   return {"train_loss": float(loss), "test_accuracy": evaluate(model, data.x_test, data.y_test)}
 
