@@ -1,11 +1,11 @@
 """A training step run as one pure ``jax.jit`` function over the flat state of its NNX objects.
 
 ``nnx.jit`` walks the object graph in Python at every call; ``nnx.cached_partial`` caches that walk, but each
-call still rebuilds the state pytrees on the way in and writes every variable back on the way out. On a
-network whose step takes 10 to 40 ms on a 2-core CPU that was 6 to 12 % of the step (``experiments.bench_dispatch``),
-time the CPU spends away from XLA's threads. Flax's own remedy is the "functional training loop" (Flax
-documentation, "Performance considerations"): split the objects once, carry their state as plain arrays
-through ``jax.jit``, merge them back when Python needs to read them. :class:`StagedStep` is that loop's step.
+call still rebuilds the state pytrees on the way in and writes every variable back on the way out: Python work
+that grows with the number of arrays and, on a 2-core CPU, takes a core from XLA's threads (0 to 15 % of a 15 to
+60 ms step, ``python -m experiments.bench_dispatch``; docs/speed.md, section 7). Flax's own remedy is the
+"functional training loop" (Flax documentation, "Performance considerations"): split the objects once, carry
+their state as plain arrays through ``jax.jit``, merge them back when Python needs to read them. :class:`StagedStep` is that loop's step.
 
 The objects are stale while the step runs: their arrays were donated to the first call (reading one raises
 JAX's "deleted buffer" error instead of returning an old value). :meth:`StagedStep.sync` writes the current
