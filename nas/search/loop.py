@@ -305,10 +305,11 @@ def train_supernet(model, data: Dataset, cfg: SearchConfig, steps: int,
     for step in range(start, steps):
       x, y = dp.batch(*next(stream))
       ce, acc = step_fn(x, y, jax.random.fold_in(base_key, step), tau, augment=cfg.augment)
-      if ckpt.due(step, last=step == steps - 1):
+      last = step == steps - 1
+      if ckpt.due(step, last):
         step_fn.sync()
-        ckpt.maybe_save(step, {"model": model, "w_opt": w_opt}, last=step == steps - 1)
-      if step % 25 == 0 or step == steps - 1:
+        ckpt.maybe_save(step, {"model": model, "w_opt": w_opt}, last=last)
+      if step % 25 == 0 or last:
         ce = float(ce)
         if not math.isfinite(ce):
           raise FloatingPointError(f"supernet loss became {ce} at step {step}; lower search.lr (now {cfg.lr}).")

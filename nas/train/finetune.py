@@ -262,10 +262,11 @@ def finetune(model: nnx.Module, data: Dataset, cfg: TrainConfig,
         loss, acc = step_fn(x, y, key, kd, augment=cfg.augment)
       else:
         loss, acc = step_fn(x, y, key, augment=cfg.augment)
-      if ckpt.due(step, last=step == cfg.steps - 1):
+      last = step == cfg.steps - 1
+      if ckpt.due(step, last):
         step_fn.sync()
-        ckpt.maybe_save(step, {"model": model, "opt": opt}, last=step == cfg.steps - 1)
-      if step % 50 == 0 or step == cfg.steps - 1:
+        ckpt.maybe_save(step, {"model": model, "opt": opt}, last=last)
+      if step % 50 == 0 or last:
         loss, acc = float(loss), float(acc)
         if not np.isfinite(loss):
           raise FloatingPointError(f"fine-tuning loss became {loss} at step {step}; lower finetune.lr (now {cfg.lr}).")

@@ -5,7 +5,8 @@ call still rebuilds the state pytrees on the way in and writes every variable ba
 that grows with the number of arrays and, on a 2-core CPU, takes a core from XLA's threads (0 to 15 % of a 15 to
 60 ms step, ``python -m experiments.bench_dispatch``; docs/speed.md, section 7). Flax's own remedy is the
 "functional training loop" (Flax documentation, "Performance considerations"): split the objects once, carry
-their state as plain arrays through ``jax.jit``, merge them back when Python needs to read them. :class:`StagedStep` is that loop's step.
+their state as plain arrays through ``jax.jit``, merge them back when Python needs to read them.
+:class:`StagedStep` is that loop's step.
 
 The objects are stale while the step runs: their arrays were donated to the first call (reading one raises
 JAX's "deleted buffer" error instead of returning an old value). :meth:`StagedStep.sync` writes the current
