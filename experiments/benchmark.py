@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from experiments import benchmark_report
 from experiments.benchmark_cheapest import FAMILY as CHEAPEST, check_option, cheapest_table
 from experiments.config import BUDGET_METRICS
+from experiments.jobpool import ROOT, WorkerPool
 from experiments.preflight import unwritable
 from experiments.search import write_json_atomic
 from nas import runtime
@@ -219,42 +220,64 @@ def _override(spec: dict, key: str) -> str | None:
   return next((d[key] for d in defaults if isinstance(d, dict) and key in d), None)
 
 
-def run_job(job: dict, out: pathlib.Path, python: str, jobs_at_once: int = 1) -> dict:
+def run_job(job: dict, out: pathlib.Path, python: str, jobs_at_once: int = 1, pool: WorkerPool | None = None) -> dict:
   """One experiments.search run in ``out/job['dir']``; its output goes to log.txt there. ``jobs_at_once``: the
-  workers, which decide the job's XLA convolution kernels (``nas.runtime.job_environment``)."""
+  workers, which decide the job's XLA convolution kernels (``nas.runtime.job_environment``). With ``pool`` the
+  job runs in one of its long-lived worker processes (``experiments.jobpool``), else in a process of its own."""
   folder = out / job["dir"]
   folder.mkdir(parents=True, exist_ok=True)
-  cmd = [python, "-m", "experiments.search", *job["overrides"], f"hydra.run.dir={folder}",
-         f"checkpoint.dir={out / 'checkpoints'}", "hydra.output_subdir=.hydra"]
-  env = dict(runtime.job_environment(os.environ, jobs_at_once), WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))
+  argv = [*job["overrides"], f"hydra.run.dir={folder}", f"checkpoint.dir={out / 'checkpoints'}",
+          "hydra.output_subdir=.hydra"]
+  cmd = [python, "-m", "experiments.search", *argv]
   t0 = time.time()
   with open(folder / "log.txt", "w") as log:
     log.write(" ".join(cmd) + "\n")
     log.flush()
-    rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=pathlib.Path(__file__).parent.parent).returncode
+    if pool is None:
+      rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=job_env(jobs_at_once), cwd=ROOT).returncode
+  if pool is not None:
+    rc = pool.run(argv, folder / "log.txt")
   if rc != 0 and not (folder / "error.json").exists():
     write_json_atomic(folder / "error.json", {"error": f"exit status {rc}; see {folder / 'log.txt'}",
                                               "type": "JobFailed"})
   return {"rc": rc, "seconds": time.time() - t0}
 
 
-def preflight(jobs: list[dict], out: pathlib.Path, python: str) -> str | None:
+def job_env(jobs_at_once: int) -> dict:
+  """A job's environment: XLA's convolution kernels for ``jobs_at_once`` jobs sharing the cores, wandb off
+  unless WANDB_MODE says otherwise."""
+  return dict(runtime.job_environment(os.environ, jobs_at_once), WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))
+
+
+def preflight(jobs: list[dict], out: pathlib.Path, python: str, pool: WorkerPool | None = None) -> str | None:
   """Runs the first searched and the first baseline job shrunk to seconds (debug=true, no checkpoints) so
   that bad input (a missing dataset, a typo in an override) stops the protocol before hours of work; returns
-  the error, or None."""
-  firsts = [next((j for j in jobs if j["role"] == role), None) for role in ("searched", "baseline")]
-  for job in filter(None, firsts):
+  the error, or None. With ``pool`` both run at once in its workers (which then hold the imports and the
+  programs the real jobs share); else one after the other, each in a process of its own."""
+  firsts = [j for j in (next((j for j in jobs if j["role"] == role), None) for role in ("searched", "baseline")) if j]
+
+  def check(job):
     folder = out / ".preflight" / job["role"]
-    cmd = [python, "-m", "experiments.search", *job["overrides"], "debug=true", "checkpoint.dir=null",
-           f"hydra.run.dir={folder}"]
-    env = dict(os.environ, WANDB_MODE="disabled")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=pathlib.Path(__file__).parent.parent)
-    if proc.returncode != 0:
-      try:
-        return json.loads((folder / "error.json").read_text())["error"]
-      except (OSError, ValueError, KeyError):
-        return (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-  return None
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "error.json").unlink(missing_ok=True)
+    argv = [*job["overrides"], "debug=true", "checkpoint.dir=null", f"hydra.run.dir={folder}"]
+    if pool is not None:
+      rc = pool.run(argv, folder / "log.txt")
+      lines = (folder / "log.txt").read_text(errors="replace").strip().splitlines()
+    else:
+      proc = subprocess.run([python, "-m", "experiments.search", *argv], capture_output=True, text=True,
+                            env=dict(os.environ, WANDB_MODE="disabled"), cwd=ROOT)
+      rc, lines = proc.returncode, proc.stderr.strip().splitlines()
+    if rc == 0:
+      return None
+    try:
+      return json.loads((folder / "error.json").read_text())["error"]
+    except (OSError, ValueError, KeyError):
+      return (lines or [f"exit status {rc}"])[-1]
+
+  with concurrent.futures.ThreadPoolExecutor(max_workers=len(firsts) if pool is not None else 1) as threads:
+    errors = list(threads.map(check, firsts))
+  return next((e for e in errors if e), None)
 
 
 RUN_SPECIFIC = ("hydra.run.dir=", "checkpoint.dir=", "hydra.output_subdir=")
@@ -287,7 +310,7 @@ def check_done_jobs(jobs: Sequence[dict], out: pathlib.Path) -> None:
 
 
 def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = sys.executable,
-                 check_first: bool = True) -> int:
+                 check_first: bool = True, process_per_job: bool = False) -> int:
   """Runs the jobs not done yet, then writes the report; returns the number of failed jobs.
 
   Raises:
@@ -298,10 +321,25 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
   out.mkdir(parents=True, exist_ok=True)
   check_done_jobs(jobs, out)
   todo = [j for j in jobs if not (out / j["dir"] / "result.json").exists()]
+  jobs_at_once = min(workers, len(todo))
+  # Workers run jobs concurrently, one process each, so that XLA's thread pools share the cores (and a job
+  # that shares them keeps YNNPACK's one-thread convolutions: nas.runtime.job_environment). Each worker process
+  # runs its jobs one after another (experiments.jobpool), sharing imports, data and compiled programs; with
+  # process_per_job every job starts a process of its own.
+  pool = None if process_per_job or not todo else WorkerPool(jobs_at_once, job_env(jobs_at_once), out / ".workers",
+                                                              python)
+  try:
+    return _run_jobs(spec, out, jobs, todo, cheapest, workers, jobs_at_once, pool, check_first, python)
+  finally:
+    if pool is not None:
+      pool.close()
+
+
+def _run_jobs(spec, out, jobs, todo, cheapest, workers, jobs_at_once, pool, check_first, python) -> int:
   if todo and check_first:
     print(f"{spec['name']} ({spec['variant']}): preflight, the first searched and baseline jobs shrunk to a debug "
           f"run (compiling them takes a minute or two)", flush=True)
-    error = preflight(todo, out, python)
+    error = preflight(todo, out, python, pool)
     if error:
       raise ValueError(f"the protocol's first job fails before any work: {error}")
   write_json_atomic(out / "protocol.json", manifest(spec, jobs, cheapest))
@@ -312,7 +350,7 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
   lock, done, failed, t_start = threading.Lock(), [0], [], time.time()
 
   def one(job):
-    res = run_job(job, out, python, jobs_at_once=min(workers, len(todo)))
+    res = run_job(job, out, python, jobs_at_once=jobs_at_once, pool=pool)
     with lock:
       done[0] += 1
       elapsed = time.time() - t_start
@@ -323,10 +361,8 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
       print(f"[{done[0]}/{len(todo)}] {job['dir']}: {status} in {res['seconds']:.0f} s "
             f"(elapsed {elapsed / 60:.1f} min, about {eta / 60:.0f} min left)", flush=True)
 
-  # Workers run jobs concurrently; one process per job, so XLA's thread pools share the cores (and a job that
-  # shares them keeps YNNPACK's one-thread convolutions: nas.runtime.job_environment).
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-    for f in concurrent.futures.as_completed([pool.submit(one, j) for j in todo]):
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as threads:
+    for f in concurrent.futures.as_completed([threads.submit(one, j) for j in todo]):
       f.result()
   report = benchmark_report.build_report(out)
   paths = benchmark_report.write_report(out, report)
@@ -352,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--workers", type=int, default=1, help="jobs run at once (default 1)")
   parser.add_argument("--no-preflight", action="store_true",
                       help="skip the seconds-long debug run of the first jobs that checks the input first")
+  parser.add_argument("--process-per-job", action="store_true",
+                      help="start a process for every job instead of running each worker's jobs in one process")
   parser.add_argument("--set", action="append", default=[], metavar="OVERRIDE",
                       help="a Hydra override added to every job, e.g. --set dataset.root=/data/fmnist")
   args = parser.parse_args(argv)
@@ -365,7 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reason:
       raise ValueError(f"the output folder {out} cannot be written ({reason}); choose another with --out, or make "
                        f"it writable.")
-    failed = run_protocol(spec, out, args.workers, check_first=not args.no_preflight)
+    failed = run_protocol(spec, out, args.workers, check_first=not args.no_preflight,
+                          process_per_job=args.process_per_job)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -1,0 +1,187 @@
+"""Long-lived job processes: each worker runs many ``experiments.search`` jobs, one after another, in one process.
+
+A protocol's jobs import the same modules, read the same dataset and compile many of the same programs (the
+baselines of one network at every seed, the small eager operations every job runs, the shared supernet's
+search step at every budget). A process per job pays for all of that again; a worker pays once: the imports
+(2 to 3 s a job), the dataset (``datasets.load_shared``), and every program whose trace is already in this
+process (JAX's in-memory caches, and ``nas.train.staged``'s steps), where a new process would trace and lower
+it again and read it from the persistent cache at best. Each job still runs as ``python -m experiments.search``
+runs it (its command line, Hydra, its own folder, seed and random streams), so its results are the ones a
+separate process gives: ``tests/experiments/test_jobpool.py`` checks that on two jobs.
+
+A job's output (Python's and XLA's, file descriptors 1 and 2) goes to its log file; a worker answers on a pipe
+of its own. A job that kills its worker (a crash, the out-of-memory killer) fails alone: the pool starts a new
+worker for the next job. A worker is also replaced after ``max_jobs`` jobs, which bounds what its caches hold.
+
+  python -m experiments.jobpool --reply-fd N   # a worker (started by :class:`WorkerPool`); reads JSON lines
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import queue
+import runpy
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from typing import Mapping, Sequence
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _exit_code(e: SystemExit) -> int:
+  if e.code is None:
+    return 0
+  return e.code if isinstance(e.code, int) else 1
+
+
+def run_in_process(argv: Sequence[str], log_path: str) -> int:
+  """``python -m experiments.search *argv`` in this process, its output appended to ``log_path``; the exit
+  status it would have had."""
+  saved_argv = sys.argv
+  sys.stdout.flush()
+  sys.stderr.flush()
+  saved = os.dup(1), os.dup(2)
+  with open(log_path, "ab", buffering=0) as log:
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    sys.argv = ["experiments.search", *argv]
+    try:
+      # As ``python -m`` runs it: the module's code runs as __main__ (Hydra finds conf/ from its file); the
+      # modules it imports are this process's, already imported.
+      runpy.run_module("experiments.search", run_name="__main__", alter_sys=True)
+      rc = 0
+    except SystemExit as e:  # Hydra and the app exit this way on errors (2: bad input, 1: a failure)
+      rc = _exit_code(e)
+    except BaseException:  # noqa: BLE001 - a job's failure is reported, the worker goes on
+      import traceback
+      traceback.print_exc()
+      rc = 1
+    finally:
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os.dup2(saved[0], 1)
+      os.dup2(saved[1], 2)
+      os.close(saved[0])
+      os.close(saved[1])
+      sys.argv = saved_argv
+  return rc
+
+
+def serve(reply_fd: int) -> None:
+  """The worker's loop: a JSON line ``{"argv": [...], "log": path}`` in on stdin, ``{"rc": n, "seconds": s}``
+  out on ``reply_fd``, until stdin closes."""
+  reply = os.fdopen(reply_fd, "w", buffering=1)
+  import experiments.search  # noqa: F401 - the imports every job shares, before the first job is timed
+  # runpy's note that the module it runs as __main__ is also imported (it is, as a library): true, and harmless
+  warnings.filterwarnings("ignore", message=".*found in sys.modules after import of package", category=RuntimeWarning)
+  for line in sys.stdin:
+    job = json.loads(line)
+    t0 = time.time()
+    rc = run_in_process(job["argv"], job["log"])
+    reply.write(json.dumps({"rc": rc, "seconds": time.time() - t0}) + "\n")
+
+
+class _Worker:
+  def __init__(self, python: str, env: Mapping[str, str], log_path: pathlib.Path):
+    read, write = os.pipe()
+    self.log = open(log_path, "ab")
+    self.proc = subprocess.Popen([python, "-m", "experiments.jobpool", "--reply-fd", str(write)],
+                                 stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT, env=dict(env),
+                                 cwd=ROOT, pass_fds=(write,), text=True)
+    os.close(write)
+    self.replies = os.fdopen(read, "r")
+    self.jobs = 0
+
+  def run(self, argv: Sequence[str], log_path: pathlib.Path) -> int:
+    self.jobs += 1
+    try:
+      self.proc.stdin.write(json.dumps({"argv": list(argv), "log": str(log_path)}) + "\n")
+      self.proc.stdin.flush()
+      line = self.replies.readline()
+    except (BrokenPipeError, OSError):
+      line = ""
+    if not line:  # the worker died in the job: its exit status, as a process per job would have given it
+      rc = self.proc.wait()
+      with open(log_path, "a") as log:
+        log.write(f"\nthe job's worker process ended with status {rc}"
+                  + (f" ({signal.Signals(-rc).name})" if rc < 0 and -rc in signal.Signals._value2member_map_ else "")
+                  + "\n")
+      return rc or 1
+    return int(json.loads(line)["rc"])
+
+  @property
+  def alive(self) -> bool:
+    return self.proc.poll() is None
+
+  def close(self) -> None:
+    try:
+      self.proc.stdin.close()
+    except OSError:
+      pass
+    try:
+      self.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      self.proc.kill()
+      self.proc.wait()
+    self.replies.close()
+    self.log.close()
+
+
+class WorkerPool:
+  """Up to ``size`` worker processes, started on first use, each running one job at a time.
+
+  ``run`` blocks its calling thread until a worker is free and the job has finished (call it from ``size``
+  threads to run ``size`` jobs at once). Workers' own output (between jobs) goes to ``log_dir/worker-<i>.log``.
+  """
+
+  def __init__(self, size: int, env: Mapping[str, str], log_dir: pathlib.Path, python: str = sys.executable,
+               max_jobs: int = 50):
+    self.env, self.python, self.max_jobs = dict(env), python, max_jobs
+    self.log_dir = pathlib.Path(log_dir)
+    self._idle: queue.Queue = queue.Queue()
+    for i in range(max(1, size)):
+      self._idle.put((i, None))
+    self._lock = threading.Lock()
+    self._all: list[_Worker] = []
+
+  def run(self, argv: Sequence[str], log_path: pathlib.Path) -> int:
+    slot, worker = self._idle.get()
+    try:
+      if worker is None or not worker.alive or worker.jobs >= self.max_jobs:
+        if worker is not None:
+          worker.close()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        worker = _Worker(self.python, self.env, self.log_dir / f"worker-{slot}.log")
+        with self._lock:
+          self._all.append(worker)
+      return worker.run(argv, log_path)
+    finally:
+      self._idle.put((slot, worker))
+
+  def close(self) -> None:
+    with self._lock:
+      workers, self._all = self._all, []
+    for w in workers:
+      w.close()
+
+  def __enter__(self) -> "WorkerPool":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--reply-fd", type=int, required=True)
+  serve(parser.parse_args(argv).reply_fd)
+
+
+if __name__ == "__main__":
+  main()
