@@ -5,12 +5,15 @@
   python -m experiments.benchmark fashion --workers 2 --out benchmarks/my-run
 
 Each job is one ``python -m experiments.search`` run in its own folder under the output folder, with its
-checkpoints under ``<out>/checkpoints``: a job with a ``result.json`` is done and skipped, an interrupted job
-resumes from its last checkpoint. Baselines do not depend on the target (their result.json holds their cost
-on every preset), so one set of baselines serves every comparison; with ``baselines.cheapest`` they include, for
-each comparison, the uniform networks at its target's cheapest precision per MAC (experiments.benchmark_cheapest
-prices every pair with the target's cost model before any job). ``protocol.json`` lists the jobs;
-``experiments.benchmark_report`` turns the folder into report.md, report.json and one PNG per comparison.
+checkpoints under ``<out>/checkpoints``. The ``--workers`` run in long-lived processes (``experiments.jobpool``)
+that take one job after another, sharing imports, data and compiled programs (``--process-per-job``: a process of
+its own for every job, as before; the results are the same bit for bit). A job with a ``result.json`` is done and
+skipped, an interrupted job resumes from its last checkpoint. Baselines do not depend on the target (their
+result.json holds their cost on every preset), so one set of baselines serves every comparison; with
+``baselines.cheapest`` they include, for each comparison, the uniform networks at its target's cheapest precision
+per MAC (experiments.benchmark_cheapest prices every pair with the target's cost model before any job).
+``protocol.json`` lists the jobs; ``experiments.benchmark_report`` turns the folder into report.md, report.json and
+one PNG per comparison.
 The exit status is non-zero when a job failed (the report lists it).
 """
 from __future__ import annotations
@@ -328,11 +331,10 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
   # process_per_job every job starts a process of its own.
   pool = None if process_per_job or not todo else WorkerPool(jobs_at_once, job_env(jobs_at_once), out / ".workers",
                                                               python)
-  try:
+  if pool is None:
     return _run_jobs(spec, out, jobs, todo, cheapest, workers, jobs_at_once, pool, check_first, python)
-  finally:
-    if pool is not None:
-      pool.close()
+  with pool:  # on an exception (Ctrl-C included) the workers stop their jobs, which keep their checkpoints
+    return _run_jobs(spec, out, jobs, todo, cheapest, workers, jobs_at_once, pool, check_first, python)
 
 
 def _run_jobs(spec, out, jobs, todo, cheapest, workers, jobs_at_once, pool, check_first, python) -> int:
@@ -361,9 +363,14 @@ def _run_jobs(spec, out, jobs, todo, cheapest, workers, jobs_at_once, pool, chec
       print(f"[{done[0]}/{len(todo)}] {job['dir']}: {status} in {res['seconds']:.0f} s "
             f"(elapsed {elapsed / 60:.1f} min, about {eta / 60:.0f} min left)", flush=True)
 
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as threads:
+  threads = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers))
+  try:
     for f in concurrent.futures.as_completed([threads.submit(one, j) for j in todo]):
       f.result()
+  except BaseException:  # Ctrl-C or a bug: no further job starts
+    threads.shutdown(wait=False, cancel_futures=True)
+    raise
+  threads.shutdown()
   report = benchmark_report.build_report(out)
   paths = benchmark_report.write_report(out, report)
   print(f"report: {paths[0]}", flush=True)

@@ -32,6 +32,7 @@ import warnings
 from typing import Mapping, Sequence
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+INTERRUPTED = 130  # a job stopped by SIGINT (the shell's status for it)
 
 
 def _exit_code(e: SystemExit) -> int:
@@ -58,6 +59,8 @@ def run_in_process(argv: Sequence[str], log_path: str) -> int:
       rc = 0
     except SystemExit as e:  # Hydra and the app exit this way on errors (2: bad input, 1: a failure)
       rc = _exit_code(e)
+    except KeyboardInterrupt:  # Ctrl-C reaches the workers too: the job stops, and so does the worker
+      rc = INTERRUPTED
     except BaseException:  # noqa: BLE001 - a job's failure is reported, the worker goes on
       import traceback
       traceback.print_exc()
@@ -85,6 +88,8 @@ def serve(reply_fd: int) -> None:
     t0 = time.time()
     rc = run_in_process(job["argv"], job["log"])
     reply.write(json.dumps({"rc": rc, "seconds": time.time() - t0}) + "\n")
+    if rc == INTERRUPTED:
+      return
 
 
 class _Worker:
@@ -119,7 +124,11 @@ class _Worker:
   def alive(self) -> bool:
     return self.proc.poll() is None
 
-  def close(self) -> None:
+  def close(self, now: bool = False) -> None:
+    """Ends the worker after its job (``now``: stops the job, as Ctrl-C stops a process; its last checkpoint
+    is kept)."""
+    if now and self.alive:
+      self.proc.send_signal(signal.SIGINT)
     try:
       self.proc.stdin.close()
     except OSError:
@@ -156,6 +165,8 @@ class WorkerPool:
       if worker is None or not worker.alive or worker.jobs >= self.max_jobs:
         if worker is not None:
           worker.close()
+          with self._lock:
+            self._all = [w for w in self._all if w is not worker]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         worker = _Worker(self.python, self.env, self.log_dir / f"worker-{slot}.log")
         with self._lock:
@@ -164,17 +175,18 @@ class WorkerPool:
     finally:
       self._idle.put((slot, worker))
 
-  def close(self) -> None:
+  def close(self, now: bool = False) -> None:
+    """Ends every worker: after its job, or (``now``) stopping it."""
     with self._lock:
       workers, self._all = self._all, []
     for w in workers:
-      w.close()
+      w.close(now)
 
   def __enter__(self) -> "WorkerPool":
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, *exc) -> None:
+    self.close(now=exc_type is not None)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from experiments.benchmark import job_env
-from experiments.jobpool import ROOT, WorkerPool
+from experiments.jobpool import INTERRUPTED, ROOT, WorkerPool
 
 # A searched job on digits, shrunk (debug=true): search, derive, fine-tune, evaluate, write the network.
 JOB = ["debug=true", "wandb.mode=disabled", "hardware=riscv", "budget.fraction=0.5", "seed=1"]
@@ -82,4 +82,25 @@ def test_a_failing_job_fails_alone_and_a_killed_worker_is_replaced(tmp_path):
     bad2 = tmp_path / "bad2"
     bad2.mkdir()
     assert pool.run(["budget.fraction=-1", f"hydra.run.dir={bad2}"], bad2 / "log.txt") == 2
-    assert len(pool._all) == 2 and pool._all[1].alive and pool._all[1].proc.pid != first.proc.pid
+    assert len(pool._all) == 1 and pool._all[0].alive and pool._all[0].proc.pid != first.proc.pid
+
+
+def test_closing_the_pool_now_stops_the_running_job_as_ctrl_c_would(tmp_path):
+  pool = WorkerPool(1, job_env(1), tmp_path / "workers")
+  folder = tmp_path / "job"
+  folder.mkdir()
+  rcs = []
+  thread = threading.Thread(target=lambda: rcs.append(pool.run(_argv(folder, tmp_path / "ck"), folder / "log.txt")))
+  thread.start()
+  while not pool._all:
+    time.sleep(0.1)
+  worker = pool._all[0]
+  log = folder / "log.txt"
+  deadline = time.time() + 120
+  while "budget" not in (log.read_text() if log.exists() else "") and time.time() < deadline:
+    time.sleep(0.2)  # until the job has started (its first log line)
+  t0 = time.time()
+  pool.close(now=True)
+  thread.join(60)
+  assert rcs == [INTERRUPTED] and not worker.alive and time.time() - t0 < 30
+  assert not (folder / "result.json").exists()
