@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import os
 import pathlib
@@ -263,7 +264,7 @@ def preflight(jobs: list[dict], out: pathlib.Path, python: str, pool: WorkerPool
     folder = out / ".preflight" / job["role"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "error.json").unlink(missing_ok=True)
-    argv = [*job["overrides"], "debug=true", "checkpoint.dir=null", f"hydra.run.dir={folder}"]
+    argv = [*job["overrides"], "debug=true", "checkpoint.dir=null", "wandb.mode=disabled", f"hydra.run.dir={folder}"]
     if pool is not None:
       rc = pool.run(argv, folder / "log.txt")
       lines = (folder / "log.txt").read_text(errors="replace").strip().splitlines()
@@ -278,9 +279,14 @@ def preflight(jobs: list[dict], out: pathlib.Path, python: str, pool: WorkerPool
     except (OSError, ValueError, KeyError):
       return (lines or [f"exit status {rc}"])[-1]
 
-  with concurrent.futures.ThreadPoolExecutor(max_workers=len(firsts) if pool is not None else 1) as threads:
-    errors = list(threads.map(check, firsts))
-  return next((e for e in errors if e), None)
+  if pool is not None and pool.size > 1:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(firsts)) as threads:
+      return next((e for e in threads.map(check, firsts) if e), None)
+  for job in firsts:  # one after the other: the first error stops it
+    error = check(job)
+    if error:
+      return error
+  return None
 
 
 RUN_SPECIFIC = ("hydra.run.dir=", "checkpoint.dir=", "hydra.output_subdir=")
@@ -331,14 +337,20 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
   # process_per_job every job starts a process of its own.
   pool = None if process_per_job or not todo else WorkerPool(jobs_at_once, job_env(jobs_at_once), out / ".workers",
                                                               python)
+  run = functools.partial(_run_jobs, spec, out, jobs, todo, cheapest,
+                          dict(workers=workers, jobs_at_once=jobs_at_once, pool=pool, check_first=check_first,
+                               python=python))
   if pool is None:
-    return _run_jobs(spec, out, jobs, todo, cheapest, workers, jobs_at_once, pool, check_first, python)
+    return run()
   with pool:  # on an exception (Ctrl-C included) the workers stop their jobs, which keep their checkpoints
-    return _run_jobs(spec, out, jobs, todo, cheapest, workers, jobs_at_once, pool, check_first, python)
+    return run()
 
 
-def _run_jobs(spec, out, jobs, todo, cheapest, workers, jobs_at_once, pool, check_first, python) -> int:
-  if todo and check_first:
+def _run_jobs(spec: dict, out: pathlib.Path, jobs: list[dict], todo: list[dict], cheapest, how: dict) -> int:
+  """``run_protocol``'s work once the jobs are planned; ``how``: its workers, jobs_at_once, pool, check_first and
+  python."""
+  workers, jobs_at_once, pool, python = how["workers"], how["jobs_at_once"], how["pool"], how["python"]
+  if todo and how["check_first"]:
     print(f"{spec['name']} ({spec['variant']}): preflight, the first searched and baseline jobs shrunk to a debug "
           f"run (compiling them takes a minute or two)", flush=True)
     error = preflight(todo, out, python, pool)
@@ -415,6 +427,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print("interrupted: the finished jobs are kept and the stopped ones resume from their last checkpoint; run "
+          "the same command again to go on.", file=sys.stderr)
+    return 130
   except OSError as e:  # the output folder filled up or went away: finished jobs are kept, rerun resumes
     print(f"error: cannot write {e.filename or out} ({e.strerror or e}); free space or choose another --out, then "
           f"run the same command again (finished jobs are kept).", file=sys.stderr)

@@ -403,11 +403,14 @@ def _quiet_event_loop_noise() -> None:
   """After a failed restore (a damaged checkpoint) Orbax leaves coroutines whose collection reports "Event loop
   is closed" with a traceback around the one-sentence error: the app drops that report and keeps every other."""
   previous = sys.unraisablehook
+  if getattr(previous, "quiets_event_loop", False):  # installed by an earlier job of this process
+    return
 
   def hook(unraisable):
     if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
       return
     previous(unraisable)
+  hook.quiets_event_loop = True
   sys.unraisablehook = hook
 
 
