@@ -43,6 +43,18 @@ def _exit_code(e: SystemExit) -> int:
   return e.code if isinstance(e.code, int) else 1
 
 
+_JOB = {"running": False, "interrupted": False}
+
+
+def _on_sigint(signum, frame) -> None:
+  """SIGINT stops the running job (KeyboardInterrupt), again at each signal until it has: one raised inside a
+  garbage-collection callback is lost (Python reports it and goes on); between jobs and in a stopped job's clean-up
+  it only marks the worker as stopping."""
+  _JOB["interrupted"] = True
+  if _JOB["running"]:
+    raise KeyboardInterrupt
+
+
 def run_in_process(argv: Sequence[str], log_path: str) -> int:
   """``python -m experiments.search *argv`` in this process, its output appended to ``log_path`` (and nothing to
   read on its standard input); the exit status it would have had."""
@@ -55,6 +67,7 @@ def run_in_process(argv: Sequence[str], log_path: str) -> int:
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     sys.argv = ["experiments.search", *argv]
+    _JOB["running"] = True
     try:
       # As ``python -m`` runs it: the module's code runs as __main__ (Hydra finds conf/ from its file); the
       # modules it imports are this process's, already imported.
@@ -63,12 +76,14 @@ def run_in_process(argv: Sequence[str], log_path: str) -> int:
     except SystemExit as e:  # Hydra and the app exit this way on errors (2: bad input, 1: a failure)
       rc = _exit_code(e)
     except KeyboardInterrupt:  # the pool stops its workers with SIGINT: the job stops, and so does the worker
+      _JOB["running"] = False
       rc = INTERRUPTED
     except BaseException:  # noqa: BLE001 - a job's failure is reported, the worker goes on
       import traceback
       traceback.print_exc()
       rc = 1
     finally:
+      _JOB["running"] = False
       sys.stdout.flush()
       sys.stderr.flush()
       for fd, copy in enumerate(saved):
@@ -82,6 +97,7 @@ def serve(reply_fd: int) -> None:
   """The worker's loop: a JSON line ``{"argv": [...], "log": path}`` in on stdin, ``{"rc": n, "seconds": s}``
   out on ``reply_fd``, until stdin closes (or a job is interrupted)."""
   os.set_inheritable(reply_fd, False)  # a job's own subprocesses do not hold the pool's pipe
+  signal.signal(signal.SIGINT, _on_sigint)
   reply = os.fdopen(reply_fd, "w", buffering=1)
   import experiments.search  # noqa: F401 - the imports every job shares, before the first job is timed
   # runpy's note that the module it runs as __main__ is also imported (it is, as a library): true, and harmless
@@ -94,7 +110,7 @@ def serve(reply_fd: int) -> None:
     t0 = time.time()
     rc = run_in_process(job["argv"], job["log"])
     reply.write(json.dumps({"rc": rc, "seconds": time.time() - t0}) + "\n")
-    if rc == INTERRUPTED:
+    if _JOB["interrupted"]:  # stopped (the job may have finished first): no further job
       return
 
 
@@ -143,15 +159,20 @@ class _Worker:
     if self.alive:
       self.proc.send_signal(signal.SIGINT)
 
-  def close(self) -> None:
-    """Ends the worker after its job."""
+  def close(self, interrupted: bool = False) -> None:
+    """Ends the worker after its job; ``interrupted``: repeats the SIGINT every 2 s until the job has stopped."""
     try:
       self.proc.stdin.close()
     except OSError:
       pass
-    try:
-      self.proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
+    deadline = time.time() + 120
+    while self.proc.poll() is None and time.time() < deadline:
+      try:
+        self.proc.wait(timeout=2)
+      except subprocess.TimeoutExpired:
+        if interrupted:
+          self.interrupt()
+    if self.proc.poll() is None:
       self.proc.kill()
       self.proc.wait()
     self.replies.close()  # after the worker has ended: a reader of the pipe has had its reply or end of file
@@ -216,7 +237,7 @@ class WorkerPool:
       for w in workers:
         w.interrupt()
     for w in workers:
-      w.close()
+      w.close(interrupted=now)
 
   def __enter__(self) -> "WorkerPool":
     return self
