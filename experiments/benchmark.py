@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import functools
+import contextlib
 import json
 import os
 import pathlib
@@ -234,13 +234,12 @@ def run_job(job: dict, out: pathlib.Path, python: str, jobs_at_once: int = 1, po
           "hydra.output_subdir=.hydra"]
   cmd = [python, "-m", "experiments.search", *argv]
   t0 = time.time()
-  with open(folder / "log.txt", "w") as log:
-    log.write(" ".join(cmd) + "\n")
-    log.flush()
-    if pool is None:
-      rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=job_env(jobs_at_once), cwd=ROOT).returncode
+  (folder / "log.txt").write_text(" ".join(cmd) + "\n")
   if pool is not None:
     rc = pool.run(argv, folder / "log.txt")
+  else:
+    with open(folder / "log.txt", "a") as log:
+      rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=job_env(jobs_at_once), cwd=ROOT).returncode
   if rc != 0 and not (folder / "error.json").exists():
     write_json_atomic(folder / "error.json", {"error": f"exit status {rc}; see {folder / 'log.txt'}",
                                               "type": "JobFailed"})
@@ -337,59 +336,48 @@ def run_protocol(spec: dict, out: pathlib.Path, workers: int = 1, python: str = 
   # process_per_job every job starts a process of its own.
   pool = None if process_per_job or not todo else WorkerPool(jobs_at_once, job_env(jobs_at_once), out / ".workers",
                                                               python)
-  run = functools.partial(_run_jobs, spec, out, jobs, todo, cheapest,
-                          dict(workers=workers, jobs_at_once=jobs_at_once, pool=pool, check_first=check_first,
-                               python=python))
-  if pool is None:
-    return run()
-  with pool:  # on an exception (Ctrl-C included) the workers stop their jobs, which keep their checkpoints
-    return run()
+  with pool if pool is not None else contextlib.nullcontext():  # on an exception (Ctrl-C included) the workers
+    # stop their jobs, which keep their checkpoints
+    if todo and check_first:
+      print(f"{spec['name']} ({spec['variant']}): preflight, the first searched and baseline jobs shrunk to a debug "
+            f"run (compiling them takes a minute or two)", flush=True)
+      error = preflight(todo, out, python, pool)
+      if error:
+        raise ValueError(f"the protocol's first job fails before any work: {error}")
+    write_json_atomic(out / "protocol.json", manifest(spec, jobs, cheapest))
+    for j in todo:  # a previous failure is retried
+      (out / j["dir"] / "error.json").unlink(missing_ok=True)
+    print(f"{spec['name']} ({spec['variant']}): {len(jobs)} jobs, {len(jobs) - len(todo)} already done, "
+          f"{len(todo)} to run with {workers} worker(s) -> {out}", flush=True)
+    lock, done, failed, t_start = threading.Lock(), [0], [], time.time()
 
+    def one(job):
+      res = run_job(job, out, python, jobs_at_once=jobs_at_once, pool=pool)
+      with lock:
+        done[0] += 1
+        elapsed = time.time() - t_start
+        eta = elapsed / done[0] * (len(todo) - done[0])
+        status = "failed" if res["rc"] else _accuracy_text(out / job["dir"])
+        if res["rc"]:
+          failed.append(job["dir"])
+        print(f"[{done[0]}/{len(todo)}] {job['dir']}: {status} in {res['seconds']:.0f} s "
+              f"(elapsed {elapsed / 60:.1f} min, about {eta / 60:.0f} min left)", flush=True)
 
-def _run_jobs(spec: dict, out: pathlib.Path, jobs: list[dict], todo: list[dict], cheapest, how: dict) -> int:
-  """``run_protocol``'s work once the jobs are planned; ``how``: its workers, jobs_at_once, pool, check_first and
-  python."""
-  workers, jobs_at_once, pool, python = how["workers"], how["jobs_at_once"], how["pool"], how["python"]
-  if todo and how["check_first"]:
-    print(f"{spec['name']} ({spec['variant']}): preflight, the first searched and baseline jobs shrunk to a debug "
-          f"run (compiling them takes a minute or two)", flush=True)
-    error = preflight(todo, out, python, pool)
-    if error:
-      raise ValueError(f"the protocol's first job fails before any work: {error}")
-  write_json_atomic(out / "protocol.json", manifest(spec, jobs, cheapest))
-  for j in todo:  # a previous failure is retried
-    (out / j["dir"] / "error.json").unlink(missing_ok=True)
-  print(f"{spec['name']} ({spec['variant']}): {len(jobs)} jobs, {len(jobs) - len(todo)} already done, "
-        f"{len(todo)} to run with {workers} worker(s) -> {out}", flush=True)
-  lock, done, failed, t_start = threading.Lock(), [0], [], time.time()
-
-  def one(job):
-    res = run_job(job, out, python, jobs_at_once=jobs_at_once, pool=pool)
-    with lock:
-      done[0] += 1
-      elapsed = time.time() - t_start
-      eta = elapsed / done[0] * (len(todo) - done[0])
-      status = "failed" if res["rc"] else _accuracy_text(out / job["dir"])
-      if res["rc"]:
-        failed.append(job["dir"])
-      print(f"[{done[0]}/{len(todo)}] {job['dir']}: {status} in {res['seconds']:.0f} s "
-            f"(elapsed {elapsed / 60:.1f} min, about {eta / 60:.0f} min left)", flush=True)
-
-  threads = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers))
-  try:
-    for f in concurrent.futures.as_completed([threads.submit(one, j) for j in todo]):
-      f.result()
-  except BaseException:  # Ctrl-C or a bug: no further job starts
-    threads.shutdown(wait=False, cancel_futures=True)
-    raise
-  threads.shutdown()
-  report = benchmark_report.build_report(out)
-  paths = benchmark_report.write_report(out, report)
-  print(f"report: {paths[0]}", flush=True)
-  if failed:
-    print(f"{len(failed)} job(s) failed: {', '.join(failed)} (error.json and log.txt in each folder); "
-          f"run the same command again to retry them.", file=sys.stderr)
-  return len(failed)
+    threads = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers))
+    try:
+      for f in concurrent.futures.as_completed([threads.submit(one, j) for j in todo]):
+        f.result()
+    except BaseException:  # Ctrl-C or a bug: no further job starts
+      threads.shutdown(wait=False, cancel_futures=True)
+      raise
+    threads.shutdown()
+    report = benchmark_report.build_report(out)
+    paths = benchmark_report.write_report(out, report)
+    print(f"report: {paths[0]}", flush=True)
+    if failed:
+      print(f"{len(failed)} job(s) failed: {', '.join(failed)} (error.json and log.txt in each folder); "
+            f"run the same command again to retry them.", file=sys.stderr)
+    return len(failed)
 
 
 def _accuracy_text(folder: pathlib.Path) -> str:

@@ -76,7 +76,7 @@ def run_in_process(argv: Sequence[str], log_path: str) -> int:
     except SystemExit as e:  # Hydra and the app exit this way on errors (2: bad input, 1: a failure)
       rc = _exit_code(e)
     except KeyboardInterrupt:  # the pool stops its workers with SIGINT: the job stops, and so does the worker
-      _JOB["running"] = False
+      _JOB["running"] = False  # at once: a repeated SIGINT must not interrupt this handler
       rc = INTERRUPTED
     except BaseException:  # noqa: BLE001 - a job's failure is reported, the worker goes on
       import traceback
@@ -94,8 +94,8 @@ def run_in_process(argv: Sequence[str], log_path: str) -> int:
 
 
 def serve(reply_fd: int) -> None:
-  """The worker's loop: a JSON line ``{"argv": [...], "log": path}`` in on stdin, ``{"rc": n, "seconds": s}``
-  out on ``reply_fd``, until stdin closes (or a job is interrupted)."""
+  """The worker's loop: a JSON line ``{"argv": [...], "log": path}`` in on stdin, ``{"rc": n}`` out on
+  ``reply_fd``, until stdin closes (or a job is interrupted)."""
   os.set_inheritable(reply_fd, False)  # a job's own subprocesses do not hold the pool's pipe
   signal.signal(signal.SIGINT, _on_sigint)
   reply = os.fdopen(reply_fd, "w", buffering=1)
@@ -107,9 +107,7 @@ def serve(reply_fd: int) -> None:
     if not line:
       return
     job = json.loads(line)
-    t0 = time.time()
-    rc = run_in_process(job["argv"], job["log"])
-    reply.write(json.dumps({"rc": rc, "seconds": time.time() - t0}) + "\n")
+    reply.write(json.dumps({"rc": run_in_process(job["argv"], job["log"])}) + "\n")
     if _JOB["interrupted"]:  # stopped (the job may have finished first): no further job
       return
 
@@ -126,7 +124,7 @@ class _Worker:
     read, write = os.pipe()
     self.log_path = log_path
     self.log = open(log_path, "ab")
-    # A session of its own: the terminal's Ctrl-C goes to the pool's owner, which stops the workers once.
+    # A session of its own: the terminal's Ctrl-C goes to the pool's owner, which stops the workers.
     self.proc = subprocess.Popen([python, "-m", "experiments.jobpool", "--reply-fd", str(write)],
                                  stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT, env=dict(env),
                                  cwd=ROOT, pass_fds=(write,), text=True, start_new_session=True)
