@@ -13,6 +13,10 @@ Also reported: the time of the expected-cost contraction alone, as a share of th
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before the heavy imports: restart on a caching allocator
+  from nas import allocator as _allocator  # where one is installed (nas/allocator.py)
+  _allocator.reexec()
+
 import argparse
 import json
 import pathlib

@@ -12,6 +12,10 @@ median ratio of adjacent blocks, cached_partial / staged: above 1, the staged st
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before the heavy imports: restart on a caching allocator
+  from nas import allocator as _allocator  # where one is installed (nas/allocator.py)
+  _allocator.reexec()
+
 import argparse
 import json
 import pathlib

@@ -5,6 +5,10 @@ derived-network steps, on one CPU or GPU (docs/speed.md, section 3).
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before the heavy imports: restart on a caching allocator
+  from nas import allocator as _allocator  # where one is installed (nas/allocator.py)
+  _allocator.reexec()
+
 import functools
 from typing import Mapping
 

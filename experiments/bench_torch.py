@@ -25,6 +25,10 @@ says so and exits 0.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before the heavy imports: restart on a caching allocator
+  from nas import allocator as _allocator  # where one is installed (nas/allocator.py)
+  _allocator.reexec()
+
 import argparse
 import dataclasses
 import functools

@@ -38,7 +38,7 @@ from experiments.config import BUDGET_METRICS
 from experiments.jobpool import ROOT, WorkerPool
 from experiments.preflight import unwritable
 from experiments.search import write_json_atomic
-from nas import runtime
+from nas import allocator, runtime
 
 CONF_DIR = pathlib.Path(__file__).resolve().parent.parent / "conf" / "benchmark"
 SAME_TOTAL = benchmark_report.SAME_TOTAL  # family of the baselines trained for search + fine-tuning steps
@@ -247,9 +247,10 @@ def run_job(job: dict, out: pathlib.Path, python: str, jobs_at_once: int = 1, po
 
 
 def job_env(jobs_at_once: int) -> dict:
-  """A job's environment: XLA's convolution kernels for ``jobs_at_once`` jobs sharing the cores, wandb off
-  unless WANDB_MODE says otherwise."""
-  return dict(runtime.job_environment(os.environ, jobs_at_once), WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))
+  """A job's environment: XLA's convolution kernels for ``jobs_at_once`` jobs sharing the cores, the caching
+  allocator where one is installed, wandb off unless WANDB_MODE says otherwise."""
+  env = allocator.environment(runtime.job_environment(os.environ, jobs_at_once))  # nas/allocator.py
+  return dict(env, WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"))
 
 
 def preflight(jobs: list[dict], out: pathlib.Path, python: str, pool: WorkerPool | None = None) -> str | None:

@@ -33,6 +33,8 @@ import time
 import warnings
 from typing import Mapping, Sequence
 
+from nas import allocator
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 INTERRUPTED = 130  # a job stopped by SIGINT (the shell's status for it)
 
@@ -97,6 +99,7 @@ def serve(reply_fd: int) -> None:
   """The worker's loop: a JSON line ``{"argv": [...], "log": path}`` in on stdin, ``{"rc": n}`` out on
   ``reply_fd``, until stdin closes (or a job is interrupted)."""
   os.set_inheritable(reply_fd, False)  # a job's own subprocesses do not hold the pool's pipe
+  os.environ[allocator.REEXEC_MARK] = "1"  # a job's __main__ must not restart this worker (nas.allocator.reexec)
   signal.signal(signal.SIGINT, _on_sigint)
   reply = os.fdopen(reply_fd, "w", buffering=1)
   import experiments.search  # noqa: F401 - the imports every job shares, before the first job is timed

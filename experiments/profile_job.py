@@ -17,6 +17,10 @@ is "other" (Hydra, config validation, the tracker, Python between phases).
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before the heavy imports: restart on a caching allocator
+  from nas import allocator as _allocator  # where one is installed (nas/allocator.py)
+  _allocator.reexec()
+
 import time
 
 T_START = time.perf_counter()

@@ -9,6 +9,10 @@ Each job writes ``result.json`` in its run folder (see README, "result.json"); a
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # first, before the heavy imports: restart on a caching allocator
+  from nas import allocator as _allocator  # where one is installed (nas/allocator.py)
+  _allocator.reexec()
+
 import dataclasses
 import errno
 import hashlib
