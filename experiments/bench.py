@@ -28,6 +28,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from nas import allocator
 from nas.search import cost as costlib
 from nas.search import loop as searchlib  # StepInputs and the step itself
 from nas.ops import sparsity
@@ -143,6 +144,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--out", default=None, help="write the rows as JSON here")
   args = parser.parse_args(argv)
   rows = []
+  print(f"allocator: {allocator.describe()}")
   print(f"{'model':<12} {'method':<7} {'batch':>5} {'supernet ms':>12} {'plain ms':>9} {'ratio':>6} "
         f"{'E[cost] us':>11} {'share':>7}")
   for name in args.models:

@@ -449,6 +449,8 @@ def main(argv=None) -> list[dict]:
       return []
   if args.sweep:
     return sweep(args.models, args.iters, args.out, args.only, args.torch_threads) if with_torch else []
+  from nas import allocator
+  print(f"allocator (JAX and PyTorch alike): {allocator.describe()}")
   print(f"{'model':<11} {'batch':>5} {'jax':<8} {'lay':<5} {'jax ms':>9} {'torch ms':>9} {'ratio':>6} "
         f"{'torch 1t':>9} {'ratio':>6}")
   rows = []

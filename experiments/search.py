@@ -35,6 +35,7 @@ from experiments import preflight, xla_env
 from experiments.baselines import baseline_choices
 from experiments.tracking import Tracker, WandbConfig
 from hardware.host import host_mismatch
+from nas import allocator
 from nas.search import cost as costlib
 from nas.search.budget import unbound_budget
 from nas.train.checkpoint import code_fingerprint, module_source_hash, save_network
@@ -444,6 +445,7 @@ def main(cfg: DictConfig) -> dict | None:
   if xla_env.share_cores(hc):  # before this worker's first JAX computation: XLA reads its flags once
     log.info("jobs at once fill the cores: this job runs its convolutions on one thread each (YNNPACK; "
              "nas/runtime.py)")
+  log.info("memory allocator: %s", allocator.describe())
   _quiet_event_loop_noise()
   use_compile_cache(cfg.compile_cache)
   out_dir = pathlib.Path(hc.runtime.output_dir)
