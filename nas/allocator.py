@@ -121,5 +121,7 @@ def describe() -> str:
     return f"{name} (caching allocator)"
   if opted_out(os.environ):
     return f"system malloc ({OPT_OUT}=system)"
-  return (f"glibc malloc without mmap for large blocks (no caching allocator installed: {INSTALL} makes "
-          f"the larger models' steps up to 2x faster)")
+  preload = find_preload()
+  why = (f"{preload[0]} is installed, but this process was not started on it" if preload else
+         f"no caching allocator installed: {INSTALL} makes the larger models' steps up to 2x faster")
+  return f"glibc malloc without mmap for large blocks ({why})"
