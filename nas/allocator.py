@@ -102,7 +102,7 @@ def reexec(argv: list[str] | None = None) -> None:
   """Restarts this process's command line (``sys.orig_argv``) on the caching allocator where one is installed
   and not yet loaded; returns where there is nothing to do. Call it first in a ``__main__`` block, before any
   work: ``os.execve`` replaces the process (same PID, same arguments and environment plus ``LD_PRELOAD``)."""
-  if os.environ.get(REEXEC_MARK) or loaded():
+  if os.environ.get(REEXEC_MARK) or not sys.executable or loaded():
     return
   env = environment(os.environ)
   if env.get("LD_PRELOAD") == os.environ.get("LD_PRELOAD"):
