@@ -8,7 +8,7 @@ step page-faults its whole working memory again: 8,900 minor faults a step for f
 time (measured on a 2-core AMD EPYC, jax/jaxlib 0.10.2; docs/speed.md, section 9). PyTorch does not pay this:
 its tensors are allocated one by one, each under glibc's mmap threshold.
 
-Two remedies, both applied without the user doing anything:
+Two remedies, applied without the user doing anything (the second where the library is installed):
 
 * :func:`keep_freed_memory` (glibc only, applied when ``nas`` is imported): ``mallopt`` stops glibc from
   serving blocks with ``mmap`` and from trimming the heap, so freed blocks are reused. That covers every buffer
