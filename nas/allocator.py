@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 from typing import Mapping
@@ -60,8 +61,10 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
   return bool(libc.mallopt(_M_MMAP_MAX, 0)) & bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
 
 
+@functools.cache
 def find_preload() -> tuple[str, str | None] | None:
-  """(library, MALLOC_CONF or None) of the first caching allocator installed on this machine, or None."""
+  """(library, MALLOC_CONF or None) of the first caching allocator installed on this machine, or None; looked up
+  once a process (``find_library`` runs ``ldconfig``, and ``gcc`` for a name it does not find: 10-30 ms)."""
   if not sys.platform.startswith("linux"):
     return None
   for name, conf in PRELOADS:
