@@ -11,7 +11,7 @@ from flax import nnx
 
 from hardware.base import LayerSpec
 from nas.models.arch import Architecture, LayerChoice
-from nas.ops.choices import CategoricalChoice, SDQChoice, check_mode, uniform_noise
+from nas.ops.choices import CategoricalChoice, SDQChoice, check_mode, gumbel_softmax, rowwise, uniform_noise
 from nas.ops.layers import ChoiceKeys, QLayer, width_mask
 from nas.models.space import SearchSpace
 
@@ -134,12 +134,33 @@ class Supernet(nnx.Module):
       flat = uniform_noise(key, (sum(sizes),))
       offsets = np.cumsum([0] + sizes)
       noise = {n: flat[offsets[i]:offsets[i + 1]].reshape(s) for i, (n, s) in enumerate(shapes.items())}
-    out = {}
+    out = self._categorical_samples(noise, tau) if mode == "sample" else {}
     for n in names:
       choice = self.choices[n]
       onehot = n in self._bit_choices or n in self._onehot_choices
+      if n in out:  # sampled with the others: the quantiser's weights, or dense ones (y itself)
+        out[n] = choice.sampled(*out[n]) if onehot else out[n][0]
+        continue
       weights = choice.quantizer_weights if onehot else choice.mixing_weights
       out[n] = weights(mode, tau=tau, uniform=noise.get(n))
+    return out
+
+  def _categorical(self) -> dict[str, CategoricalChoice]:
+    return {n: c for n, c in self.choices.items() if isinstance(c, CategoricalChoice) and not c.fixed}
+
+  def _categorical_samples(self, noise: Mapping[str, jax.Array], tau) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Every categorical choice's Gumbel sample and its argmax, drawn from ``noise`` as each choice would draw
+    its own, computed as one softmax per candidate count (``rowwise``)."""
+    out = {}
+    cats = self._categorical()
+    for hard in sorted({c.hard for c in cats.values()}):
+      logits = {n: c.logits[...] for n, c in cats.items() if c.hard == hard}
+
+      def draw(lg, u, hard=hard):
+        y = gumbel_softmax(None, lg, tau, hard, u)
+        return y, jnp.argmax(y, axis=-1)
+
+      out.update(rowwise(draw, logits, {n: noise[n] for n in logits}))
     return out
 
   def project(self) -> None:
@@ -149,7 +170,11 @@ class Supernet(nnx.Module):
         c.project()
 
   def probs(self) -> dict[str, jax.Array]:
-    return {n: c.probs() for n, c in self.choices.items()}
+    """Every choice's categorical distribution (``probs``); the categorical choices' softmaxes as one per
+    candidate count."""
+    logits = {n: c.logits[...] for n, c in self._categorical().items()}
+    cats = rowwise(lambda lg: jax.nn.softmax(lg, axis=-1), logits)
+    return {n: cats[n] if n in cats else c.probs() for n, c in self.choices.items()}
 
   def derive(self) -> dict[str, int]:
     return {n: c.derive() for n, c in self.choices.items()}

@@ -11,7 +11,8 @@ References:
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+import math
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -75,6 +76,29 @@ def gumbel_softmax(key: jax.Array | None, logits: jax.Array, tau, hard: bool = F
     return y
   one_hot = jax.nn.one_hot(jnp.argmax(y, axis=-1), logits.shape[-1], dtype=y.dtype)
   return y + jax.lax.stop_gradient(one_hot - y)
+
+
+def rowwise(fn: Callable, *arrays: Mapping[str, jax.Array]) -> dict:
+  """``fn`` over the last axis of many small arrays at once: the arrays of each length of that axis are
+  stacked as rows, ``fn`` runs once on each stack (and on the stacks of the other mappings, whose arrays have
+  the same shapes), and its results are split back per name (an array, or a tuple of arrays, with the rows
+  first). Used for the choices' softmaxes: XLA on a CPU runs every small operation as a call of its own
+  (about 1-2 us each), and a supernet has about a hundred choices.
+  """
+  first = arrays[0]
+  stacks = {}
+  for name, x in first.items():
+    stacks.setdefault(x.shape[-1], []).append(name)
+  out = {}
+  for n, names in stacks.items():
+    lead = [first[k].shape[:-1] for k in names]
+    stacked = [jnp.concatenate([d[k].reshape(-1, n) for k in names]) for d in arrays]
+    result = fn(*stacked)
+    ends = np.cumsum([math.prod(s) for s in lead])
+    for k, shape, end, size in zip(names, lead, ends, (math.prod(s) for s in lead)):
+      out[k] = jax.tree.map(lambda r, s=shape, a=int(end - size), b=int(end): r[a:b].reshape(s + r.shape[1:]),
+                            result)
+  return out
 
 
 class _Choice(nnx.Module):
@@ -142,14 +166,18 @@ class CategoricalChoice(_Choice):
     if self.fixed:
       return jnp.ones(self.logits[...].shape[:-1] + (1,), jnp.float32)
     logits = self.logits[...]
-    cands = jnp.broadcast_to(jnp.arange(n), logits.shape)
     if mode == "sample":
       y = gumbel_softmax(key, logits, tau, self.hard, uniform)
-      return OneHot(cands, jnp.argmax(y, axis=-1), y) if self.hard else y  # hard: y is one-hot forward
+      return self.sampled(y, jnp.argmax(y, axis=-1))
     if mode == "expected":
       return self.probs()
     drawn = jnp.argmax(logits, axis=-1)
-    return OneHot(cands, drawn, jax.nn.one_hot(drawn, n))
+    return OneHot(jnp.broadcast_to(jnp.arange(n), logits.shape), drawn, jax.nn.one_hot(drawn, n))
+
+  def sampled(self, y: jax.Array, drawn: jax.Array) -> "OneHot | jax.Array":
+    """The quantiser's weights for a Gumbel sample ``y`` (as ``gumbel_softmax`` gives it) and its argmax."""
+    cands = jnp.broadcast_to(jnp.arange(len(self.values)), y.shape)
+    return OneHot(cands, drawn, y) if self.hard else y  # hard: y is one-hot forward
 
   def derive(self):
     """The chosen candidate: the most probable one (a tuple, one per channel, for per-channel choices)."""

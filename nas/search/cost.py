@@ -228,13 +228,15 @@ def table_arrays(tables: list[LayerCostTable], metric_names) -> list[dict[str, j
 
 
 def _interp_last(grid, x, xp):
-  """grid[..., x] linearly interpolated at real x in [0, K] (last axis of length K + 1)."""
+  """grid[..., x] linearly interpolated at real x in [0, K] (last axis of length K + 1); ``x`` is a scalar,
+  or an array that broadcasts against ``grid[..., 0]`` (one point per leading index, in one gather)."""
   kmax = grid.shape[-1] - 1
   x = xp.clip(x, 0.0, float(kmax))
   k0 = xp.clip(xp.floor(x), 0, max(kmax - 1, 0)).astype(np.int32)
   frac = x - k0
-  g0 = xp.take(grid, k0, axis=-1)
-  g1 = xp.take(grid, xp.minimum(k0 + 1, kmax), axis=-1)
+  lead = grid.shape[:-1]
+  g0 = xp.take_along_axis(grid, xp.broadcast_to(k0, lead)[..., None], axis=-1)[..., 0]
+  g1 = xp.take_along_axis(grid, xp.broadcast_to(xp.minimum(k0 + 1, kmax), lead)[..., None], axis=-1)[..., 0]
   return g0 * (1.0 - frac) + g1 * frac
 
 
@@ -277,8 +279,7 @@ def expected_costs(tables: list[LayerCostTable], arrays: list[dict], probs: Mapp
         active = xp.ones((kmax,), np.float32)
       n_b = active @ pw  # expected columns per weight bit-width, (nW,)
       for m, grid in arr.items():
-        at = xp.stack([xp.stack([_interp_last(grid[s, b], n_b[b], xp) for b in range(shape[1])])
-                       for s in range(shape[0])])  # (nNM, nW, nA, nCin)
+        at = _interp_last(grid, n_b[None, :, None, None], xp)  # (nNM, nW, nA, nCin): n_b[b] for bit-width b
         add(m, xp.einsum("s,a,i,swai->", pnm, pa, pci, at), k)
       continue
     pw, pco = p(k.w_bits, shape[1]), p(k.cout, shape[4])

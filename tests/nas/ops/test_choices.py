@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 from scipy import stats
 
-from nas.ops.choices import ArchParam, CategoricalChoice, SDQChoice, gumbel_softmax
+from nas.ops.choices import ArchParam, CategoricalChoice, SDQChoice, gumbel_softmax, rowwise
 
 LOGITS = np.asarray([1.0, 0.0, -1.0, 0.5, -2.0], np.float32)
 
@@ -195,3 +195,64 @@ def test_sdq_sample_frequency_and_straight_through_gradient(key):
     single.logits[...] = jnp.float32(beta)
     grads = nnx.grad(loss, argnums=nnx.DiffState(0, ArchParam))(single)
     assert float(grads["logits"][...]) == pytest.approx(slope, rel=1e-6)
+
+
+def test_rowwise_applies_fn_to_every_array_by_its_last_axis():
+  """Arrays of different shapes and candidate counts, stacked per count, give what each gives alone."""
+  rng = np.random.default_rng(0)
+  shapes = {"a": (3,), "b": (6, 4), "c": (4,), "d": (2, 3), "e": (1,)}
+  logits = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+  noise = {k: rng.uniform(0.01, 1.0, size=s).astype(np.float32) for k, s in shapes.items()}
+  out = rowwise(lambda z, u: (jax.nn.softmax(z + u, axis=-1), jnp.argmax(z + u, axis=-1)), logits, noise)
+  assert set(out) == set(shapes)
+  for k, s in shapes.items():
+    p, idx = out[k]
+    assert p.shape == s and idx.shape == s[:-1]
+    np.testing.assert_allclose(p, np_softmax(logits[k] + noise[k]), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(idx, np.argmax(logits[k] + noise[k], -1))
+
+
+@pytest.mark.parametrize("method", ["gumbel", "sdq"])
+def test_supernet_draws_every_choice_as_the_choice_draws_itself(key, method):
+  """The supernet's stacked softmaxes (one per candidate count) give each choice the weights, argmax and
+  gradients that the choice computes alone from the same noise."""
+  from nas.models import build_model
+  from nas.models.space import SearchSpace
+  from nas.ops.choices import OneHot
+  net = build_model("vit", SearchSpace(method=method), input_shape=(28, 28, 1), num_classes=10)
+  for i, c in enumerate(net.choices.values()):
+    c.logits[...] = c.logits[...] + jax.random.normal(jax.random.fold_in(key, i), c.logits[...].shape)
+  names = [n for n, c in net.choices.items() if not c.fixed]
+  noise = {n: jax.random.uniform(jax.random.fold_in(key, 1000 + i), net.choices[n].noise_shape, minval=1e-6)
+           for i, n in enumerate(names)}
+
+  samples, probs = net._categorical_samples(noise, 0.7), net.probs()
+  for n, c in net.choices.items():
+    np.testing.assert_allclose(probs[n], c.probs(), rtol=1e-6, atol=1e-7)
+    if n not in samples:
+      continue
+    alone = c.quantizer_weights("sample", tau=0.7, uniform=noise[n])
+    y, drawn = samples[n]
+    np.testing.assert_allclose(y, alone.weights if isinstance(alone, OneHot) else alone, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(drawn, jnp.argmax(y, -1))
+  # every categorical choice (SDQ's bit-widths draw their own Bernoullis; its widths and heads are categorical)
+  assert samples and set(samples) == {n for n, c in net.choices.items()
+                                      if isinstance(c, CategoricalChoice) and not c.fixed}
+
+  def loss(model, stacked):
+    if stacked:
+      ys = {n: y for n, (y, _) in model._categorical_samples(noise, 0.7).items()}
+      probs = model.probs()
+    else:
+      ys = {n: gumbel_softmax(None, model.choices[n].logits[...], 0.7, model.choices[n].hard, noise[n])
+            for n in samples}
+      probs = {n: c.probs() for n, c in model.choices.items()}
+    return sum(jnp.sum(y * jnp.arange(y.shape[-1])) for y in ys.values()) + sum(
+      jnp.sum(p ** 2) for p in probs.values())
+
+  wrt = nnx.DiffState(0, ArchParam)
+  g_stacked = jax.tree.leaves(nnx.grad(loss, argnums=wrt)(net, True))
+  g_alone = jax.tree.leaves(nnx.grad(loss, argnums=wrt)(net, False))
+  assert len(g_stacked) == len(net.choices)
+  for a, b in zip(g_stacked, g_alone):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
