@@ -368,10 +368,35 @@ class QLayer(nnx.Module):
       return x @ w + b
     if column_scale is not None:
       raise ValueError(f"QLayer {self.spec.name!r}: column_scale is for dense and linear layers only.")
-    groups = self.spec.cin if self.spec.kind == "dwconv" else 1
-    return jax.lax.conv_general_dilated(
-        x, w, (self.spec.stride,) * 2, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups)
+    if self.spec.kind == "dwconv":
+      return depthwise_conv(x, w, self.spec.stride)
+    return jax.lax.conv_general_dilated(x, w, (self.spec.stride,) * 2, "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def depthwise_conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+  """Depthwise convolution, NHWC input, kernel (kh, kw, 1, C), "SAME" padding, as ``lax.conv_general_dilated``
+  with ``feature_group_count=C`` computes it.
+
+  On a CPU it runs as kh * kw shifted slices of the padded input times a kernel row each, summed: elementwise
+  work that XLA fuses into a few loops, forward and backward. XLA's CPU backend runs the grouped convolution
+  itself 13 to 35 times slower (forward and both gradients, batch 64, MobileNetV2's layers from 32x32x96 to
+  4x4x960; ``docs/speed.md``, section 10). Other backends keep the grouped convolution (their libraries
+  have depthwise kernels).
+  """
+  if jax.default_backend() != "cpu":
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=x.shape[-1])
+  kh, kw = w.shape[:2]
+  pads = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), (stride, stride), "SAME")
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  ho, wo = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      term = xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :] * w[i, j, 0]
+      out = term if out is None else out + term
+  return out
 
 
 def width_mask(values: tuple[int, ...], weights: jax.Array, max_channels: int) -> jax.Array:

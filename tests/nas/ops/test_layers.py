@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from hardware.base import LayerSpec
-from nas.ops.layers import BN_EPSILON, ChoiceKeys, QLayer, batch_norm, width_mask
+from nas.ops.layers import BN_EPSILON, ChoiceKeys, QLayer, batch_norm, depthwise_conv, width_mask
 from nas.models.space import SearchSpace
 
 KEYS = ChoiceKeys(w_bits="w", a_bits="a", cin=None, cout=None)
@@ -157,6 +157,28 @@ def test_dwconv_shape_and_grouping(stride):
   x2[..., 1] += 1.0
   diff = np.abs(np.asarray(layer(jnp.asarray(x2), arch)) - out).max(axis=(0, 1, 2))
   assert diff[1] > 1e-3 and np.all(diff[[0, 2, 3]] == 0)
+
+
+@pytest.mark.parametrize("size,k,stride", [(8, 3, 1), (8, 3, 2), (7, 3, 2), (6, 5, 1), (9, 5, 2)])
+def test_depthwise_conv_matches_numpy_and_the_grouped_convolutions_gradients(size, k, stride):
+  """The shifted-slices depthwise convolution against the NumPy reference (forward) and against XLA's grouped
+  convolution (the gradients of input and kernel), "SAME" padding at odd and even sizes."""
+  import jax
+  rng = np.random.default_rng(size * k + stride)
+  x = jnp.asarray(rng.normal(size=(2, size, size, 6)).astype(np.float32))
+  w = jnp.asarray(rng.normal(size=(k, k, 1, 6)).astype(np.float32))
+  out = depthwise_conv(x, w, stride)
+  np.testing.assert_allclose(out, ref_conv(x, w, stride, depthwise=True), rtol=1e-5, atol=1e-5)
+
+  def grouped(x, w):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=6)
+
+  g = jnp.asarray(rng.normal(size=out.shape).astype(np.float32))
+  ours = jax.vjp(lambda x, w: depthwise_conv(x, w, stride), x, w)[1](g)
+  theirs = jax.vjp(grouped, x, w)[1](g)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
 @pytest.mark.parametrize("kwargs,field", [
