@@ -214,45 +214,51 @@ def test_rowwise_applies_fn_to_every_array_by_its_last_axis():
 
 @pytest.mark.parametrize("method", ["gumbel", "sdq"])
 def test_supernet_draws_every_choice_as_the_choice_draws_itself(key, method):
-  """The supernet's stacked softmaxes (one per candidate count) give each choice the weights, argmax and
-  gradients that the choice computes alone from the same noise."""
+  """The supernet's stacked computations (one per group of choices) give each choice the weights, the
+  probabilities and the gradients that the choice computes alone from the same noise."""
   from nas.models import build_model
   from nas.models.space import SearchSpace
-  from nas.ops.choices import OneHot
+  from nas.ops.choices import OneHot, uniform_noise
   net = build_model("vit", SearchSpace(method=method), input_shape=(28, 28, 1), num_classes=10)
   for i, c in enumerate(net.choices.values()):
-    c.logits[...] = c.logits[...] + jax.random.normal(jax.random.fold_in(key, i), c.logits[...].shape)
-  names = [n for n, c in net.choices.items() if not c.fixed]
-  noise = {n: jax.random.uniform(jax.random.fold_in(key, 1000 + i), net.choices[n].noise_shape, minval=1e-6)
-           for i, n in enumerate(names)}
+    shift = jax.random.normal(jax.random.fold_in(key, i), c.logits[...].shape)
+    c.logits[...] = c.logits[...] + (shift if isinstance(c, CategoricalChoice) else -2.0 * jnp.abs(shift))
 
-  samples, probs = net._categorical_samples(noise, 0.7), net.probs()
-  for n, c in net.choices.items():
-    np.testing.assert_allclose(probs[n], c.probs(), rtol=1e-6, atol=1e-7)
-    if n not in samples:
-      continue
-    alone = c.quantizer_weights("sample", tau=0.7, uniform=noise[n])
-    y, drawn = samples[n]
-    np.testing.assert_allclose(y, alone.weights if isinstance(alone, OneHot) else alone, rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(drawn, jnp.argmax(y, -1))
-  # every categorical choice (SDQ's bit-widths draw their own Bernoullis; its widths and heads are categorical)
-  assert samples and set(samples) == {n for n, c in net.choices.items()
-                                      if isinstance(c, CategoricalChoice) and not c.fixed}
+  def noise_of(model):  # the noise the supernet draws: one uniform array, cut per searchable choice in order
+    shapes = {n: c.noise_shape for n, c in model.choices.items() if not c.fixed}
+    flat = uniform_noise(key, (sum(int(np.prod(s)) for s in shapes.values()),))
+    ends = np.cumsum([int(np.prod(s)) for s in shapes.values()])
+    return {n: flat[e - int(np.prod(s)):e].reshape(s) for (n, s), e in zip(shapes.items(), ends)}
+
+  shapes = {n: c.noise_shape for n, c in net.choices.items() if not c.fixed}
+  kinds = {type(c).__name__ for n, c in net.choices.items() if n in shapes}
+  assert kinds == ({"CategoricalChoice"} if method == "gumbel" else {"CategoricalChoice", "SDQChoice"})
+
+  def leaves(w):
+    return [w.cands, w.drawn, w.weights] if isinstance(w, OneHot) else [w]
 
   def loss(model, stacked):
     if stacked:
-      ys = {n: y for n, (y, _) in model._categorical_samples(noise, 0.7).items()}
-      probs = model.probs()
+      weights, probs = model.mixing_weights("sample", key, 0.7), model.probs()
     else:
-      ys = {n: gumbel_softmax(None, model.choices[n].logits[...], 0.7, model.choices[n].hard, noise[n])
-            for n in samples}
+      onehot, noise = set(model._bit_choices) | set(model._onehot_choices), noise_of(model)
+      weights = {n: (c.quantizer_weights if n in onehot else c.mixing_weights)("sample", tau=0.7,
+                                                                                 uniform=noise.get(n))
+                 for n, c in model.choices.items()}
       probs = {n: c.probs() for n, c in model.choices.items()}
-    return sum(jnp.sum(y * jnp.arange(y.shape[-1])) for y in ys.values()) + sum(
-      jnp.sum(p ** 2) for p in probs.values())
+    total = sum(jnp.sum(leaves(w)[-1] * jnp.arange(leaves(w)[-1].shape[-1])) for w in weights.values())
+    return total + sum(jnp.sum(p ** 2) for p in probs.values()), (weights, probs)
 
   wrt = nnx.DiffState(0, ArchParam)
-  g_stacked = jax.tree.leaves(nnx.grad(loss, argnums=wrt)(net, True))
-  g_alone = jax.tree.leaves(nnx.grad(loss, argnums=wrt)(net, False))
-  assert len(g_stacked) == len(net.choices)
-  for a, b in zip(g_stacked, g_alone):
+  g_stacked, (w_stacked, p_stacked) = nnx.grad(loss, argnums=wrt, has_aux=True)(net, True)
+  g_alone, (w_alone, p_alone) = nnx.grad(loss, argnums=wrt, has_aux=True)(net, False)
+  assert set(w_stacked) == set(w_alone) == set(net.choices)
+  for n in net.choices:
+    np.testing.assert_allclose(p_stacked[n], p_alone[n], rtol=1e-6, atol=1e-7)
+    assert type(w_stacked[n]) is type(w_alone[n])
+    for a, b in zip(leaves(w_stacked[n]), leaves(w_alone[n])):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  flat_s, flat_a = jax.tree.leaves(g_stacked), jax.tree.leaves(g_alone)
+  assert len(flat_s) == len(net.choices) and any(np.abs(np.asarray(g)).max() > 0 for g in flat_s)
+  for a, b in zip(flat_s, flat_a):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
