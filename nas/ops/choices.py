@@ -83,7 +83,7 @@ def rowwise(fn: Callable, *arrays: Mapping[str, jax.Array]) -> dict:
   stacked as rows, ``fn`` runs once on each stack (and on the stacks of the other mappings, whose arrays have
   the same shapes), and its results are split back per name (an array, or a tuple of arrays, with the rows
   first). Used for the choices' softmaxes: XLA on a CPU runs every small operation as a call of its own
-  (about 1-2 us each), and a supernet has about a hundred choices.
+  (about 1 us each here), and a supernet has about a hundred choices.
   """
   first = arrays[0]
   stacks = {}

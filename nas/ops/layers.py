@@ -381,8 +381,8 @@ def depthwise_conv(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
   On a CPU it runs as kh * kw shifted slices of the padded input times a kernel row each, summed: elementwise
   work that XLA fuses into a few loops, forward and backward. XLA's CPU backend runs the grouped convolution
   itself 12 to 33 times slower (forward and both gradients, batch 64, at a standard MobileNetV2's depthwise
-  sizes for 32x32 inputs, 32x32x96 to 4x4x960; ``docs/speed.md``, section 10). Other backends keep the grouped convolution (their libraries
-  have depthwise kernels).
+  sizes for 32x32 inputs, 32x32x96 to 4x4x960; ``docs/speed.md``, section 10). Other backends keep the grouped
+  convolution (their libraries have depthwise kernels).
   """
   if jax.default_backend() != "cpu":
     return jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
