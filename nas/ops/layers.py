@@ -3,8 +3,8 @@
 One weight tensor at the widest width is shared by every candidate: each candidate bit-width quantises it
 (with the layer's quantiser, ``nas.ops.quantizers``: LSQ by default; one learned step per candidate), the
 quantised tensors are mixed with the choice's weights, and ONE convolution runs (EdMIPS's weight sharing; by
-bilinearity this equals mixing the convolutions). Input activations are mixed the same way. Width candidates are masks over output channels, applied by the model
-after the nonlinearity (FBNetV2 channel masking).
+bilinearity this equals mixing the convolutions). Input activations are mixed the same way. Width candidates
+are masks over output channels, applied by the model after the nonlinearity (FBNetV2 channel masking).
 
 When the weights are one-hot forward (hard Gumbel samples, SDQ draws, argmax: a ``OneHot``), only the drawn
 candidate is quantised; a custom VJP gives the weights the gradients of the full mix with one pass over the
