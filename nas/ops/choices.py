@@ -94,10 +94,9 @@ def rowwise(fn: Callable, *arrays: Mapping[str, jax.Array]) -> dict:
     lead = [first[k].shape[:-1] for k in names]
     stacked = [jnp.concatenate([d[k].reshape(-1, n) for k in names]) for d in arrays]
     result = fn(*stacked)
-    ends = np.cumsum([math.prod(s) for s in lead])
-    for k, shape, end, size in zip(names, lead, ends, (math.prod(s) for s in lead)):
-      out[k] = jax.tree.map(lambda r, s=shape, a=int(end - size), b=int(end): r[a:b].reshape(s + r.shape[1:]),
-                            result)
+    bounds = np.cumsum([0] + [math.prod(s) for s in lead]).tolist()  # rows [a, b) of each name
+    for k, shape, a, b in zip(names, lead, bounds[:-1], bounds[1:]):
+      out[k] = jax.tree.map(lambda r, s=shape, a=a, b=b: r[a:b].reshape(s + r.shape[1:]), result)
   return out
 
 
